@@ -1,0 +1,204 @@
+"""The Problem: everything a solver may know about one training iteration, as plain data.
+
+Solvers never see torch objects. A Problem is built from a captured TrainGraph and its Profile
+(`mutwo.problem_builder.build_problem`), or by a synthetic generator (`mutwo.synthetic`), and can be
+saved to / loaded from disk (one ``.npz`` file), so a solver can be written and tested without torch.
+
+Positions
+    Ops are numbered ``0 .. n_ops-1`` in execution order. Ops ``0 .. fwd_end`` are the forward pass
+    (loss included); ops after ``fwd_end`` are backward and the optimizer step.
+
+Memory model (see ``docs/cost_model.md``; ``mutwo.simulate`` is its only implementation)
+    Memory while op ``t`` runs = ``fixed_bytes[t]`` (every tensor that is *not* a decidable activation:
+    parameters, gradients, optimizer state, forward temporaries, backward temporaries, inputs)
+    + the bytes of every activation resident at ``t`` + ``op_transient_bytes[t]`` (workspace the op
+    needs beyond its inputs and outputs) + recompute temporaries at ``t``.
+
+Activations
+    A tensor storage made in forward and read again in backward. Its keep-all live range is
+    ``[created, last_bwd_use]``. Recomputing it re-runs ``recompute_ops[a]`` (forward op positions, its
+    producer included), which read only ``recompute_sources[a]`` (other activations) and tensors that
+    are always available (parameters, inputs, buffers). Non-activation intermediates of that chain add
+    ``recompute_temp_bytes[a]`` while the recompute runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Problem", "ProblemError"]
+
+
+class ProblemError(ValueError):
+    """A Problem whose arrays are inconsistent; the message names the field."""
+
+
+def _csr(lists: list[list[int]] | list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in lists])
+    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if lists else np.zeros(0, np.int64)
+    return offsets, flat.astype(np.int64)
+
+
+def _uncsr(offsets: np.ndarray, flat: np.ndarray) -> list[np.ndarray]:
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+@dataclass
+class Problem:
+    """Plain-data description of one training iteration's memory decisions.
+
+    All per-op arrays have length ``n_ops``; all per-activation arrays have length ``n_act``.
+    Times are seconds, sizes bytes.
+    """
+
+    name: str
+    # --- per op -----------------------------------------------------------------------------
+    op_names: list[str]
+    op_time_s: np.ndarray  # float64 [n_ops]
+    op_transient_bytes: np.ndarray  # int64 [n_ops]
+    fixed_bytes: np.ndarray  # int64 [n_ops]
+    fwd_end: int  # last forward op position (the loss / boundary)
+    # --- per activation -----------------------------------------------------------------------
+    act_names: list[str]
+    act_bytes: np.ndarray  # int64 [n_act]
+    created: np.ndarray  # int64 [n_act]: op position that creates it (<= fwd_end)
+    last_fwd_use: np.ndarray  # int64 [n_act]: last forward reader (>= created)
+    first_bwd_use: np.ndarray  # int64 [n_act]: first backward reader (> fwd_end)
+    last_bwd_use: np.ndarray  # int64 [n_act]: last backward reader (>= first_bwd_use)
+    recomputable: np.ndarray  # bool [n_act]: False for random ops, in-place hazards, ...
+    swappable: np.ndarray  # bool [n_act]
+    recompute_ops: list[np.ndarray]  # per activation: forward op positions to re-run (ascending)
+    recompute_sources: list[np.ndarray]  # per activation: activation indices those ops read
+    recompute_temp_bytes: np.ndarray  # int64 [n_act]: non-activation intermediates of the chain
+    # --- device -----------------------------------------------------------------------------
+    host_bandwidth_bytes_per_s: float = 12e9  # one link per direction (device->host, host->device)
+    device: str = "cpu"
+    notes: dict = field(default_factory=dict)  # free-form provenance (model, batch, versions)
+
+    # ------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.op_time_s = np.asarray(self.op_time_s, dtype=np.float64)
+        for name in ("op_transient_bytes", "fixed_bytes", "act_bytes", "created", "last_fwd_use",
+                     "first_bwd_use", "last_bwd_use", "recompute_temp_bytes"):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=np.int64))
+        self.recomputable = np.asarray(self.recomputable, dtype=bool)
+        self.swappable = np.asarray(self.swappable, dtype=bool)
+        self.recompute_ops = [np.asarray(x, dtype=np.int64) for x in self.recompute_ops]
+        self.recompute_sources = [np.asarray(x, dtype=np.int64) for x in self.recompute_sources]
+        self.op_names = list(self.op_names)
+        self.act_names = list(self.act_names)
+        self.check()
+
+    @property
+    def n_ops(self) -> int:
+        return len(self.op_time_s)
+
+    @property
+    def n_act(self) -> int:
+        return len(self.act_bytes)
+
+    @property
+    def swap_time_s(self) -> np.ndarray:
+        """Time to move each activation across the host link, one direction."""
+        return self.act_bytes / float(self.host_bandwidth_bytes_per_s)
+
+    @property
+    def recompute_time_s(self) -> np.ndarray:
+        """Time of each activation's own recompute ops (sources assumed available)."""
+        return np.array([self.op_time_s[ops].sum() for ops in self.recompute_ops], dtype=np.float64)
+
+    @property
+    def total_compute_s(self) -> float:
+        return float(self.op_time_s.sum())
+
+    # ------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ProblemError naming the first inconsistent field."""
+        n, m = self.n_ops, self.n_act
+        per_op = {"op_names": len(self.op_names), "op_transient_bytes": len(self.op_transient_bytes),
+                  "fixed_bytes": len(self.fixed_bytes)}
+        for key, length in per_op.items():
+            if length != n:
+                raise ProblemError(f"Problem.{key} has length {length}, expected n_ops={n}")
+        per_act = {"act_names": len(self.act_names), "created": len(self.created),
+                   "last_fwd_use": len(self.last_fwd_use), "first_bwd_use": len(self.first_bwd_use),
+                   "last_bwd_use": len(self.last_bwd_use), "recomputable": len(self.recomputable),
+                   "swappable": len(self.swappable), "recompute_ops": len(self.recompute_ops),
+                   "recompute_sources": len(self.recompute_sources),
+                   "recompute_temp_bytes": len(self.recompute_temp_bytes)}
+        for key, length in per_act.items():
+            if length != m:
+                raise ProblemError(f"Problem.{key} has length {length}, expected n_act={m}")
+        if not 0 <= self.fwd_end < n:
+            raise ProblemError(f"Problem.fwd_end={self.fwd_end} is outside 0..{n - 1}")
+        if np.any(self.op_time_s < 0):
+            raise ProblemError("Problem.op_time_s has negative entries")
+        if np.any(self.act_bytes < 0) or np.any(self.fixed_bytes < 0):
+            raise ProblemError("Problem.act_bytes / fixed_bytes have negative entries")
+        if self.host_bandwidth_bytes_per_s <= 0:
+            raise ProblemError("Problem.host_bandwidth_bytes_per_s must be positive")
+        bad = np.flatnonzero(~((self.created <= self.last_fwd_use) & (self.last_fwd_use <= self.fwd_end)
+                               & (self.fwd_end < self.first_bwd_use)
+                               & (self.first_bwd_use <= self.last_bwd_use) & (self.last_bwd_use < n)))
+        if len(bad):
+            a = int(bad[0])
+            raise ProblemError(
+                f"activation {self.act_names[a]!r} (index {a}) needs created <= last_fwd_use <= fwd_end < "
+                f"first_bwd_use <= last_bwd_use < n_ops; got {self.created[a]}, {self.last_fwd_use[a]}, "
+                f"{self.fwd_end}, {self.first_bwd_use[a]}, {self.last_bwd_use[a]}, {n}")
+        for a in range(m):
+            ops, srcs = self.recompute_ops[a], self.recompute_sources[a]
+            if self.recomputable[a] and (len(ops) == 0 or ops.max() > self.fwd_end):
+                raise ProblemError(f"activation {self.act_names[a]!r}: recompute_ops must be forward ops")
+            if len(srcs) and (srcs.min() < 0 or srcs.max() >= m or np.any(srcs == a)):
+                raise ProblemError(f"activation {self.act_names[a]!r}: recompute_sources out of range")
+            if len(srcs) and np.any(self.created[srcs] >= self.created[a]):
+                raise ProblemError(
+                    f"activation {self.act_names[a]!r}: a recompute source is created after it")
+
+    # ------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write one ``.npz`` (atomically: temp file, then rename)."""
+        path = Path(path)
+        ro_off, ro_flat = _csr(self.recompute_ops)
+        rs_off, rs_flat = _csr(self.recompute_sources)
+        meta = {"name": self.name, "fwd_end": self.fwd_end, "device": self.device,
+                "host_bandwidth_bytes_per_s": self.host_bandwidth_bytes_per_s, "notes": self.notes,
+                "op_names": self.op_names, "act_names": self.act_names}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(
+            tmp, meta=np.array(json.dumps(meta)), op_time_s=self.op_time_s,
+            op_transient_bytes=self.op_transient_bytes, fixed_bytes=self.fixed_bytes,
+            act_bytes=self.act_bytes, created=self.created, last_fwd_use=self.last_fwd_use,
+            first_bwd_use=self.first_bwd_use, last_bwd_use=self.last_bwd_use,
+            recomputable=self.recomputable, swappable=self.swappable, ro_off=ro_off, ro_flat=ro_flat,
+            rs_off=rs_off, rs_flat=rs_flat, recompute_temp_bytes=self.recompute_temp_bytes)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Problem:
+        with np.load(Path(path), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return cls(
+                name=meta["name"], op_names=meta["op_names"], op_time_s=z["op_time_s"],
+                op_transient_bytes=z["op_transient_bytes"], fixed_bytes=z["fixed_bytes"],
+                fwd_end=int(meta["fwd_end"]), act_names=meta["act_names"], act_bytes=z["act_bytes"],
+                created=z["created"], last_fwd_use=z["last_fwd_use"], first_bwd_use=z["first_bwd_use"],
+                last_bwd_use=z["last_bwd_use"], recomputable=z["recomputable"], swappable=z["swappable"],
+                recompute_ops=_uncsr(z["ro_off"], z["ro_flat"]),
+                recompute_sources=_uncsr(z["rs_off"], z["rs_flat"]),
+                recompute_temp_bytes=z["recompute_temp_bytes"],
+                host_bandwidth_bytes_per_s=float(meta["host_bandwidth_bytes_per_s"]),
+                device=meta["device"], notes=meta["notes"])
+
+    def summary(self) -> dict:
+        return {"name": self.name, "n_ops": self.n_ops, "n_act": self.n_act,
+                "act_bytes_total": int(self.act_bytes.sum()), "fixed_peak_bytes": int(self.fixed_bytes.max()),
+                "compute_s": self.total_compute_s, "n_recomputable": int(self.recomputable.sum()),
+                "n_swappable": int(self.swappable.sum())}

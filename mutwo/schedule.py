@@ -1,0 +1,243 @@
+"""Schedule: a solver's answer — a decision per activation — and the rules that make it valid.
+
+The recompute chain rule lives here (``resolve_recompute``) because three places need exactly the same
+answer: ``validate``, the simulator and the executor.
+
+Recompute rule
+    A RECOMPUTE activation ``a`` is regenerated just before its first backward use ``t``. Each of its
+    ``recompute_sources`` ``s`` must then be *resident*: KEEP, or already brought back for its own
+    backward use (RECOMPUTE / SWAP with ``first_bwd_use[s] <= t <= last_bwd_use[s]``). A RECOMPUTE source
+    that is not resident is recomputed too, as a temporary of ``a``'s chain (recursively); each op of
+    the chain runs once. A SWAP source that is not resident makes the schedule invalid.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mutwo.problem import Problem
+
+__all__ = ["Decision", "Status", "Schedule", "ScheduleError", "RecomputeChain", "resolve_recompute",
+           "default_prefetch", "validate"]
+
+
+class Decision(enum.IntEnum):
+    KEEP = 0
+    RECOMPUTE = 1
+    SWAP = 2
+
+
+class Status(str, enum.Enum):
+    OPTIMAL = "optimal"
+    FEASIBLE = "feasible"
+    INFEASIBLE = "infeasible"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    INVALID = "invalid"
+
+
+class ScheduleError(ValueError):
+    """An invalid schedule; the message names the activation."""
+
+
+@dataclass
+class RecomputeChain:
+    """How one RECOMPUTE activation is regenerated at its anchor (its first backward use)."""
+
+    target: int
+    anchor: int
+    ops: np.ndarray  # forward op positions re-run, ascending, each once
+    temporaries: list[int]  # other RECOMPUTE activations regenerated only for this chain
+    sources: list[int]  # resident activations the chain reads
+    time_s: float
+    temp_bytes: int  # bytes held only while the chain runs
+
+
+@dataclass
+class Schedule:
+    """A decision per activation plus provenance. JSON-serialisable."""
+
+    decisions: np.ndarray  # int8 [n_act] of Decision
+    prefetch_at: np.ndarray  # int64 [n_act]: op position where a SWAP's copy back starts, -1 otherwise
+    solver: str = "unknown"
+    status: Status = Status.FEASIBLE
+    budget_bytes: int | None = None
+    solve_time_s: float = 0.0
+    options: dict = field(default_factory=dict)
+    objective: float | None = None  # solver's own estimate of the iteration time (s), if it has one
+    bound: float | None = None  # best proven lower bound on that objective, if any
+    message: str = ""
+    recompute_sources: dict[int, list[int]] = field(default_factory=dict)  # filled by `explain`
+
+    def __post_init__(self) -> None:
+        self.decisions = np.asarray(self.decisions, dtype=np.int8)
+        self.prefetch_at = np.asarray(self.prefetch_at, dtype=np.int64)
+        self.status = Status(self.status)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def keep_all(cls, problem: Problem, **kw) -> Schedule:
+        return cls(np.zeros(problem.n_act, np.int8), np.full(problem.n_act, -1, np.int64), **kw)
+
+    @classmethod
+    def from_decisions(cls, problem: Problem, decisions, prefetch_at=None, **kw) -> Schedule:
+        """Build a schedule, filling SWAP prefetch points that are not given with `default_prefetch`."""
+        decisions = np.asarray(decisions, dtype=np.int8)
+        pf = np.full(problem.n_act, -1, np.int64) if prefetch_at is None else np.asarray(prefetch_at, np.int64)
+        swaps = np.flatnonzero(decisions == Decision.SWAP)
+        missing = swaps[pf[swaps] < 0]
+        pf = pf.copy()
+        pf[missing] = default_prefetch(problem)[missing]
+        pf[decisions != Decision.SWAP] = -1
+        return cls(decisions, pf, **kw)
+
+    @classmethod
+    def infeasible(cls, problem: Problem, solver: str, budget_bytes: int, message: str, **kw) -> Schedule:
+        return cls.keep_all(problem, solver=solver, status=Status.INFEASIBLE, budget_bytes=budget_bytes,
+                            message=message, **kw)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def feasible(self) -> bool:
+        return self.status in (Status.OPTIMAL, Status.FEASIBLE)
+
+    def counts(self) -> dict[str, int]:
+        return {f"n_{d.name.lower()}": int((self.decisions == d).sum()) for d in Decision}
+
+    def explain(self, problem: Problem) -> Schedule:
+        """Record each recomputed activation's resident sources (for humans reading the JSON)."""
+        chains = resolve_recompute(problem, self.decisions)
+        self.recompute_sources = {a: c.sources for a, c in chains.items()}
+        return self
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["decisions"] = [Decision(int(x)).name for x in self.decisions]
+        d["prefetch_at"] = self.prefetch_at.tolist()
+        d["status"] = self.status.value
+        d["recompute_sources"] = {str(k): [int(s) for s in v] for k, v in self.recompute_sources.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Schedule:
+        d = dict(d)
+        d["decisions"] = np.array([Decision[x] for x in d["decisions"]], dtype=np.int8)
+        d["prefetch_at"] = np.array(d["prefetch_at"], dtype=np.int64)
+        d["recompute_sources"] = {int(k): list(v) for k, v in d.get("recompute_sources", {}).items()}
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schedule:
+        return cls.from_json(Path(path).read_text())
+
+
+# ---------------------------------------------------------------------- shared rules
+def _resident_at(problem: Problem, decisions: np.ndarray, s: int, t: int) -> bool:
+    if decisions[s] == Decision.KEEP:
+        return True
+    return bool(problem.first_bwd_use[s] <= t <= problem.last_bwd_use[s])
+
+
+def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, RecomputeChain]:
+    """Expand every RECOMPUTE activation into the chain of ops that regenerates it (see module doc).
+
+    Raises ScheduleError when a chain would need a SWAP source that is not resident.
+    """
+    decisions = np.asarray(decisions)
+    chains: dict[int, RecomputeChain] = {}
+    for a in np.flatnonzero(decisions == Decision.RECOMPUTE):
+        a = int(a)
+        t = int(problem.first_bwd_use[a])
+        op_parts, temporaries, sources = [], [], []
+        seen = {a}
+        stack = [a]
+        temp_bytes = 0
+        while stack:
+            x = stack.pop()
+            op_parts.append(problem.recompute_ops[x])
+            temp_bytes += int(problem.recompute_temp_bytes[x])
+            for s in problem.recompute_sources[x]:
+                s = int(s)
+                if s in seen:
+                    continue
+                seen.add(s)
+                if _resident_at(problem, decisions, s, t):
+                    sources.append(s)
+                elif decisions[s] == Decision.RECOMPUTE:
+                    temporaries.append(s)
+                    temp_bytes += int(problem.act_bytes[s])
+                    stack.append(s)
+                else:
+                    raise ScheduleError(
+                        f"activation {problem.act_names[a]!r} (index {a}) is recomputed at op {t} from "
+                        f"{problem.act_names[s]!r} (index {s}), which is swapped out then; keep it, or "
+                        f"recompute it instead")
+        ops = np.unique(np.concatenate(op_parts)) if op_parts else np.zeros(0, np.int64)
+        chains[a] = RecomputeChain(a, t, ops, sorted(temporaries), sorted(sources),
+                                   float(problem.op_time_s[ops].sum()), temp_bytes)
+    return chains
+
+
+def default_prefetch(problem: Problem) -> np.ndarray:
+    """For every activation, the latest backward op at which starting the copy back still hides it.
+
+    Walks back from the first backward use until the compute time in between covers the transfer; never
+    earlier than the first backward op. Ignores link contention (the simulator accounts for that).
+    """
+    cum = np.concatenate([[0.0], np.cumsum(problem.op_time_s)])  # cum[t] = start time of op t
+    need = cum[problem.first_bwd_use] - problem.swap_time_s
+    # latest t with cum[t] <= need, i.e. searchsorted(right) - 1
+    t = np.searchsorted(cum, need, side="right") - 1
+    return np.clip(t, problem.fwd_end + 1, problem.first_bwd_use).astype(np.int64)
+
+
+def validate(problem: Problem, schedule: Schedule) -> None:
+    """Raise ScheduleError (naming the activation) unless the schedule can be simulated and executed."""
+    d = schedule.decisions
+    if len(d) != problem.n_act:
+        raise ScheduleError(f"schedule has {len(d)} decisions for {problem.n_act} activations: every "
+                            f"activation needs exactly one")
+    if len(schedule.prefetch_at) != problem.n_act:
+        raise ScheduleError(f"schedule has {len(schedule.prefetch_at)} prefetch points for "
+                            f"{problem.n_act} activations")
+    bad = np.flatnonzero(~np.isin(d, [int(x) for x in Decision]))
+    if len(bad):
+        a = int(bad[0])
+        raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) is undecided "
+                            f"(decision code {int(d[a])}); use KEEP, RECOMPUTE or SWAP")
+    for code, allowed, verb in ((Decision.RECOMPUTE, problem.recomputable, "recomputed"),
+                                (Decision.SWAP, problem.swappable, "swapped")):
+        bad = np.flatnonzero((d == code) & ~allowed)
+        if len(bad):
+            a = int(bad[0])
+            raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) may not be {verb}")
+    swaps = np.flatnonzero(d == Decision.SWAP)
+    pf = schedule.prefetch_at[swaps]
+    bad = swaps[(pf <= problem.fwd_end) | (pf > problem.first_bwd_use[swaps])]
+    if len(bad):
+        a = int(bad[0])
+        raise ScheduleError(
+            f"activation {problem.act_names[a]!r} (index {a}) is prefetched at op {schedule.prefetch_at[a]},"
+            f" which must lie in the backward pass and no later than its first backward use "
+            f"{problem.first_bwd_use[a]}")
+    resolve_recompute(problem, d)
