@@ -1,0 +1,186 @@
+"""Measure a captured training step: per-op time and transient memory, and a real iteration's peak.
+
+Times are medians over ``runs`` runs after ``warmup`` runs (CUDA events on a GPU, a monotonic clock on
+CPU). The per-op transient (workspace beyond inputs and outputs) is read from the CUDA allocator; on
+CPU kernels' internal scratch memory is invisible to us, so it is recorded as 0 and the profile says so.
+Profiles are cached on disk, keyed by the graph, the input shapes, the device and library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.fx as fx
+from tqdm.auto import tqdm
+
+from mutwo.graph import TrainGraph
+from mutwo.memory import device_of, host_bandwidth, measure_peak, sync
+
+__all__ = ["Profile", "profile", "cache_dir"]
+
+
+@dataclass
+class Profile:
+    """Measured costs of one TrainGraph on one device."""
+
+    op_time_s: np.ndarray  # median per op
+    op_transient_bytes: np.ndarray
+    measured_peak_bytes: int  # peak of a real iteration (generated code, values freed after last use)
+    peak_method: str
+    iteration_time_s: float  # median wall time of a whole real iteration
+    host_bandwidth_bytes_per_s: float
+    bandwidth_source: str  # "measured" or "assumed"
+    device: str
+    runs: int
+    warmup: int
+    profile_time_s: float
+    transient_measured: bool
+    versions: dict = field(default_factory=dict)
+    op_time_runs: np.ndarray | None = None  # [runs, n_ops]
+
+    def ops_frame(self, graph: TrainGraph) -> pd.DataFrame:
+        df = graph.op_frame()
+        df["time_s"] = self.op_time_s
+        df["transient_bytes"] = self.op_transient_bytes
+        df["live_bytes"] = graph.live_bytes()
+        return df
+
+    # ---------------------------------------------------------------- disk
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {k: v for k, v in asdict(self).items() if not isinstance(v, np.ndarray) and v is not None}
+        tmp = folder / "arrays.tmp.npz"
+        np.savez(tmp, op_time_s=self.op_time_s, op_transient_bytes=self.op_transient_bytes,
+                 op_time_runs=self.op_time_runs if self.op_time_runs is not None else np.zeros((0, 0)))
+        tmp.replace(folder / "arrays.npz")
+        tmp = folder / "profile.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(folder / "profile.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> Profile:
+        meta = json.loads((folder / "profile.json").read_text())
+        with np.load(folder / "arrays.npz") as z:
+            runs = z["op_time_runs"]
+            return cls(op_time_s=z["op_time_s"], op_transient_bytes=z["op_transient_bytes"],
+                       op_time_runs=runs if runs.size else None, **meta)
+
+
+class _TimingInterpreter(fx.Interpreter):
+    """Runs the graph node by node, timing each op and (on CUDA) its transient memory."""
+
+    def __init__(self, graph: TrainGraph, device: torch.device) -> None:
+        super().__init__(graph.gm, garbage_collect_values=True)
+        self.index = graph.op_index
+        self.device = device
+        n = len(graph.ops)
+        self.times = np.zeros(n)
+        self.transient = np.zeros(n, dtype=np.int64)
+        self.cuda = device.type == "cuda"
+        self.events: list = []
+
+    def run_node(self, n: fx.Node):
+        pos = self.index.get(n)
+        if pos is None:
+            return super().run_node(n)
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = super().run_node(n)
+            end.record()
+            self.events.append((pos, start, end))
+            after = torch.cuda.memory_allocated(self.device)
+            self.transient[pos] = max(0, torch.cuda.max_memory_allocated(self.device) - after)
+            return out
+        t0 = time.perf_counter()
+        out = super().run_node(n)
+        self.times[pos] = time.perf_counter() - t0
+        return out
+
+    def finish(self) -> None:
+        if self.cuda:
+            sync(self.device)
+            for pos, s, e in self.events:
+                self.times[pos] = s.elapsed_time(e) / 1e3
+
+
+def _versions() -> dict:
+    import torchvision  # noqa: F401 - version recorded for the cache key
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MUTWO_CACHE", ".mutwo_cache")) / "profiles"
+
+
+def _cache_key(graph: TrainGraph, flat: Sequence[torch.Tensor], device: torch.device, runs: int,
+               warmup: int, bandwidth: float | None) -> str:
+    h = hashlib.sha256()
+    h.update(graph.gm.code.encode())
+    for t in flat:
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    h.update(json.dumps([name, runs, warmup, bandwidth, _versions(), os.cpu_count()]).encode())
+    return h.hexdigest()[:20]
+
+
+def profile(graph: TrainGraph, flat: Sequence[torch.Tensor], *, runs: int = 3, warmup: int = 1,
+            host_bandwidth_bytes_per_s: float | None = None, cache: bool = True,
+            progress: bool = True) -> Profile:
+    """Profile ``graph`` on ``flat`` (parameters, buffers, optimizer state, inputs — as from
+    `mutwo.capture.flat_state`). The inputs are cloned: profiling trains on copies, never on yours."""
+    device = device_of(flat)
+    key = _cache_key(graph, flat, device, runs, warmup, host_bandwidth_bytes_per_s)
+    folder = cache_dir() / key
+    if cache and (folder / "profile.json").exists():
+        return Profile.load(folder)
+    t_start = time.perf_counter()
+    work = [t.detach().clone() for t in flat]
+    all_times, all_transient = [], []
+    bar = tqdm(total=warmup + runs, desc=f"profile {graph.description.get('workload', '')}",
+               disable=not progress, leave=False)
+    for i in range(warmup + runs):
+        interp = _TimingInterpreter(graph, device)
+        with torch.no_grad():
+            interp.run(*work)
+        interp.finish()
+        if i >= warmup:
+            all_times.append(interp.times)
+            all_transient.append(interp.transient)
+        bar.update()
+    bar.close()
+    iter_times = []
+    with torch.no_grad():
+        for _ in range(max(runs, 1)):
+            sync(device)
+            t0 = time.perf_counter()
+            graph.gm(*work)
+            sync(device)
+            iter_times.append(time.perf_counter() - t0)
+        peak = measure_peak(lambda: graph.gm(*work), work, device)
+    if host_bandwidth_bytes_per_s is None:
+        bw, source = host_bandwidth(device)
+    else:
+        bw, source = float(host_bandwidth_bytes_per_s), "configured"
+    times = np.stack(all_times)
+    prof = Profile(
+        op_time_s=np.median(times, axis=0), op_transient_bytes=np.max(np.stack(all_transient), axis=0),
+        measured_peak_bytes=peak.peak_bytes, peak_method=peak.method,
+        iteration_time_s=float(np.median(iter_times)), host_bandwidth_bytes_per_s=bw,
+        bandwidth_source=source, device=str(device), runs=runs, warmup=warmup,
+        profile_time_s=time.perf_counter() - t_start, transient_measured=device.type == "cuda",
+        versions=_versions(), op_time_runs=times)
+    if cache:
+        prof.save(folder)
+    return prof
