@@ -91,7 +91,9 @@ def simulate(problem: Problem, schedule: Schedule) -> SimResult:
     nbytes = problem.act_bytes
 
     # --- recompute chains: time and temporaries at their anchors --------------------------------
-    chains = resolve_recompute(problem, d)
+    # Python-int elements: resolve_recompute compares single decisions with Decision members, and an
+    # int8 numpy scalar compared with an IntEnum costs ~6 us (vs ~0.1 us); same values, same answer.
+    chains = resolve_recompute(problem, d.astype(object)) if np.any(d == Decision.RECOMPUTE) else {}
     rec_at = np.zeros(n)
     temp_at = np.zeros(n, np.int64)
     if chains:

@@ -1,0 +1,157 @@
+"""Baseline solvers: the simple policies every smarter solver has to beat.
+
+Each is a pure, deterministic function ``(problem, budget_bytes, **options) -> Schedule`` and uses
+`mutwo.simulate` as its only feasibility oracle. Budget-free policies (keep_all, recompute_all,
+chen_sqrt, swap_hidden) make their plan and report FEASIBLE only if its simulated peak fits.
+Budget-driven ones (largest_first, knapsack) recompute a prefix of a candidate order and bisect for the
+shortest prefix that fits; when none fits they say INFEASIBLE and give the lowest peak they reached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from mutwo.problem import Problem
+from mutwo.registry import register_solver
+from mutwo.schedule import Decision, Schedule, Status
+from mutwo.simulate import SimResult, simulate
+
+__all__ = ["keep_all", "recompute_all", "chen_sqrt", "largest_first", "swap_hidden", "knapsack"]
+
+_GRID = 32  # prefix lengths probed when the longest prefix does not fit (peak need not be monotone)
+
+
+def _finish(problem: Problem, budget: int, decisions: np.ndarray, name: str, options: dict, *,
+            sim: SimResult | None = None, note: str = "") -> Schedule:
+    """Wrap decisions into a Schedule whose status says whether its simulated peak fits."""
+    schedule = Schedule.from_decisions(problem, decisions, solver=name, budget_bytes=int(budget),
+                                       options=dict(options))
+    sim = sim or simulate(problem, schedule)
+    schedule.objective = sim.time_s
+    counts = schedule.counts()
+    summary = (f"peak {sim.peak_bytes} bytes at op {sim.peak_op}; recompute {counts['n_recompute']}, "
+               f"swap {counts['n_swap']}")
+    if sim.fits(budget):
+        schedule.status = Status.FEASIBLE
+        schedule.message = summary + (f"; {note}" if note else "")
+    else:
+        schedule.status = Status.INFEASIBLE
+        schedule.message = f"lowest peak reached {sim.peak_bytes} bytes > budget {int(budget)} bytes ({summary})"
+    return schedule
+
+
+def _prefix_search(problem: Problem, budget: int, order: np.ndarray, name: str, options: dict) -> Schedule:
+    """Recompute the shortest prefix of ``order`` whose simulated peak fits the budget.
+
+    Bisection assumes the peak falls as the prefix grows, which holds except where recompute chain
+    temporaries push a backward op up; the invariant (lo does not fit, hi fits) still guarantees the
+    answer fits. When the full prefix does not fit, a grid of prefix lengths is probed first.
+    """
+    cache: dict[int, tuple[np.ndarray, SimResult]] = {}
+
+    def probe(k: int) -> tuple[np.ndarray, SimResult]:
+        if k not in cache:
+            d = np.zeros(problem.n_act, np.int8)
+            d[order[:k]] = Decision.RECOMPUTE
+            cache[k] = (d, simulate(problem, Schedule(d, np.full(problem.n_act, -1, np.int64))))
+        return cache[k]
+
+    def fits(k: int) -> bool:
+        return probe(k)[1].fits(budget)
+
+    n = len(order)
+    if fits(0):
+        return _finish(problem, budget, probe(0)[0], name, options, sim=probe(0)[1], note="keep-all fits")
+    lo, hi = 0, n
+    if not fits(n):
+        grid = sorted(set(np.linspace(0, n, _GRID + 1).round().astype(int).tolist()))
+        fitting = [k for k in grid if fits(k)]
+        if not fitting:
+            best = min(cache, key=lambda k: (cache[k][1].peak_bytes, k))
+            return _finish(problem, budget, probe(best)[0], name, options, sim=probe(best)[1])
+        hi = fitting[0]
+        lo = max(k for k in grid if k < hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    d, sim = probe(hi)
+    return _finish(problem, budget, d, name, options, sim=sim, note=f"recomputed {hi} of {n} candidates")
+
+
+# ---------------------------------------------------------------------------- budget-free
+@register_solver("keep_all")
+def keep_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """Keep every activation: the no-savings reference point."""
+    return _finish(problem, budget_bytes, np.zeros(problem.n_act, np.int8), "keep_all", options)
+
+
+@register_solver("recompute_all")
+def recompute_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """Recompute every recomputable activation: the most memory recompute alone can save (usually)."""
+    d = np.where(problem.recomputable, Decision.RECOMPUTE, Decision.KEEP).astype(np.int8)
+    return _finish(problem, budget_bytes, d, "recompute_all", options)
+
+
+@register_solver("chen_sqrt")
+def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = None, **options) -> Schedule:
+    """Chen et al. (2016) sqrt(n) checkpointing.
+
+    Along creation order, the recomputable activations are cut into ``segments`` runs (default
+    round(sqrt(n))); the last activation of each run is kept as a checkpoint, the others recomputed.
+    """
+    cand = np.flatnonzero(problem.recomputable)
+    cand = cand[np.lexsort((cand, problem.created[cand]))]
+    n = len(cand)
+    if segments is None:
+        segments = max(1, round(math.sqrt(n)))
+    if segments < 1:
+        raise ValueError(f"chen_sqrt: segments must be >= 1, got {segments}")
+    k = max(1, math.ceil(n / segments)) if n else 1
+    d = np.zeros(problem.n_act, np.int8)
+    pos = np.arange(n)
+    d[cand[(pos + 1) % k != 0]] = Decision.RECOMPUTE
+    return _finish(problem, budget_bytes, d, "chen_sqrt", {**options, "segments": int(segments)})
+
+
+@register_solver("swap_hidden")
+def swap_hidden(problem: Problem, budget_bytes: int, *, margin: float = 1.0, **options) -> Schedule:
+    """Swap every swappable activation whose idle gap hides both of its transfers.
+
+    The gap is the compute time between the end of its last forward use and the start of its first
+    backward use; the copy back cannot start before the copy out ends, so the gap must cover
+    ``2 * swap_time * margin``. Link contention is not planned for: the simulator charges it as stall.
+    """
+    cum = np.concatenate([[0.0], np.cumsum(problem.op_time_s)])
+    gap = cum[problem.first_bwd_use] - cum[problem.last_fwd_use + 1]
+    chosen = problem.swappable & (gap >= 2.0 * margin * problem.swap_time_s)
+    d = np.where(chosen, Decision.SWAP, Decision.KEEP).astype(np.int8)
+    return _finish(problem, budget_bytes, d, "swap_hidden", {**options, "margin": margin})
+
+
+# ---------------------------------------------------------------------------- budget-driven
+def _candidates(problem: Problem, key: Callable[[np.ndarray], tuple]) -> np.ndarray:
+    """Recomputable activations that free something, sorted by ``key`` (lexsort keys, last primary)."""
+    cand = np.flatnonzero(problem.recomputable & (problem.act_bytes > 0))
+    return cand[np.lexsort(key(cand))]
+
+
+@register_solver("largest_first")
+def largest_first(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """Recompute the largest recomputable activations first until the budget holds."""
+    order = _candidates(problem, lambda c: (c, -problem.act_bytes[c]))
+    return _prefix_search(problem, budget_bytes, order, "largest_first", options)
+
+
+@register_solver("knapsack")
+def knapsack(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """Greedy knapsack (as in PyTorch's activation_memory_budget): cheapest recompute time per byte
+    saved first, until the budget holds."""
+    per_byte = problem.recompute_time_s / np.maximum(problem.act_bytes, 1)
+    order = _candidates(problem, lambda c: (c, -problem.act_bytes[c], per_byte[c]))
+    return _prefix_search(problem, budget_bytes, order, "knapsack", options)
