@@ -160,7 +160,8 @@ def _step_fn(workload: Workload, config: OptimizerConfig, n_params: int, n_buffe
         state_flat = flat[n_params + n_buffers:n_params + n_buffers + n_states]
         inputs = flat[n_params + n_buffers + n_states:]
         leaves = [p.detach().requires_grad_(True) for p in params]
-        with _reparametrize_module(model, {**dict(zip(pnames, leaves)), **dict(zip(bnames, buffers))}):
+        with _reparametrize_module(model, {**dict(zip(pnames, leaves)), **dict(zip(bnames, buffers))},
+                                   tie_weights=True):
             loss = workload.loss_fn(model, *inputs)
         loss = fwd_end(loss)
         grads = torch.autograd.grad(loss, leaves)
