@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 from torch.func import functionalize
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.utils.stateless import _reparametrize_module
 from torch.optim.adam import adam as _adam_update
 from torch.optim.adamw import adamw as _adamw_update
 from torch.optim.sgd import sgd as _sgd_update
-from torch.fx.experimental.proxy_tensor import make_fx
-from torch.nn.utils.stateless import _reparametrize_module
 
 from mutwo.graph import Role, TrainGraph
 

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mutwo.capture import CaptureError, OptimizerConfig, Workload, capture, eager_optimizer, flat_state, run_step
+from mutwo.capture import (
+    CaptureError,
+    OptimizerConfig,
+    Workload,
+    capture,
+    eager_optimizer,
+    flat_state,
+    run_step,
+)
 from mutwo.graph import Role
 from mutwo.zoo import build_workload
 
