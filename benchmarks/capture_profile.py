@@ -1,7 +1,10 @@
 """Capture and profile real models; print op / activation counts, timings and peak fidelity.
 
     python -m benchmarks.capture_profile                 # ResNet-152 and BERT-base at batch 2 (CPU)
-    python -m benchmarks.capture_profile resnet18:2 bert-tiny:2
+    python -m benchmarks.capture_profile resnet18:2 bert-tiny:2 resnet152:8:sgd
+
+Also saves each Problem as ``results/benchmarks/problems/<model>-b<batch>-<optimizer>.npz`` for the
+solver benchmarks.
 
 Writes ``results/benchmarks/capture_profile.csv``.
 """
@@ -22,10 +25,12 @@ from mutwo.zoo import build_workload
 DEFAULT = ["resnet152:2", "bert-base:2"]
 
 
-def measure(spec: str, optimizer: str = "adam") -> dict:
-    name, batch = spec.split(":")
+def measure(spec: str) -> dict:
+    """``spec`` is ``model:batch[:optimizer]`` (optimizer sgd = plain SGD without momentum)."""
+    name, batch, *rest = spec.split(":")
+    optimizer = rest[0] if rest else "adam"
     wl = build_workload(name, int(batch))
-    opt = OptimizerConfig(optimizer)
+    opt = OptimizerConfig(optimizer, {"momentum": 0.0} if optimizer == "sgd" else {})
     t0 = time.perf_counter()
     tg = capture(wl, opt)
     capture_s = time.perf_counter() - t0
@@ -34,6 +39,9 @@ def measure(spec: str, optimizer: str = "adam") -> dict:
     problem = build_problem(tg, prof)
     estimate = int((tg.live_bytes() + prof.op_transient_bytes).max())
     s = tg.summary()
+    folder = Path("results/benchmarks/problems")
+    folder.mkdir(parents=True, exist_ok=True)
+    problem.save(folder / f"{name}-b{batch}-{optimizer}.npz")
     return {
         "model": name, "batch": int(batch), "optimizer": optimizer, "n_ops": s["n_ops"],
         "n_forward_ops": s["fwd_end"] + 1, "n_activations": s["n_activations"],
