@@ -153,8 +153,10 @@ class Problem:
                 f"{self.fwd_end}, {self.first_bwd_use[a]}, {self.last_bwd_use[a]}, {n}")
         for a in range(m):
             ops, srcs = self.recompute_ops[a], self.recompute_sources[a]
-            if self.recomputable[a] and (len(ops) == 0 or ops.max() > self.fwd_end):
+            if self.recomputable[a] and (len(ops) == 0 or ops.max() > self.fwd_end or ops.min() < 0):
                 raise ProblemError(f"activation {self.act_names[a]!r}: recompute_ops must be forward ops")
+            if len(ops) > 1 and np.any(np.diff(ops) <= 0):
+                raise ProblemError(f"activation {self.act_names[a]!r}: recompute_ops must be strictly ascending")
             if len(srcs) and (srcs.min() < 0 or srcs.max() >= m or np.any(srcs == a)):
                 raise ProblemError(f"activation {self.act_names[a]!r}: recompute_sources out of range")
             if len(srcs) and np.any(self.created[srcs] >= self.created[a]):
