@@ -1,0 +1,238 @@
+"""Optimal KEEP / RECOMPUTE / SWAP plans: one formulation (docs/ilp.md), four registered backends.
+
+``ilp_cpsat`` (OR-Tools CP-SAT), ``ilp_ortools_mip`` (OR-Tools pywraplp, SCIP), ``ilp_pulp_cbc`` and
+``ilp_pulp_highs`` (PuLP) all solve the model built by `solvers.ilp_model.build`. The model is exact
+for the plans it admits, except where docs/ilp.md says it is conservative, so every answer is checked
+with `mutwo.simulate`: a plan that does not fit is repaired (greedy moves until it fits) or rejected,
+and the reported objective is the model's value of the plan, which must match the simulated time.
+
+Options (all solvers): ``time_limit_s`` (60), ``rel_gap`` (0.01), ``threads`` (2), ``warm_start`` (a
+Schedule, a solver name, or None; default "mutwo_greedy" when registered), ``seed`` (0), ``mode``
+("full" | "recompute" | "swap"; "both" is an alias of "full"), ``max_chain_depth`` (-1 automatic,
+None unlimited), ``exact_positions`` (None automatic), ``prefetch`` ("free" | "default"),
+``max_candidates`` (6), ``log`` (False), and for ``ilp_ortools_mip`` ``engine`` ("SCIP" | "CBC").
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import solvers.brute_force  # noqa: F401  registers "brute_force" (the registry loads this module)
+from mutwo.problem import Problem
+from mutwo.registry import get_solver, register_solver
+from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_prefetch
+from mutwo.simulate import SimResult, simulate
+from solvers.ilp_backends import BACKENDS, BackendResult
+from solvers.ilp_model import Formulation, build
+
+__all__ = ["solve_ilp", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs", "AGREEMENT"]
+
+AGREEMENT = 0.01  # objective and simulated time must agree this closely (relative)
+_DEFAULT = object()
+_OPTIONS = {"time_limit_s", "rel_gap", "threads", "warm_start", "seed", "mode", "max_chain_depth",
+            "exact_positions", "prefetch", "max_candidates", "log", "engine"}
+
+
+def _warm_start(problem: Problem, budget: int, warm, mode: str, seed: int) -> tuple[Schedule | None, str]:
+    """The starting plan: a given Schedule, or the named solver's answer when it fits."""
+    if warm is None:
+        return None, ""
+    name = "mutwo_greedy" if warm is _DEFAULT else warm
+    if isinstance(name, Schedule):
+        return name, "given schedule"
+    try:
+        fn = get_solver(name)
+    except KeyError:
+        if warm is _DEFAULT:
+            return None, ""
+        raise
+    greedy_mode = {"full": "both"}.get(mode, mode)
+    try:
+        sched = fn(problem, budget, mode=greedy_mode, seed=seed)
+    except TypeError:
+        sched = fn(problem, budget)
+    if not sched.feasible:
+        return None, f"{name} found no plan"
+    return sched, name
+
+
+def _fits(sim: SimResult, budget: int) -> bool:
+    return int(sim.peak_bytes) <= int(budget)
+
+
+def _repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray,
+            max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
+    """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
+
+    Moves: RECOMPUTE a KEEP/SWAP activation resident at the peak, SWAP a KEEP one (default prefetch),
+    or move a SWAP's copy back to its first backward use. Returns the plan and its simulation, or
+    ``None`` for the simulation when no move helps.
+    """
+    d, pf = d.copy(), pf.copy()
+    dflt = default_prefetch(problem)
+    steps = max_steps if max_steps is not None else 2 * problem.n_act
+    sim = simulate(problem, Schedule(d, pf))
+    for _ in range(steps):
+        if _fits(sim, budget):
+            return d, pf, sim
+        P = sim.peak_op
+        best = None
+        gap = (problem.last_fwd_use < P) & (problem.first_bwd_use > P)
+        for a in np.flatnonzero(gap).tolist():
+            tries = []
+            if d[a] != Decision.RECOMPUTE and problem.recomputable[a]:
+                tries.append((Decision.RECOMPUTE, -1))
+            if d[a] == Decision.KEEP and problem.swappable[a]:
+                tries.append((Decision.SWAP, int(dflt[a])))
+            if d[a] == Decision.SWAP and pf[a] != problem.first_bwd_use[a]:
+                tries.append((Decision.SWAP, int(problem.first_bwd_use[a])))
+            for code, q in tries:
+                d2, pf2 = d.copy(), pf.copy()
+                d2[a], pf2[a] = code, q
+                try:
+                    s2 = simulate(problem, Schedule(d2, pf2))
+                except ScheduleError:
+                    continue
+                if s2.timeline_bytes[P] >= sim.timeline_bytes[P]:
+                    continue
+                key = (not _fits(s2, budget), s2.time_s, s2.peak_bytes)
+                if best is None or key < best[0]:
+                    best = (key, d2, pf2, s2)
+        if best is None:
+            return d, pf, None
+        _, d, pf, sim = best
+    return (d, pf, sim) if _fits(sim, budget) else (d, pf, None)
+
+
+def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> Schedule:
+    """Build, warm-start, solve with ``backend``, verify with `simulate`, repair or reject."""
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(f"ILP solvers got unknown options {sorted(unknown)}; they take {sorted(_OPTIONS)}")
+    t0 = time.perf_counter()
+    solver_name = f"ilp_{backend}"
+    budget = int(budget_bytes)
+    time_limit = float(options.get("time_limit_s", 60.0))
+    rel_gap = float(options.get("rel_gap", 0.01))
+    threads = int(options.get("threads", 2))
+    seed = int(options.get("seed", 0))
+    mode = {"both": "full"}.get(options.get("mode", "full"), options.get("mode", "full"))
+    shown = {k: v for k, v in options.items() if k != "warm_start"}
+    shown.update(time_limit_s=time_limit, rel_gap=rel_gap, threads=threads, seed=seed, mode=mode)
+
+    F = build(problem, budget, mode=mode, max_chain_depth=options.get("max_chain_depth", -1),
+              exact_positions=options.get("exact_positions"), prefetch=options.get("prefetch", "free"),
+              max_candidates=int(options.get("max_candidates", 6)))
+    shown["model"] = dict(F.stats)
+    if F.infeasible:
+        s = Schedule.infeasible(problem, solver_name, budget, F.infeasible, options=shown)
+        s.solve_time_s = time.perf_counter() - t0
+        return s
+
+    warm, warm_from = _warm_start(problem, budget, options.get("warm_start", _DEFAULT), mode, seed)
+    hint = None
+    if warm is not None:
+        hint, issue = F.complete(warm.decisions, warm.prefetch_at)
+        shown["warm_start"] = warm_from + (f" (outside the model: {issue})" if issue else "")
+        shown["warm_start_time_s"] = simulate(problem, warm).time_s
+
+    engine_kw = {}
+    if backend == "ortools_mip":
+        engine_kw["engine"] = options.get("engine", "SCIP")
+    remaining = max(1.0, time_limit - (time.perf_counter() - t0))
+    abs_gap = rel_gap * float(problem.op_time_s.sum()) / F.time_unit  # the compute time bounds any plan
+    res: BackendResult = BACKENDS[backend](F, time_limit_s=remaining, rel_gap=rel_gap, abs_gap=abs_gap,
+                                           threads=threads, seed=seed, hint=hint,
+                                           log=bool(options.get("log", False)), **engine_kw)
+    shown["engine"] = res.engine
+    shown["engine_status"] = res.message
+    shown["engine_wall_s"] = res.wall_s
+    tu = F.time_unit
+
+    if res.x is None:
+        if res.status == "infeasible":
+            why = ("no plan fits within the model" + ("" if F.stats.get("exact_positions") else
+                   " (its candidate prefetch / swap-out points and chain depth restrict plans)"))
+            s = Schedule.infeasible(problem, solver_name, budget, why, options=shown)
+        else:
+            s = Schedule.keep_all(problem, solver=solver_name, status=Status.TIMEOUT, budget_bytes=budget,
+                                  options=shown, message=f"{res.engine}: no plan found ({res.message})")
+        s.solve_time_s = time.perf_counter() - t0
+        return s
+    return _finish(problem, budget, F, res, solver_name, shown, rel_gap, t0, tu)
+
+
+def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, solver_name: str, shown: dict,
+            rel_gap: float, t0: float, tu: float) -> Schedule:
+    """Turn an engine's solution into a verified Schedule (see module doc)."""
+    d, pf = F.decode(np.rint(res.x))
+    x, issue = F.complete(d, pf)
+    objective = F.objective_of(x)
+    bound = None if res.bound is None else min(res.bound * tu, objective)
+    status = Status.OPTIMAL if res.status == "optimal" else Status.FEASIBLE
+    notes = []
+    if issue:
+        notes.append(f"decoded plan leaves the model: {issue}")
+        status = Status.FEASIBLE
+    try:
+        sim = simulate(problem, Schedule(d, pf))
+    except ScheduleError as exc:
+        sim = None
+        notes.append(f"plan invalid: {exc}")
+    if sim is None or not _fits(sim, budget):
+        if sim is not None:
+            notes.append(f"simulated peak {sim.peak_bytes} B > budget; repaired")
+        d, pf, sim = _repair(problem, budget, d, pf) if sim is not None else (d, pf, None)
+        status = Status.FEASIBLE
+        if sim is None:
+            s = Schedule(d, pf, solver=solver_name, status=Status.INVALID, budget_bytes=budget,
+                         options=shown, message="; ".join(notes + ["rejected: repair found no plan that fits"]))
+            s.solve_time_s = time.perf_counter() - t0
+            return s
+        x, issue = F.complete(d, pf)
+        objective = F.objective_of(x)
+    if abs(objective - sim.time_s) > AGREEMENT * sim.time_s:
+        notes.append(f"model objective {objective:.6g} s disagrees with simulate {sim.time_s:.6g} s; "
+                     "reporting the simulated time")
+        objective = sim.time_s
+        status = Status.FEASIBLE
+    gap = None if bound is None else max(0.0, (objective - bound) / objective)
+    if status == Status.OPTIMAL and (gap is None or gap > rel_gap + 1e-9):
+        status = Status.FEASIBLE
+    shown["gap"] = gap
+    shown["simulated_time_s"] = sim.time_s
+    shown["simulated_peak_bytes"] = int(sim.peak_bytes)
+    c = {k: int(v) for k, v in zip(("keep", "recompute", "swap"), np.bincount(d, minlength=3), strict=True)}
+    msg = (f"{res.engine} {res.status}: objective {objective:.6g} s, bound "
+           f"{'n/a' if bound is None else f'{bound:.6g} s'}, gap {'n/a' if gap is None else f'{gap:.2%}'}; "
+           f"peak {sim.peak_bytes} B; keep {c['keep']} recompute {c['recompute']} swap {c['swap']}")
+    s = Schedule(d, pf, solver=solver_name, status=status, budget_bytes=budget, options=shown,
+                 objective=objective, bound=bound, message="; ".join([msg] + notes))
+    s.solve_time_s = time.perf_counter() - t0
+    return s
+
+
+@register_solver("ilp_cpsat")
+def ilp_cpsat(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """The formulation on OR-Tools CP-SAT (integer-scaled times, parallel portfolio)."""
+    return solve_ilp(problem, budget_bytes, "cpsat", **options)
+
+
+@register_solver("ilp_ortools_mip")
+def ilp_ortools_mip(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """The formulation on OR-Tools pywraplp (SCIP, or CBC with ``engine="CBC"``)."""
+    return solve_ilp(problem, budget_bytes, "ortools_mip", **options)
+
+
+@register_solver("ilp_pulp_cbc")
+def ilp_pulp_cbc(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """The formulation through PuLP on its bundled CBC."""
+    return solve_ilp(problem, budget_bytes, "pulp_cbc", **options)
+
+
+@register_solver("ilp_pulp_highs")
+def ilp_pulp_highs(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """The formulation through PuLP on HiGHS."""
+    return solve_ilp(problem, budget_bytes, "pulp_highs", **options)
