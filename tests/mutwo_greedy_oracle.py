@@ -1,0 +1,115 @@
+"""A literal, slow μ-TWO Algorithm B: every step re-derives all its state from the decisions alone.
+
+No incremental bookkeeping: chains come from ``resolve_recompute`` on trial decisions, the memory
+timeline, op start times and link queues from a full ``simulate`` per step, validity from
+``validate``. ``solvers.mutwo_greedy.solve`` must make exactly the same decisions. Only the shared
+definitions (prefetch hiding point, swap overhead, end of the peak run) are imported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mutwo.problem import Problem
+from mutwo.schedule import Decision, Schedule, ScheduleError, resolve_recompute, validate
+from mutwo.simulate import simulate
+from solvers.mutwo_greedy import hide_points, peak_run_end, swap_overhead
+
+K, R, S = int(Decision.KEEP), int(Decision.RECOMPUTE), int(Decision.SWAP)
+
+
+def _valid(problem: Problem, d: np.ndarray) -> bool:
+    try:
+        validate(problem, Schedule.from_decisions(problem, d))
+    except ScheduleError:
+        return False
+    return True
+
+
+def oracle(problem: Problem, budget: int, mode: str = "both") -> tuple[np.ndarray, np.ndarray, list, str]:
+    """Return (decisions, prefetch_at, steps, status); steps are (kind, activation, overhead, peak).
+
+    When the candidates run out, the decisions returned are those of the lowest peak reached.
+    """
+    p = problem
+    n, m, fe = p.n_ops, p.n_act, p.fwd_end
+    lfu, fbu, lbu = p.last_fwd_use, p.first_bwd_use, p.last_bwd_use
+    tau = p.act_bytes / float(p.host_bandwidth_bytes_per_s)
+    cum0 = np.concatenate([[0.0], np.cumsum(p.op_time_s)])
+    issue_out = cum0[lfu] + p.op_time_s[lfu]
+    inactive = cum0[fbu] - issue_out
+    if budget < int((p.fixed_bytes + p.op_transient_bytes).max()):
+        return np.zeros(m, np.int8), np.full(m, -1), [], "infeasible"
+
+    d = np.zeros(m, np.int8)
+    lo = np.zeros(m, np.int64)
+    steps: list = []
+    best = None
+    while True:
+        chains = resolve_recompute(p, d)
+        rec_at = np.zeros(n)
+        for ch in chains.values():
+            rec_at[ch.anchor] += ch.time_s
+        cum = np.empty(n + 1)
+        cum[0] = 0.0
+        np.cumsum(p.op_time_s + rec_at, out=cum[1:])
+        pre = cum[:-1]
+        swaps = np.flatnonzero(d == S)
+        pf = np.full(m, -1, np.int64)
+        pf[swaps] = np.maximum(hide_points(pre, fbu[swaps], tau[swaps], fe), lo[swaps])
+        sim = simulate(p, Schedule(d.copy(), pf))
+        P, peak = sim.peak_op, sim.peak_bytes
+        if best is None or peak < best[0]:
+            best = (peak, d.copy(), pf)
+        if peak <= budget:
+            return d, pf, steps, "feasible"
+        Pe = peak_run_end(sim.timeline_bytes, P)
+
+        rc = None  # (-ratio, index, overhead)
+        if mode in ("both", "recompute"):
+            for c in range(m):
+                if not (d[c] == K and p.recomputable[c] and p.act_bytes[c] > 0 and lfu[c] < P < fbu[c]):
+                    continue
+                trial = d.copy()
+                trial[c] = R
+                if not _valid(p, trial):
+                    continue
+                t_c = resolve_recompute(p, trial)[c].time_s
+                cnt = 1 + sum(1 for ch in chains.values()
+                              if c in ch.sources and not fbu[c] <= ch.anchor <= lbu[c])
+                den = t_c * cnt
+                ratio = int(p.act_bytes[c]) / den if den > 0 else float("inf")
+                if rc is None or (-ratio, c) < rc[:2]:
+                    rc = (-ratio, c, t_c * cnt)
+
+        sw = None  # (-inactive, index, overhead, lo)
+        if mode in ("both", "swap"):
+            for s in range(m):
+                if not (d[s] == K and p.swappable[s] and p.act_bytes[s] > 0 and lfu[s] < P < fbu[s]):
+                    continue
+                trial = d.copy()
+                trial[s] = S
+                if not _valid(p, trial):
+                    continue
+                prev = [sim.swap_out_end_s[q] for q in swaps if (lfu[q], q) < (lfu[s], s)]
+                est = max(issue_out[s], max(prev, default=0.0)) + tau[s]
+                r = max(int(np.searchsorted(sim.op_start_s, est, side="left")) - 1, int(lfu[s]))
+                if r >= P:
+                    continue
+                if sw is None or (-inactive[s], s) < sw[:2]:
+                    lo_s = min(max(fe + 1, Pe + 1), int(fbu[s]))
+                    ps = max(int(hide_points(pre, fbu[[s]], tau[[s]], fe)[0]), lo_s)
+                    queued = [sim.prefetch_end_s[q] for q in swaps if (pf[q], q) < (ps, s)]
+                    ov = swap_overhead(sim.op_start_s, p.op_time_s, ps, int(fbu[s]), float(tau[s]),
+                                       float(max(queued, default=0.0)), float(est))
+                    sw = (-inactive[s], s, ov, lo_s)
+
+        if rc is None and sw is None:
+            return best[1], best[2], steps, "infeasible"
+        if sw is not None and (rc is None or sw[2] <= rc[2]):
+            d[sw[1]] = S
+            lo[sw[1]] = sw[3]
+            steps.append(("swap", sw[1], sw[2], peak))
+        else:
+            d[rc[1]] = R
+            steps.append(("recompute", rc[1], rc[2], peak))
