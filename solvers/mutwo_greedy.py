@@ -29,27 +29,28 @@ One step (repeated until the peak fits the budget, or no candidate can lower it:
 Speed: the timeline is an int64 numpy array changed by slices (a recompute frees
 ``[last_fwd_use+1, first_bwd_use-1]``, a swap ``[r+1, prefetch_at-1]``, a chain adds its temporaries
 at its anchor); only chains that read the new RECOMPUTE activation are re-walked; candidate choice is
-a masked argmax. Link timing re-runs one loop over swap events per decision, written with the same
-floating-point operations as ``mutwo.simulate`` so both give identical timelines (a swap-out ending
-"just before" an op start is a float comparison). ``verify=True`` (default) confirms the final answer
-with ``simulate``.
+a masked argmax. Link timing is one walk over prefetch events per decision, resumed from the first
+event whose inputs changed and stopped once it is back in step with the previous walk. It uses the
+same floating-point operations as ``mutwo.simulate``, so both give identical timelines (whether a
+swap-out ends "before" an op starts is a float comparison). ``verify=True`` (default) confirms the
+final answer with ``simulate``.
 
-Deviations from the paper, and why
+Deviations from the paper, and why (the paper's appendix as the issue describes it)
   * Budget-independent choices: the peak interval is the run at the peak value, not "ops over the
     limit". Every budget then walks the same decision sequence and stops at the first state that fits,
     so a smaller budget can never give a higher peak.
-  * Candidates must be freed at the current peak op (the paper keeps every candidate): a decision that
-    cannot lower the peak only adds overhead.
-  * Inactive time is measured on profiled compute (fixed order, as profiled in the paper); recompute
-    time already in backward is used for the prefetch points, where it gives room to hide copies.
+  * Candidates must be freed at the current peak op (added here): a decision that cannot lower the
+    peak only adds overhead.
+  * Inactive time is measured on profiled compute (a fixed order, as profiled); the recompute time
+    already in backward is used for the prefetch points, where it gives room to hide copies.
   * Chains follow our cost model exactly (``resolve_recompute``): a recomputed source is regenerated
     only if it is not resident at the anchor, and chain ops run once. The paper's count x time
     product is kept as the overhead (it ignores ops shared between chains).
-  * Swap overhead counts the copies already queued on the link before this one (the paper's overlap
+  * Swap overhead also counts the copies already queued on the link before this one (the overlap
     cases look at compute only): with many swaps the link, not compute, is what stalls. The delay it
     adds to copies queued after it is not counted; the simulated time includes it.
-  * A choice that would make the schedule invalid (a chain needing a swapped-out source) is dropped;
-    the paper has no such rule because it does not mix both on one chain.
+  * A choice that would make the schedule invalid (a recompute chain reading a swapped-out source,
+    which our cost model forbids) is dropped; the algorithm as described has no rule for it.
   * ``seed`` is accepted for a uniform solver interface; ties are broken by activation index, so the
     result does not depend on it.
 """
@@ -389,9 +390,9 @@ class _Greedy:
         ev_op = np.concatenate([pf, fbu])
         ev_kind = np.repeat(np.array([0, 1]), k)
         ev_act = np.concatenate([ids, ids])
-        order = np.lexsort((ev_act, ev_kind, ev_op))
-        ev_op, ev_kind, ev_act = ev_op[order], ev_kind[order], ev_act[order]
-        ev_key = (ev_op * 2 + ev_kind) * self.m + ev_act
+        ev_key = (ev_op * 2 + ev_kind) * self.m + ev_act  # unique: sorting it is simulate's order
+        order = np.argsort(ev_key)
+        ev_key, ev_op, ev_kind, ev_act = ev_key[order], ev_op[order], ev_kind[order], ev_act[order]
         ev_pre = pre[ev_op]
         ev_ready = np.where(ev_kind == 0, self.out_end[ev_act], 0.0)
         old_key, old_pre, old_ready, old_lf, old_delay, old_stall = self.ev
@@ -438,9 +439,9 @@ class _Greedy:
         delay = float(ev_delay[-1])
         self.ev = (ev_key, ev_pre, ev_ready, ev_lf, ev_delay, ev_stall)
         self.delay = delay
-        issue_order = np.lexsort((ids, pf))
-        self.h2d_keys = (pf * self.m + ids)[issue_order]
-        self.h2d_free = np.maximum.accumulate(np.array([arrive[a] for a in ids[issue_order].tolist()]))
+        issued = ev_kind == 0
+        self.h2d_keys = ev_op[issued] * self.m + ev_act[issued]
+        self.h2d_free = np.maximum.accumulate(np.array(arrive)[ev_act[issued]])
         if delay > 0.0:
             stall = np.zeros(self.n)
             waits = ev_stall > 0.0
