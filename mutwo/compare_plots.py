@@ -1,0 +1,132 @@
+"""Seaborn figures of a comparison run. Each function writes one PNG (atomically, via
+`mutwo.plots.save`) and returns its path, so report.md can embed whatever was made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from mutwo import plots  # noqa: E402
+from mutwo.problem import Problem  # noqa: E402
+from mutwo.schedule import Schedule  # noqa: E402
+from mutwo.simulate import simulate  # noqa: E402
+
+__all__ = ["overhead_vs_peak", "plan_timelines", "solve_times", "batch_scaling", "unit_for"]
+
+FEASIBLE = ("optimal", "feasible")
+
+
+def unit_for(nbytes: float) -> tuple[str, float]:
+    """A readable unit for sizes up to ``nbytes``."""
+    if nbytes >= 2 * 2**30:
+        return "GiB", 2**30
+    if nbytes >= 2 * 2**20:
+        return "MiB", 2**20
+    return "KiB", 2**10
+
+
+def _overhead_frame(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[df["status"].isin(FEASIBLE)]
+    parts = [pd.DataFrame({"solver": ok["solver"], "batch": ok["batch_size"], "budget": ok["budget"],
+                           "peak": ok["predicted_peak_bytes"], "overhead %": ok["predicted_overhead_pct"],
+                           "kind": "predicted"})]
+    measured = ok.dropna(subset=["measured_peak_bytes", "measured_overhead_pct"])
+    if len(measured):
+        parts.append(pd.DataFrame({"solver": measured["solver"], "batch": measured["batch_size"],
+                                   "budget": measured["budget"], "peak": measured["measured_peak_bytes"],
+                                   "overhead %": measured["measured_overhead_pct"], "kind": "measured"}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def overhead_vs_peak(df: pd.DataFrame, path: str | Path) -> Path:
+    """Iteration-time overhead over keep-all against peak memory, one colour per solver; predicted
+    (simulator) and measured (executed) points told apart by marker. One panel per batch size."""
+    data = _overhead_frame(df)
+    if data.empty:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.text(0.5, 0.5, "no feasible plan", ha="center", va="center")
+        ax.set_axis_off()
+        return plots.save(fig, path)
+    unit, scale = unit_for(float(data["peak"].max()))
+    data[f"peak ({unit})"] = data["peak"] / scale
+    batches = sorted(data["batch"].unique())
+    g = sns.relplot(data=data, x=f"peak ({unit})", y="overhead %", hue="solver", style="kind",
+                    markers={"predicted": "o", "measured": "X"}, col="batch" if len(batches) > 1 else None,
+                    kind="scatter", s=70, alpha=0.85, height=4.2, aspect=1.3, facet_kws={"sharex": False})
+    for ax in g.axes.flat:
+        ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
+    g.figure.suptitle("time overhead vs peak memory (lower-left is better)", y=1.03)
+    return plots.save(g.figure, path)
+
+
+def plan_timelines(problem: Problem, schedules: dict[str, Schedule], budget_bytes: int, path: str | Path,
+                   title: str = "") -> Path:
+    """Simulated memory along the op order for keep-all and each plan, with the forward/backward
+    boundary and the budget line (drawn by `mutwo.plots.memory_timeline`)."""
+    frames = {}
+    if all(np.any(s.decisions != 0) for s in schedules.values()):  # no plan shows keep-all already
+        frames["keep-all (reference)"] = simulate(problem, Schedule.keep_all(problem)).timeline_bytes
+    for label, schedule in schedules.items():
+        frames[label] = simulate(problem, schedule).timeline_bytes
+    return plots.memory_timeline(frames, problem.fwd_end, path, limit_bytes=budget_bytes,
+                                 title=title or "simulated memory of each plan")
+
+
+def solve_times(df: pd.DataFrame, path: str | Path) -> Path:
+    """Solve time per solver over every batch size and budget (log scale)."""
+    data = df[df["status"] != "error"].copy()
+    data["solve time (s)"] = data["solve_time_s"].clip(lower=1e-6)
+    data["budget"] = data["budget"].astype(str)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * data["solver"].nunique() + 3), 4))
+    order = sorted(data["solver"].unique())
+    sns.boxplot(data=data, x="solver", y="solve time (s)", order=order, ax=ax, color="0.9", fliersize=0)
+    sns.stripplot(data=data, x="solver", y="solve time (s)", hue="budget", order=order, ax=ax, size=6,
+                  jitter=0.15, dodge=False)
+    ax.set_yscale("log")
+    ax.tick_params(axis="x", rotation=30)
+    ax.set_title("solve time per solver (each point: one batch size x budget)")
+    ax.legend(title="budget", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return plots.save(fig, path)
+
+
+def batch_scaling(df: pd.DataFrame, keep_all: pd.DataFrame, path: str | Path) -> Path:
+    """Peak memory and iteration time against batch size: keep-all, and each solver's feasible plans
+    (one line per solver and budget; predicted by the simulator, measured where executed)."""
+    ok = df[df["status"].isin(FEASIBLE)]
+    rows = [pd.DataFrame({"batch": keep_all["batch_size"], "plan": "keep-all", "budget": "-",
+                          "peak": keep_all["keep_all_peak_bytes"], "time (s)": keep_all["keep_all_time_s"],
+                          "kind": "predicted"})]
+    rows.append(pd.DataFrame({"batch": ok["batch_size"], "plan": ok["solver"], "budget": ok["budget"],
+                              "peak": ok["predicted_peak_bytes"], "time (s)": ok["predicted_time_s"],
+                              "kind": "predicted"}))
+    measured = ok.dropna(subset=["measured_peak_bytes"])
+    if len(measured):
+        rows.append(pd.DataFrame({"batch": measured["batch_size"], "plan": measured["solver"],
+                                  "budget": measured["budget"], "peak": measured["measured_peak_bytes"],
+                                  "time (s)": measured["measured_time_s"], "kind": "measured"}))
+    if "measured_peak_bytes" in keep_all and keep_all["measured_peak_bytes"].notna().any():
+        k = keep_all.dropna(subset=["measured_peak_bytes"])
+        rows.append(pd.DataFrame({"batch": k["batch_size"], "plan": "keep-all", "budget": "-",
+                                  "peak": k["measured_peak_bytes"], "time (s)": k["measured_time_s"],
+                                  "kind": "measured"}))
+    data = pd.concat(rows, ignore_index=True)
+    unit, scale = unit_for(float(np.nanmax(data["peak"].to_numpy(dtype=float))))
+    data[f"peak ({unit})"] = data["peak"] / scale
+    data["line"] = data["plan"] + np.where(data["budget"] == "-", "", " @ " + data["budget"].astype(str))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, y in ((a, f"peak ({unit})"), (b, "time (s)")):
+        sns.lineplot(data=data, x="batch", y=y, hue="plan", style="kind", units="line", estimator=None,
+                     markers=True, dashes={"predicted": "", "measured": (3, 2)}, ax=ax, linewidth=1)
+        ax.set_xticks(sorted(data["batch"].unique()))
+    a.set_title("peak memory vs batch size")
+    b.set_title("iteration time vs batch size")
+    a.get_legend().remove()
+    b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return plots.save(fig, path)

@@ -1,0 +1,191 @@
+"""Files of a comparison run: atomic writers and the report.md that sums a run up.
+
+Every file is written to a temporary name and renamed into place, so an interrupted run never leaves
+a half-written CSV or JSON behind (``--resume`` trusts what it finds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["write_text", "write_json", "write_csv", "append_jsonl", "read_jsonl", "markdown_table",
+           "best_per_budget", "summary_frame", "write_report", "fmt_bytes", "jsonable"]
+
+FEASIBLE = ("optimal", "feasible")
+
+
+# ---------------------------------------------------------------------- atomic files
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def jsonable(x):
+    """numpy scalars / arrays and NaN -> plain JSON values (NaN becomes null)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return None if math.isnan(float(x)) else float(x)
+    return x
+
+
+def write_json(path: str | Path, obj) -> Path:
+    return write_text(path, json.dumps(jsonable(obj), indent=1) + "\n")
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """One finished cell per line, flushed to disk before the next cell starts."""
+    with open(path, "a") as f:
+        f.write(json.dumps(jsonable(row)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a cells.jsonl; a torn last line (the run was killed mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+# ---------------------------------------------------------------------- formatting
+def fmt_bytes(n) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "–"
+    n = float(n)
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, (float, np.floating)):
+        return f"{x:.4g}"
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (no tabulate dependency)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader compares, with sizes in MiB and overheads in percent."""
+    out = pd.DataFrame({
+        "batch": df["batch_size"], "budget": df["budget"], "budget MiB": df["budget_bytes"] / 2**20,
+        "solver": df["solver"], "status": df["status"],
+        "pred peak MiB": df["predicted_peak_bytes"] / 2**20, "pred time s": df["predicted_time_s"],
+        "pred overhead %": df["predicted_overhead_pct"],
+        "meas peak MiB": df["measured_peak_bytes"] / 2**20, "meas time s": df["measured_time_s"],
+        "max rel diff": df["max_rel_diff"], "solve s": df["solve_time_s"],
+        "R/S": df["n_recompute"].astype("Int64").astype(str) + "/" + df["n_swap"].astype("Int64").astype(str),
+    })
+    return out
+
+
+def best_per_budget(df: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size and budget: the feasible solver with the lowest predicted time, and the one with
+    the lowest measured time where schedules were executed."""
+    rows = []
+    for (bs, budget), group in df.groupby(["batch_size", "budget"], sort=False):
+        ok = group[group["status"].isin(FEASIBLE)]
+        row = {"batch": bs, "budget": budget, "budget MiB": group["budget_bytes"].iloc[0] / 2**20,
+               "feasible": f"{len(ok)}/{len(group)}"}
+        if len(ok):
+            p = ok.loc[ok["predicted_time_s"].idxmin()]
+            row.update({"best (predicted)": p["solver"], "pred time s": p["predicted_time_s"],
+                        "pred peak MiB": p["predicted_peak_bytes"] / 2**20})
+            measured = ok.dropna(subset=["measured_time_s"])
+            if len(measured):
+                m = measured.loc[measured["measured_time_s"].idxmin()]
+                row.update({"best (measured)": m["solver"], "meas time s": m["measured_time_s"],
+                            "meas peak MiB": m["measured_peak_bytes"] / 2**20})
+        else:
+            row["best (predicted)"] = "none feasible"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[Path],
+                 batches: dict[int, dict]) -> Path:
+    """report.md: what ran, the best solver at each budget, the full table and the plots."""
+    path = Path(path)
+    sc = run["scenario"]
+    executed = bool(df["executed"].any()) if len(df) else False
+    lines = [f"# {sc['name']}: activation-memory plans compared", "",
+             f"- model `{sc['model']}` {sc.get('model_options') or ''}, optimizer `{sc['optimizer']['name']}` "
+             f"{sc['optimizer'].get('options') or ''}, device `{run['device']}`, seed {sc['seed']}",
+             f"- command: `{run['command']}`",
+             f"- started {run['started']}, run id `{run['run_id']}`",
+             f"- torch {run['versions'].get('torch')}, mutwo {run['versions'].get('mutwo')}",
+             f"- execution: {run.get('execution_note', '')}", ""]
+    lines += ["## Keep-all reference", "",
+              "| batch | keep-all peak (predicted) | iteration (predicted) | measured peak | measured iteration "
+              "| activations | fixed peak |", "|---|---|---|---|---|---|---|"]
+    for bs, info in sorted(batches.items()):
+        mt = info.get("measured_time_s")
+        lines.append(f"| {bs} | {fmt_bytes(info['keep_all_peak_bytes'])} | {info['keep_all_time_s']:.4g} s | "
+                     f"{fmt_bytes(info.get('measured_peak_bytes'))} | "
+                     f"{'–' if mt is None else f'{mt:.4g} s'} | {fmt_bytes(info['act_bytes_total'])} | "
+                     f"{fmt_bytes(info['fixed_peak_bytes'])} |")
+    lines += ["", "The fixed peak (parameters, gradients, optimizer state, temporaries) is the floor no "
+              "activation plan can go below.", ""]
+    lines += ["## Best solver at each budget", "",
+              "Lowest predicted iteration time among feasible plans"
+              + (", and lowest measured time among executed ones." if executed else
+                 " (schedules were not executed: no measured column)."), "",
+              markdown_table(best_per_budget(df)) if len(df) else "(no rows)", ""]
+    lines += ["## All results", "", markdown_table(summary_frame(df)) if len(df) else "(no rows)", ""]
+    errors = df[df["status"].isin(["error", "invalid"])]
+    if len(errors):
+        lines += ["## Errors", ""]
+        lines += [f"- batch {r.batch_size}, {r.solver} @ {r.budget}: {r.status}: {r.message}"
+                  for r in errors.itertuples()]
+        lines.append("")
+    lines += ["## Plots", ""]
+    for p in plots:
+        rel = os.path.relpath(p, path.parent)
+        lines += [f"![{p.stem}]({rel})", ""]
+    return write_text(path, "\n".join(lines))

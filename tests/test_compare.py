@@ -1,0 +1,153 @@
+"""End to end: ``python -m mutwo.compare`` on the small scenarios, through ``main([...])``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mutwo.compare import COLUMNS, main
+from mutwo.registry import register_solver
+from mutwo.schedule import Decision, Schedule, Status
+
+TESTS = Path(__file__).parent
+SCENARIOS = TESTS.parent / "scenarios"
+FEASIBLE = ("optimal", "feasible")
+
+
+# a solver from outside the package: registered by the test, then named in a scenario
+@register_solver("test_recompute_half")
+def _recompute_half(problem, budget_bytes, **options):
+    d = np.zeros(problem.n_act, np.int8)
+    cand = np.flatnonzero(problem.recomputable)
+    d[cand[: len(cand) // 2]] = Decision.RECOMPUTE
+    return Schedule.from_decisions(problem, d, status=Status.FEASIBLE, message="half, fits or not")
+
+
+@register_solver("test_broken")
+def _broken(problem, budget_bytes, **options):
+    raise RuntimeError("this solver always fails")
+
+
+@pytest.fixture(autouse=True)
+def _profile_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MUTWO_CACHE", str(tmp_path_factory.getbasetemp() / "mutwo_cache"))
+
+
+def _run(args: list[str], out: Path) -> Path:
+    assert main([*args, "--out", str(out), "--quiet", "--run-id", "r"]) == 0
+    return out
+
+
+def _check_run(run: Path, n_rows: int, executed: bool) -> pd.DataFrame:
+    for name in ("results.csv", "cells.jsonl", "run.json", "report.md", "scenario.yaml"):
+        assert (run / name).is_file(), name
+    df = pd.read_csv(run / "results.csv")
+    assert list(df.columns) == COLUMNS and len(df) == n_rows
+    assert not list(run.rglob("*.tmp*")), "atomic writes leave no temporary files"
+    for bs in df["batch_size"].unique():
+        for name in ("ops.csv", "activations.csv", "problem.npz", "keep_all.json"):
+            assert (run / f"batch{bs}" / name).is_file()
+    ok = df[df["status"].isin(FEASIBLE)]
+    assert (ok["predicted_peak_bytes"] <= ok["budget_bytes"]).all()
+    assert np.allclose(ok["budget_fraction"], ok["budget_bytes"] / ok["keep_all_peak_bytes"])
+    for f in df["schedule_file"].dropna():
+        Schedule.load(run / f)
+    assert (df["n_keep"] + df["n_recompute"] + df["n_swap"]).nunique() <= df["batch_size"].nunique()
+    if executed:
+        assert ok["executed"].all() and ok["measured_peak_bytes"].gt(0).all()
+        assert ok["max_rel_diff"].lt(1e-3).all()
+    else:
+        assert not df["executed"].any() and df["measured_peak_bytes"].isna().all()
+        assert df["execute_note"].str.startswith("not executed").all()
+    report = (run / "report.md").read_text()
+    assert "## Best solver at each budget" in report and "## All results" in report
+    for png in run.glob("plots/*.png"):
+        assert f"plots/{png.name}" in report
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["status"] == "finished" and "torch" in run_info["versions"]
+    return df
+
+
+def test_toy_mlp_end_to_end_executed(tmp_path, capsys):
+    out = _run([str(SCENARIOS / "toy_mlp.yaml"), "--solvers", "keep_all,knapsack,mutwo_greedy",
+                "--budgets", "1.0,0.8"], tmp_path)
+    run = out / "toy_mlp" / "r"
+    df = _check_run(run, 6, executed=True)
+    greedy = df[(df["solver"] == "mutwo_greedy") & (df["budget_fraction"] < 0.9)].iloc[0]
+    assert greedy["status"] in FEASIBLE and greedy["predicted_peak_bytes"] < df["keep_all_peak_bytes"].iloc[0]
+    for png in ("overhead_vs_peak.png", "solve_times.png", "timeline_b256.png"):
+        assert (run / "plots" / png).stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "best feasible solver per budget" in printed and "mutwo_greedy" in printed
+
+
+def test_user_model_and_outside_solver(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    path = tmp_path / "user.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "user", "model": "fixtures_user_model:build", "model_options": {"hidden": 32},
+        "batch_size": [64, 128], "optimizer": {"name": "sgd", "options": {"momentum": 0.0}},
+        "device": "cpu", "budgets": [0.9, "1MiB"], "solvers": ["test_recompute_half", "test_broken", "knapsack"],
+        "profile": {"runs": 1, "warmup": 0}, "execute": {"iterations": 1, "warmup": 0}}))
+    run = _run([str(path), "--no-execute"], tmp_path) / "user" / "r"
+    df = _check_run(run, 2 * 2 * 3, executed=False)
+    broken = df[df["solver"] == "test_broken"]
+    assert (broken["status"] == "error").all() and broken["message"].str.contains("always fails").all()
+    assert broken["schedule_file"].isna().all()
+    half = df[df["solver"] == "test_recompute_half"]
+    # it claims FEASIBLE whatever the budget: the driver checks with the simulator
+    assert set(half["status"]) <= {"feasible", "invalid"}
+    bad = half[half["predicted_peak_bytes"] > half["budget_bytes"]]
+    assert (bad["status"] == "invalid").all()
+    assert (df[df["budget"] == "1MiB"]["budget_bytes"] == 2**20).all()
+    assert (run / "plots" / "batch_scaling.png").is_file()
+
+
+def test_resume_skips_finished_cells(tmp_path):
+    args = [str(SCENARIOS / "toy_mlp.yaml"), "--no-execute", "--solvers", "keep_all,mutwo_greedy",
+            "--budgets", "1.0,0.8,0.6"]
+    run = _run(args, tmp_path) / "toy_mlp" / "r"
+    lines = (run / "cells.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    # the run was "killed" after four cells, the last line half written
+    (run / "cells.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
+    _run([*args, "--resume"], tmp_path)
+    after = (run / "cells.jsonl").read_text().splitlines()
+    assert len(after) == 4 + 2  # 4 kept, the torn line dropped, 2 re-run
+    assert [json.loads(x)["budget"] for x in after] == ["1", "0.8", "0.6", "1", "0.8", "0.6"]
+    assert json.loads((run / "run.json").read_text())["cells_resumed"] == 4
+    df = _check_run(run, 6, executed=False)
+    # nothing left to do: the Problem is reloaded from the run folder, no cell runs again
+    _run([*args, "--resume"], tmp_path)
+    assert len((run / "cells.jsonl").read_text().splitlines()) == 6
+    assert pd.read_csv(run / "results.csv")["status"].tolist() == df["status"].tolist()
+
+
+@pytest.mark.parametrize("scenario, solvers", [("tiny_resnet", "knapsack,mutwo_greedy"),
+                                               ("tiny_bert", "swap_hidden,mutwo_greedy")])
+def test_small_model_scenarios(tmp_path, scenario, solvers):
+    run = _run([str(SCENARIOS / f"{scenario}.yaml"), "--no-execute", "--solvers", solvers, "--budgets",
+                "1.0,0.9", "--no-plots"], tmp_path) / scenario / "r"
+    df = _check_run(run, 4, executed=False)
+    assert df["status"].isin(FEASIBLE).any()
+    acts = pd.read_csv(run / f"batch{df['batch_size'].iloc[0]}" / "activations.csv")
+    assert {"bytes", "recompute_ratio", "inactive_time_s"} <= set(acts.columns)
+
+
+def test_bad_scenario_exits_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nmodel: mlp\nbatch_size: 0\nbudgets: ['6GB']\nsolvers: [keep_all]\n")
+    assert main([str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "batch_size" in err and "6GiB" in err
+    assert "Traceback" not in err
+    assert main([str(SCENARIOS / "toy_mlp.yaml"), "--solvers", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown solver 'nope'" in capsys.readouterr().err
+    assert main([str(SCENARIOS / "toy_mlp.yaml"), "--batch-sizes", "2,x", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit):
+        main(["--help"])

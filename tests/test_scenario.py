@@ -1,0 +1,129 @@
+"""Scenario files: every mistake is a ScenarioError naming the file, the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mutwo.scenario import Budget, ScenarioError, call_builder, load_scenario, parse_size, validate_scenario
+
+TESTS = Path(__file__).parent
+SCENARIOS = TESTS.parent / "scenarios"
+BASE = {"name": "t", "model": "mlp", "batch_size": 4, "budgets": [1.0, 0.5], "solvers": ["keep_all"]}
+
+
+def _error(tmp_path: Path, **changes) -> str:
+    data = {**BASE, **changes}
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    text = str(info.value)
+    assert str(path) in text  # names the file
+    return text
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_scenarios_validate(path):
+    s = load_scenario(path)
+    assert s.name == path.stem and s.solvers and s.budgets and all(b > 0 for b in s.batch_size)
+
+
+def test_defaults_and_normalisation():
+    s = validate_scenario({**BASE, "solvers": ["keep_all", {"name": "mutwo_greedy", "options": {"mode": "swap"}},
+                                               "mutwo_greedy"], "budgets": [0.5, "512MiB", 0.5]})
+    assert s.batch_size == [4]
+    assert [x.label for x in s.solvers] == ["keep_all", "mutwo_greedy[mode=swap]", "mutwo_greedy"]
+    assert [b.label for b in s.budgets] == ["0.5", "512MiB"]  # duplicates dropped
+    assert s.budgets[1].resolve(10**12) == 512 * 2**20 and s.budgets[0].resolve(1000) == 500
+    assert s.device == "auto" and s.optimizer.name == "adam" and s.execute.enabled
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    text = _error(tmp_path, budget=[0.5])
+    assert "'budget'" in text and "did you mean 'budgets'" in text
+    text = _error(tmp_path, profile={"run": 3})
+    assert "profile.run" in text and "did you mean 'runs'" in text
+    text = _error(tmp_path, solvers=[{"name": "keep_all", "option": {}}])
+    assert "solvers[0].option" in text and "'options'" in text
+
+
+def test_sizes_need_binary_units(tmp_path):
+    text = _error(tmp_path, budgets=["6GB"])
+    assert "budgets[0]" in text and "6GiB" in text
+    assert parse_size("6GiB") == 6 * 2**30 and parse_size("1.5 MiB") == int(1.5 * 2**20)
+    for bad in ("6 gigs", "GiB", "-1GiB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_budget_fraction_range(tmp_path):
+    assert "budgets[1]" in _error(tmp_path, budgets=[0.5, 2])
+    assert "budgets[0]" in _error(tmp_path, budgets=[0])
+    assert "budgets" in _error(tmp_path, budgets=[])
+    assert Budget.model_validate("0.25").fraction == 0.25
+
+
+def test_batch_size_must_be_positive(tmp_path):
+    assert "batch_size" in _error(tmp_path, batch_size=0)
+    assert "batch_size" in _error(tmp_path, batch_size=[2, -1])
+    assert "batch_size" in _error(tmp_path, batch_size="two")
+
+
+def test_solvers_unknown_or_empty(tmp_path):
+    text = _error(tmp_path, solvers=["mutwo_gredy"])
+    assert "solvers[0].name" in text and "did you mean 'mutwo_greedy'" in text
+    text = _error(tmp_path, solvers=[])
+    assert "'solvers'" in text and "at least one" in text
+    text = _error(tmp_path, solvers=[{"name": "knapsack", "options": {"a": 1}},
+                                     {"name": "knapsack", "options": {"a": 1}}])
+    assert "label" in text
+
+
+def test_model_errors(tmp_path):
+    assert "did you mean 'resnet152'" in _error(tmp_path, model="resnet15")
+    text = _error(tmp_path, model="no_such_module_xyz:build")
+    assert "'model'" in text and "cannot import" in text
+    text = _error(tmp_path, model="json:dumpz")
+    assert "no function 'dumpz'" in text and "dumps" in text
+    assert "module:function" in _error(tmp_path, model="json:")
+
+
+def test_user_builder_must_return_a_workload(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    s = validate_scenario({**BASE, "model": "fixtures_user_model:not_a_workload"})
+    with pytest.raises(ScenarioError, match="'model'.*returned dict"):
+        call_builder(s, 2, "cpu")
+    s = validate_scenario({**BASE, "model": "fixtures_user_model:build", "model_options": {"hidden": 8}})
+    wl = call_builder(s, 3, "cpu")
+    assert wl.inputs[0].shape == (3, 16)
+    s = validate_scenario({**BASE, "model": "fixtures_user_model:build", "model_options": {"widht": 8}})
+    with pytest.raises(ScenarioError, match="model_options"):
+        call_builder(s, 3, "cpu")
+
+
+def test_optimizer_options_are_checked(tmp_path):
+    assert "momentom" in _error(tmp_path, optimizer={"name": "sgd", "options": {"momentom": 0.0}})
+    assert "optimizer.name" in _error(tmp_path, optimizer={"name": "lion"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when there is no GPU")
+def test_cuda_without_gpu(tmp_path):
+    text = _error(tmp_path, device="cuda")
+    assert "'device'" in text and "auto or cpu" in text
+
+
+def test_unsafe_yaml_is_refused(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load_scenario(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ScenarioError, match="top level"):
+        load_scenario(path)
+    with pytest.raises(ScenarioError, match="cannot read"):
+        load_scenario(tmp_path / "missing.yaml")
