@@ -95,9 +95,9 @@ def test_a_nearly_free_recompute_is_chosen_when_the_swap_would_stall():
 
 def test_budget_below_fixed_memory_is_infeasible_immediately():
     p = random_dag(600, seed=1)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     res = solve(p, floor_bytes(p) - 1)
-    assert time.perf_counter() - t0 < 0.05
+    assert time.process_time() - t0 < 0.05
     assert res.schedule.status == Status.INFEASIBLE
     assert "fixed memory" in res.schedule.message
     assert (res.schedule.decisions == K).all()
@@ -212,9 +212,9 @@ def test_resnet152_sized_problem_solves_in_under_a_second():
     p = random_dag(600, seed=0)  # ~3,900 ops
     b = int(0.5 * keep_peak(p))
     best = float("inf")
-    for _ in range(3):  # best of three: the machine may be shared
-        t0 = time.perf_counter()
+    for _ in range(3):  # best of three, in CPU time: the machine may be shared
+        t0 = time.process_time()
         res = solve(p, b, verify=False)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     assert res.schedule.status == Status.FEASIBLE
     assert best < 1.0
