@@ -405,9 +405,9 @@ class _Greedy:
         if 0 <= shift <= len(ev_key) and len(old_key):
             same = ((ev_key[shift:] == old_key) & (ev_pre[shift:] == old_pre)
                     & (ev_ready[shift:] == old_ready))
-            tail = np.logical_and.accumulate(same[::-1])[::-1]
-            tail_from = shift + (int(np.argmin(tail)) + 1 if not tail.all() else 0)  # first e with tail
-            tail_from = max(tail_from, j + 1)
+            tail = np.logical_and.accumulate(same[::-1])[::-1]  # tail[i]: new[shift+i:] == old[i:]
+            first = int(np.argmax(tail)) if tail.any() else len(old_key)
+            tail_from = max(shift + first, j + 1)
         else:
             tail_from = len(ev_key) + 1
         link_free, delay = float(old_lf[j]), float(old_delay[j])

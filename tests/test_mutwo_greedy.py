@@ -123,6 +123,21 @@ def test_feasible_answers_fit_and_bookkeeping_equals_simulate(p, mode):
         check(p, b, mode)
 
 
+def varied_dag(seed: int) -> Problem:
+    """Small random DAGs with links from 4x too slow to 5x faster than hiding every swap needs."""
+    rng = np.random.default_rng(seed)
+    return random_dag(int(rng.integers(5, 45)), seed=seed, swap_ratio=float(rng.choice([0.2, 0.5, 1.5, 4.0])),
+                      skip_prob=0.4, frac_unswappable=0.2, frac_random=0.1)
+
+
+@pytest.mark.parametrize("seed", [*range(0, 38, 3), 16, 39])  # 16, 39: a prefetch walk once stopped early
+def test_bookkeeping_equals_simulate_on_many_small_problems(seed):
+    p = varied_dag(seed)
+    for b in budgets(p, (0.8, 0.55, 0.4, 0.15)):
+        for mode in ("both", "recompute", "swap"):
+            check(p, b, mode)
+
+
 @pytest.mark.parametrize("p", PROBLEMS[:4], ids=lambda p: p.name)
 def test_recompute_ratios_are_positive(p):
     ratios = recompute_ratios(p)
