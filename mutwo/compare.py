@@ -165,6 +165,18 @@ class Batch:
     graph: Any = None  # TrainGraph, when captured in this process (needed to execute)
     flat: list | None = None
     info: dict = field(default_factory=dict)  # keep_all.json: reference figures, measured ones included
+    measured: dict[bytes, tuple[dict, str]] = field(default_factory=dict)  # plan -> (measurement, who)
+
+
+def _plan_key(schedule) -> bytes:
+    """Identical plans (decisions and prefetch points) give identical rewritten graphs."""
+    return np.asarray(schedule.decisions, np.int8).tobytes() + np.asarray(schedule.prefetch_at, np.int64).tobytes()
+
+
+def _measurement(res) -> dict:
+    return {"measured_peak_bytes": int(res.measured_peak_bytes), "measured_time_s": float(res.iteration_time_s),
+            "max_rel_diff": float(res.max_rel_diff), "bitwise_equal": bool(getattr(res, "bitwise_equal", False)),
+            "emulated_swap": bool(res.emulated_swap)}
 
 
 def _seed(seed: int) -> None:
@@ -223,16 +235,20 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
             "profile_measured_peak_bytes": prof.measured_peak_bytes,
             "profile_iteration_time_s": prof.iteration_time_s, "peak_method": prof.peak_method,
             "bandwidth_bytes_per_s": prof.host_bandwidth_bytes_per_s, "bandwidth_source": prof.bandwidth_source}
-    if "measured_peak_bytes" in old:  # resuming: the keep-all execution is already done
-        info.update({k: old[k] for k in ("measured_peak_bytes", "measured_time_s") if k in old})
+    if "measured" in old:  # resuming: the keep-all execution is already done
+        info["measured"] = old["measured"]
     elif execute_fn is not None:
         status(f"b{batch_size}: execute keep-all")
         res = execute_fn(graph, problem, keep, flat, iterations=scenario.execute.iterations,
                          warmup=scenario.execute.warmup, seed=scenario.seed)
-        info.update({"measured_peak_bytes": int(res.measured_peak_bytes),
-                     "measured_time_s": float(res.iteration_time_s)})
+        info["measured"] = _measurement(res)
+    if "measured" in info:
+        info.update({k: info["measured"][k] for k in ("measured_peak_bytes", "measured_time_s")})
     report.write_json(info_path, info)
-    return Batch(batch_size, problem, sim.peak_bytes, sim.time_s, folder, graph, flat, info)
+    batch = Batch(batch_size, problem, sim.peak_bytes, sim.time_s, folder, graph, flat, info)
+    if "measured" in info:
+        batch.measured[_plan_key(keep)] = (info["measured"], "the keep-all reference")
+    return batch
 
 
 # ---------------------------------------------------------------------- one cell
@@ -289,21 +305,27 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
     if batch.graph is None:
         row["execute_note"] = "not executed: no captured graph in this process"
         return row
-    try:
-        res = execute_fn(batch.graph, problem, schedule, batch.flat, iterations=scenario.execute.iterations,
-                         warmup=scenario.execute.warmup, seed=scenario.seed)
-    except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        row["execute_note"] = f"execution failed: {type(exc).__name__}: {exc}"
-        return row
-    measured_time = float(res.iteration_time_s)
+    key = _plan_key(schedule)
+    note = "executed"
+    if key in batch.measured:  # the same plan already ran (keep-all, or a budget-independent solver)
+        measured, who = batch.measured[key]
+        note = f"executed: same plan as {who}, measured once"
+    else:
+        try:
+            res = execute_fn(batch.graph, problem, schedule, batch.flat, iterations=scenario.execute.iterations,
+                             warmup=scenario.execute.warmup, seed=scenario.seed)
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            row["execute_note"] = f"execution failed: {type(exc).__name__}: {exc}"
+            return row
+        measured = _measurement(res)
+        batch.measured[key] = (measured, f"{spec.label} @ {budget.label}")
     base_time = batch.info.get("measured_time_s")
-    row.update({"executed": True, "execute_note": "executed", "measured_peak_bytes": int(res.measured_peak_bytes),
-                "measured_time_s": measured_time, "max_rel_diff": float(res.max_rel_diff),
-                "bitwise_equal": bool(getattr(res, "bitwise_equal", False)),
-                "emulated_swap": bool(res.emulated_swap) if row["n_swap"] else False,
-                "measured_overhead_pct": 100.0 * (measured_time / base_time - 1.0) if base_time else None})
+    row.update({**measured, "executed": True, "execute_note": note,
+                "emulated_swap": measured["emulated_swap"] and bool(row["n_swap"]),
+                "measured_overhead_pct": 100.0 * (measured["measured_time_s"] / base_time - 1.0)
+                if base_time else None})
     return row
 
 
