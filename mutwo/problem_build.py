@@ -84,7 +84,10 @@ def build_problem(graph: TrainGraph, prof: Profile, name: str | None = None) -> 
     for s in acts:
         ops, srcs, safe = recompute_walk(graph, s)
         positions = np.array([graph.op_index[o] for o in ops], dtype=np.int64)
-        made = {graph.storage_of[v] for o in ops for v in [o, *o.users]
+        # what the chain's ops allocate: their own values and their getitem outputs (other users of
+        # a chain op, e.g. backward ops, are not part of the chain)
+        made = {graph.storage_of[v] for o in ops
+                for v in [o, *(u for u in o.users if u.target is operator.getitem)]
                 if v in graph.storage_of and graph.storages[graph.storage_of[v]].producer is v}
         made.discard(s.sid)
         temp_bytes.append(sum(graph.storages[m].nbytes for m in made))
