@@ -135,7 +135,6 @@ class _Chain:
 class _Greedy:
     def __init__(self, problem: Problem, mode: str):
         p = problem
-        self.p = p
         n, m = p.n_ops, p.n_act
         self.n, self.m, self.fwd_end = n, m, int(p.fwd_end)
         self.op_time = p.op_time_s
@@ -197,17 +196,15 @@ class _Greedy:
         self.d2h_keys = np.zeros(0, np.int64)  # swap-out queue order (lfu, index), ids, end times
         self.d2h_ids = np.zeros(0, np.int64)
         self.d2h_ends = np.zeros(0)
-        self.arrive = [0.0] * m  # prefetch arrival per swapped activation
-        # last walk over prefetch events: key, pre, ready, then link-free and delay before each event
-        # (one more entry: after the last) and the stall each wait caused
-        self.ev = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(1), np.zeros(1), np.zeros(0))
+        self.arrive = [float("nan")] * m  # prefetch arrival per swapped activation
+        # last walk over prefetch events: key, pre, ready; link-free and delay before each event (one
+        # more entry: after the last); for a wait that stalled, the arrival and the wait start (else 0)
+        self.ev = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(1), np.zeros(1), np.zeros(0),
+                   np.zeros(0))
         self.h2d_keys = np.zeros(0, np.int64)  # prefetch queue order (prefetch op, index) and the
         self.h2d_free = np.zeros(0)  # link-free time after each (running max of arrivals)
 
     # ------------------------------------------------------------------ recompute chains
-    def _resident(self, s: int, t: int) -> bool:
-        return self.d[s] == _KEEP or self.fbu_l[s] <= t <= self.lbu_l[s]
-
     def _walk(self, a: int) -> _Chain:
         """The chain ``resolve_recompute`` would give ``a`` (as RECOMPUTE) under the current decisions."""
         t = self.fbu_l[a]
@@ -353,6 +350,7 @@ class _Greedy:
         ends as before. Same float operations as ``simulate``'s FIFO, so the ends are identical."""
         key = int(self.lfu[s]) * self.m + s
         j = int(np.searchsorted(self.d2h_keys, key))
+
         def put(arr: np.ndarray, x) -> np.ndarray:  # np.insert, without its overhead
             return np.concatenate((arr[:j], np.array([x], arr.dtype), arr[j:]))
 
@@ -375,7 +373,9 @@ class _Greedy:
 
         Mirrors ``simulate``: one walk over prefetch issues and waits in (op, issue-before-wait,
         index) order. The walk resumes at the first event whose inputs changed since the last call,
-        from the link-free time and delay saved there.
+        from the link-free time and delay saved there, and stops where the rest would repeat the last
+        walk: same events and inputs from there on, same link-free time and delay, and every copy in
+        flight arriving as before.
         """
         cum = np.empty(self.n + 1)
         cum[0] = 0.0
@@ -398,7 +398,7 @@ class _Greedy:
         ev_key, ev_op, ev_kind, ev_act = ev_key[order], ev_op[order], ev_kind[order], ev_act[order]
         ev_pre = pre[ev_op]
         ev_ready = np.where(ev_kind == 0, self.out_end[ev_act], 0.0)
-        old_key, old_pre, old_ready, old_lf, old_delay, old_stall = self.ev
+        old_key, old_pre, old_ready, old_lf, old_delay, old_arr, old_now = self.ev
         L = min(len(ev_key), len(old_key))
         diff = (ev_key[:L] != old_key[:L]) | (ev_pre[:L] != old_pre[:L]) | (ev_ready[:L] != old_ready[:L])
         j = int(np.argmax(diff)) if diff.any() else L
@@ -415,40 +415,53 @@ class _Greedy:
             tail_from = len(ev_key) + 1
         link_free, delay = float(old_lf[j]), float(old_delay[j])
         arrive, dur = self.arrive, self.tau_l
-        lf_out, delay_out, stall_out = [], [], []
+        lf_out, delay_out, arr_out, now_out = [], [], [], []
+        pending = set()  # copies whose arrival changed in this walk and not yet waited for
         e = j
         stop = len(ev_key)
         for pre_t, ready, kind, a in zip(ev_pre[j:].tolist(), ev_ready[j:].tolist(), ev_kind[j:].tolist(),
                                          ev_act[j:].tolist(), strict=True):
-            if e >= tail_from and link_free == old_lf[e - shift] and delay == old_delay[e - shift]:
+            if (e >= tail_from and not pending and link_free == old_lf[e - shift]
+                    and delay == old_delay[e - shift]):
                 stop = e
                 break
             now = pre_t + delay
-            st = 0.0
+            stalled = False
             if kind == 0:
                 start = max(now, link_free, ready)
-                link_free = arrive[a] = start + dur[a]
-            elif arrive[a] > now:
-                st = arrive[a] - now
-                delay += arrive[a] - now
+                link_free = start + dur[a]
+                if link_free != arrive[a]:
+                    pending.add(a)
+                arrive[a] = link_free
+            else:
+                pending.discard(a)
+                if arrive[a] > now:
+                    stalled = True
+                    delay += arrive[a] - now
             lf_out.append(link_free)
             delay_out.append(delay)
-            stall_out.append(st)
+            arr_out.append(arrive[a] if stalled else 0.0)  # a stall's arrival and wait start
+            now_out.append(now if stalled else 0.0)
             e += 1
         o = stop - shift  # old index of the first event not walked
         ev_lf = np.concatenate([old_lf[: j + 1], lf_out, old_lf[o + 1:]])
         ev_delay = np.concatenate([old_delay[: j + 1], delay_out, old_delay[o + 1:]])
-        ev_stall = np.concatenate([old_stall[:j], stall_out, old_stall[o:]])
+        ev_arr = np.concatenate([old_arr[:j], arr_out, old_arr[o:]])
+        ev_now = np.concatenate([old_now[:j], now_out, old_now[o:]])
         delay = float(ev_delay[-1])
-        self.ev = (ev_key, ev_pre, ev_ready, ev_lf, ev_delay, ev_stall)
+        self.ev = (ev_key, ev_pre, ev_ready, ev_lf, ev_delay, ev_arr, ev_now)
         self.delay = delay
         issued = ev_kind == 0
         self.h2d_keys = ev_op[issued] * self.m + ev_act[issued]
         self.h2d_free = np.maximum.accumulate(np.array(arrive)[ev_act[issued]])
         if delay > 0.0:
+            stalls = np.flatnonzero(ev_arr > 0.0)
+            stall_at: dict[int, float] = {}
+            for op, arr, now in zip(ev_op[stalls].tolist(), ev_arr[stalls].tolist(), ev_now[stalls].tolist(),
+                                    strict=True):
+                stall_at[op] = stall_at.get(op, 0.0) + arr - now  # as simulate, to the last bit
             stall = np.zeros(self.n)
-            waits = ev_stall > 0.0
-            np.add.at(stall, ev_op[waits], ev_stall[waits])  # in event order, as simulate's dict
+            stall[list(stall_at)] = list(stall_at.values())
             op_start = op_start + np.cumsum(stall)
         self.op_start = op_start
         r = np.maximum(np.searchsorted(op_start, self.out_end[ids], side="left") - 1, lfu)

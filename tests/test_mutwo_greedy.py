@@ -13,6 +13,7 @@ from mutwo.registry import get_solver
 from mutwo.schedule import Decision, Schedule, Status, validate
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
+from solvers import mutwo_greedy
 from solvers.mutwo_greedy import recompute_ratios, solve
 
 K, R, S = Decision.KEEP, Decision.RECOMPUTE, Decision.SWAP
@@ -136,6 +137,27 @@ def test_bookkeeping_equals_simulate_on_many_small_problems(seed):
     for b in budgets(p, (0.8, 0.55, 0.4, 0.15)):
         for mode in ("both", "recompute", "swap"):
             check(p, b, mode)
+
+
+@pytest.mark.parametrize("seed", range(0, 60, 4))
+def test_incremental_timeline_equals_simulate_after_every_decision(seed):
+    """Algorithm G's slice updates against simulate, for decisions in random order (not the greedy's):
+    random swaps with random prefetch floors and recomputes, checked after each one."""
+    rng = np.random.default_rng(seed)
+    p = random_dag(int(rng.integers(6, 40)), seed=seed, swap_ratio=float(rng.choice([0.5, 2.0, 8.0, 16.0])),
+                   skip_prob=0.4)
+    g = mutwo_greedy._Greedy(p, "both")
+    for a in rng.permutation(p.n_act).tolist():
+        if rng.random() < 0.6 and g.sw_active[a] and g.dep[a] == 0:
+            g._commit_swap(a, int(rng.integers(p.fwd_end + 1, p.first_bwd_use[a] + 1)))
+        elif g.rc_active[a] and (new := g._try_recompute(a)) is not None:
+            g._commit_recompute(a, new)
+        else:
+            continue
+        sim = simulate(p, Schedule(g.decisions(), g.prefetch()))
+        assert np.array_equal(sim.timeline_bytes, g.timeline)
+        assert np.array_equal(sim.op_start_s, g.op_start)  # bit for bit: swap ranges compare times
+        assert sim.time_s == g.time_s()
 
 
 @pytest.mark.parametrize("p", PROBLEMS[:4], ids=lambda p: p.name)
