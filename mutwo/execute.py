@@ -14,6 +14,17 @@
   emulated: the "host" copy is made with every dispatch mode switched off, so the CPU live-storage
   tracker does not count it, and the copy back is an ordinary (counted) clone.
 
+Where memory departs from the cost model, on purpose:
+
+* CPU swap emulation frees the device copy right after it is made; the model holds it until the
+  transfer would end at the problem's bandwidth (a few ops later when ops are short). On CUDA the
+  block stays allocated until the copy has read it (``record_stream``), as in the model.
+* Recompute chain temporaries are freed after their last use inside the chain; the model counts all
+  of them live together at the anchor op (an upper bound), which over-predicts long chains.
+* A kept recompute source read by a chain after its last backward use lives until the chain: recorded
+  in ``module.meta["mutwo"]["warnings"]``. So is an activation that is a graph output (the loss): it is
+  kept whatever the decision, since moving it would free nothing.
+
 At one backward op the inserted nodes run in the model's order: prefetch issues, waits, then recompute
 chains in creation order. ``run`` measures the rewritten module against the unmodified graph from
 identical copies of the inputs; ``execute`` is ``apply`` + ``run`` and the only place a schedule runs.
@@ -40,7 +51,8 @@ from mutwo.problem import Problem
 from mutwo.problem_build import STATE_UPDATING_OPS
 from mutwo.schedule import Decision, Schedule, resolve_recompute, validate
 
-__all__ = ["ExecResult", "ExecuteError", "Reference", "apply", "reference", "run", "execute", "swap_out", "swap_in", "swap_wait"]
+__all__ = ["ExecResult", "ExecuteError", "Reference", "apply", "reference", "run", "execute", "swap_out",
+           "swap_in", "swap_wait"]
 
 
 class ExecuteError(RuntimeError):

@@ -201,12 +201,14 @@ def test_graph_output_is_kept(mlp):
     assert res.bitwise_equal
 
 
+@pytest.mark.slow
 def test_recomputed_batch_norm_leaves_running_stats_alone(cases):
     """Running statistics are compared as updated state; a second update would show here."""
     case = cases("resnet18")
     assert case.result("recompute_all").diffs["state"] == 0.0
 
 
+@pytest.mark.slow
 def test_random_ops_are_never_recomputed(cases):
     case = cases("bert-tiny-dropout")
     p = case.problem
