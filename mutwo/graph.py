@@ -154,7 +154,9 @@ class TrainGraph:
             if isinstance(g, fx.Node) and g in self.storage_of:
                 self.storages[self.storage_of[g]].role = Role.GRAD
         for s in self.storages:
-            if s.role is Role.OTHER and 0 <= s.created <= self.fwd_end and any(u > self.fwd_end for u in s.uses):
+            # graph outputs (the loss) must survive the step anyway: not a decidable activation
+            if (s.role is Role.OTHER and not s.is_output and 0 <= s.created <= self.fwd_end
+                    and any(u > self.fwd_end for u in s.uses)):
                 s.role = Role.ACTIVATION
 
     # ------------------------------------------------------------------ queries

@@ -79,11 +79,16 @@ class Problem:
     host_bandwidth_bytes_per_s: float = 12e9  # one link per direction (device->host, host->device)
     device: str = "cpu"
     notes: dict = field(default_factory=dict)  # free-form provenance (model, batch, versions)
+    # bytes op t allocates for its outputs (in fixed_bytes[t], not yet allocated while recompute chains
+    # anchored at t run); zeros when unknown, which only makes chain memory more conservative
+    op_output_bytes: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         self.op_time_s = np.asarray(self.op_time_s, dtype=np.float64)
-        for name in ("op_transient_bytes", "fixed_bytes", "act_bytes", "created", "last_fwd_use",
+        if self.op_output_bytes is None:
+            self.op_output_bytes = np.zeros(len(self.op_time_s), dtype=np.int64)
+        for name in ("op_transient_bytes", "fixed_bytes", "op_output_bytes", "act_bytes", "created", "last_fwd_use",
                      "first_bwd_use", "last_bwd_use", "recompute_temp_bytes"):
             setattr(self, name, np.asarray(getattr(self, name), dtype=np.int64))
         self.recomputable = np.asarray(self.recomputable, dtype=bool)
@@ -121,7 +126,7 @@ class Problem:
         """Raise ProblemError naming the first inconsistent field."""
         n, m = self.n_ops, self.n_act
         per_op = {"op_names": len(self.op_names), "op_transient_bytes": len(self.op_transient_bytes),
-                  "fixed_bytes": len(self.fixed_bytes)}
+                  "fixed_bytes": len(self.fixed_bytes), "op_output_bytes": len(self.op_output_bytes)}
         for key, length in per_op.items():
             if length != n:
                 raise ProblemError(f"Problem.{key} has length {length}, expected n_ops={n}")
@@ -140,6 +145,9 @@ class Problem:
             raise ProblemError("Problem.op_time_s has negative entries")
         if np.any(self.act_bytes < 0) or np.any(self.fixed_bytes < 0):
             raise ProblemError("Problem.act_bytes / fixed_bytes have negative entries")
+        if np.any(self.op_output_bytes < 0) or np.any(self.op_output_bytes > self.fixed_bytes):
+            raise ProblemError("Problem.op_output_bytes must lie between 0 and fixed_bytes (outputs are "
+                               "part of the fixed memory of their op)")
         if self.host_bandwidth_bytes_per_s <= 0:
             raise ProblemError("Problem.host_bandwidth_bytes_per_s must be positive")
         bad = np.flatnonzero(~((self.created <= self.last_fwd_use) & (self.last_fwd_use <= self.fwd_end)
@@ -179,7 +187,8 @@ class Problem:
             act_bytes=self.act_bytes, created=self.created, last_fwd_use=self.last_fwd_use,
             first_bwd_use=self.first_bwd_use, last_bwd_use=self.last_bwd_use,
             recomputable=self.recomputable, swappable=self.swappable, ro_off=ro_off, ro_flat=ro_flat,
-            rs_off=rs_off, rs_flat=rs_flat, recompute_temp_bytes=self.recompute_temp_bytes)
+            rs_off=rs_off, rs_flat=rs_flat, recompute_temp_bytes=self.recompute_temp_bytes,
+            op_output_bytes=self.op_output_bytes)
         tmp.replace(path)
         return path
 
@@ -197,7 +206,8 @@ class Problem:
                 recompute_sources=_uncsr(z["rs_off"], z["rs_flat"]),
                 recompute_temp_bytes=z["recompute_temp_bytes"],
                 host_bandwidth_bytes_per_s=float(meta["host_bandwidth_bytes_per_s"]),
-                device=meta["device"], notes=meta["notes"])
+                device=meta["device"], notes=meta["notes"],
+                op_output_bytes=z["op_output_bytes"] if "op_output_bytes" in z else None)
 
     def summary(self) -> dict:
         return {"name": self.name, "n_ops": self.n_ops, "n_act": self.n_act,

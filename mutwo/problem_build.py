@@ -98,6 +98,10 @@ def build_problem(graph: TrainGraph, prof: Profile, name: str | None = None) -> 
         act_diff[s.created] += s.nbytes
         act_diff[last + 1] -= s.nbytes
     fixed = live - np.cumsum(act_diff)[:n]
+    outputs = np.zeros(n, dtype=np.int64)
+    for s in graph.storages:
+        if s.created >= 0 and s.role is not Role.ACTIVATION:
+            outputs[s.created] += s.nbytes
     return Problem(
         name=name or graph.description.get("workload", "problem"),
         op_names=[o.name for o in graph.ops], op_time_s=prof.op_time_s,
@@ -111,7 +115,8 @@ def build_problem(graph: TrainGraph, prof: Profile, name: str | None = None) -> 
         host_bandwidth_bytes_per_s=prof.host_bandwidth_bytes_per_s, device=prof.device,
         notes={**graph.description, "bandwidth_source": prof.bandwidth_source,
                "transient_measured": prof.transient_measured,
-               "storage_ids": [s.sid for s in acts]})
+               "storage_ids": [s.sid for s in acts]},
+        op_output_bytes=outputs)
 
 
 def activation_table(problem: Problem) -> pd.DataFrame:

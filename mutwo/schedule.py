@@ -55,7 +55,7 @@ class RecomputeChain:
     temporaries: list[int]  # other RECOMPUTE activations regenerated only for this chain
     sources: list[int]  # resident activations the chain reads
     time_s: float
-    temp_bytes: int  # bytes held only while the chain runs
+    peak_bytes: int  # most bytes the chain holds at once while it runs, its target included
 
 
 @dataclass
@@ -167,11 +167,9 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, Reco
         op_parts, temporaries, sources = [], [], []
         seen = {a}
         stack = [a]
-        temp_bytes = 0
         while stack:
             x = stack.pop()
             op_parts.append(problem.recompute_ops[x])
-            temp_bytes += int(problem.recompute_temp_bytes[x])
             for s in problem.recompute_sources[x].tolist():
                 if s in seen:
                     continue
@@ -180,7 +178,6 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, Reco
                     sources.append(s)
                 elif dec[s] == recompute:
                     temporaries.append(s)
-                    temp_bytes += int(problem.act_bytes[s])
                     stack.append(s)
                 else:
                     raise ScheduleError(
@@ -189,8 +186,31 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, Reco
                         f"recompute it instead")
         ops = op_parts[0] if len(op_parts) == 1 else np.unique(np.concatenate(op_parts))
         chains[a] = RecomputeChain(a, t, ops, sorted(temporaries), sorted(sources),
-                                   float(problem.op_time_s[ops].sum()), temp_bytes)
+                                   float(problem.op_time_s[ops].sum()), _chain_peak(problem, a, temporaries))
     return chains
+
+
+def _chain_peak(problem: Problem, target: int, temporaries: list[int]) -> int:
+    """Most bytes a chain holds at once: members run in creation order; each member holds its own
+    intermediates while it runs; a temporary is freed after the last member that reads it."""
+    if not temporaries:
+        return int(problem.act_bytes[target] + problem.recompute_temp_bytes[target])
+    members = sorted([*temporaries, target], key=lambda x: (int(problem.created[x]), x))
+    rank = {x: i for i, x in enumerate(members)}
+    last_reader = {x: (len(members) if x == target else rank[x]) for x in members}
+    for x in members:
+        for s in problem.recompute_sources[x].tolist():
+            if s in rank and s != target:
+                last_reader[s] = max(last_reader[s], rank[x])
+    nbytes, temp = problem.act_bytes, problem.recompute_temp_bytes
+    held = peak = 0
+    freed_after: dict[int, int] = {}
+    for i, x in enumerate(members):
+        peak = max(peak, held + int(nbytes[x]) + int(temp[x]))
+        held += int(nbytes[x])
+        freed_after[last_reader[x]] = freed_after.get(last_reader[x], 0) + int(nbytes[x])
+        held -= freed_after.pop(i, 0)
+    return peak
 
 
 def default_prefetch(problem: Problem) -> np.ndarray:

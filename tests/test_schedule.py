@@ -96,10 +96,14 @@ def test_resolve_recompute_expands_non_resident_recompute_sources():
     c2 = chains[2]  # a2 at op 6: a1 (first read at 7) and a0 (at 9) are not back yet
     assert c2.anchor == 6 and c2.ops.tolist() == [0, 1, 2]
     assert c2.temporaries == [0, 1] and c2.sources == []
-    assert c2.time_s == 6.0 and c2.temp_bytes == 4 + 2 + 1 + 20 + 10
+    # members made in creation order; a0 is freed once a1 is made, a1 once a2 is made:
+    # making a2 holds a1 (20) + a2 (30) + a2's intermediates (4)
+    assert c2.time_s == 6.0 and c2.peak_bytes == 20 + 30 + 4
     c1 = chains[1]  # a1 at op 7: a0 is still not back
     assert c1.ops.tolist() == [0, 1] and c1.temporaries == [0] and c1.time_s == 3.0
+    assert c1.peak_bytes == 10 + 20 + 2
     assert chains[0].ops.tolist() == [0] and chains[0].temporaries == []
+    assert chains[0].peak_bytes == 10 + 1
 
 
 def test_resolve_recompute_stops_at_resident_sources():
@@ -108,7 +112,7 @@ def test_resolve_recompute_stops_at_resident_sources():
     # a1 is RECOMPUTE but only back from op 7: it is a temporary of a2's chain at op 6; a0 is kept
     assert chains[2].temporaries == [1] and chains[2].sources == [0]
     chains = resolve_recompute(p, [K, K, R, K])
-    assert chains[2].ops.tolist() == [2] and chains[2].sources == [1] and chains[2].temp_bytes == 4
+    assert chains[2].ops.tolist() == [2] and chains[2].sources == [1] and chains[2].peak_bytes == 30 + 4
 
 
 def test_resolve_recompute_swap_source_resident_in_its_backward_range_is_fine():

@@ -259,7 +259,6 @@ def _reference(p: Problem, s: Schedule):
     swaps = [a for a in range(p.n_act) if d[a] == S]
     clock = stall = rec = d2h = h2d = 0.0
     out_end, pf_end, start = {}, {}, np.zeros(p.n_ops)
-    temp = np.zeros(p.n_ops, np.int64)
     for t in range(p.n_ops):
         for a in sorted(a for a in swaps if s.prefetch_at[a] == t):
             h2d = pf_end[a] = max(clock, h2d, out_end[a]) + swap_t[a]
@@ -269,12 +268,11 @@ def _reference(p: Problem, s: Schedule):
         for a in sorted(c.target for c in chains.values() if c.anchor == t):
             clock += chains[a].time_s
             rec += chains[a].time_s
-            temp[t] += chains[a].temp_bytes
         start[t] = clock
         clock += p.op_time_s[t]
         for a in sorted(a for a in swaps if p.last_fwd_use[a] == t):
             d2h = out_end[a] = max(clock, d2h) + swap_t[a]
-    mem = p.fixed_bytes + p.op_transient_bytes + temp
+    resident = np.zeros(p.n_ops, np.int64)
     for a in range(p.n_act):
         for t in range(p.created[a], p.last_bwd_use[a] + 1):
             if d[a] == K:
@@ -283,7 +281,17 @@ def _reference(p: Problem, s: Schedule):
                 here = t <= p.last_fwd_use[a] or t >= p.first_bwd_use[a]
             else:
                 here = t <= p.last_fwd_use[a] or start[t] < out_end[a] or t >= s.prefetch_at[a]
-            mem[t] += p.act_bytes[a] if here else 0
+            resident[t] += p.act_bytes[a] if here else 0
+    mem = p.fixed_bytes + p.op_transient_bytes + resident
+    for t in range(p.n_ops):
+        # chains at t run one by one before op t allocates its outputs, each on top of earlier targets
+        here = sorted((c for c in chains.values() if c.anchor == t), key=lambda c: (p.created[c.target], c.target))
+        if not here:
+            continue
+        held = p.fixed_bytes[t] - p.op_output_bytes[t] + resident[t] - sum(p.act_bytes[c.target] for c in here)
+        for c in here:
+            mem[t] = max(mem[t], held + c.peak_bytes)
+            held += p.act_bytes[c.target]
     return mem, start, stall, rec, out_end, pf_end
 
 
@@ -307,3 +315,27 @@ def test_matches_literal_reference(seed, n_act, swap_ratio):
     assert sim.recompute_s == pytest.approx(rec, rel=1e-9, abs=1e-12)
     for a, end in out_end.items():
         assert sim.swap_out_end_s[a] == pytest.approx(end) and sim.prefetch_end_s[a] == pytest.approx(pf_end[a])
+
+
+def test_chain_runs_before_the_op_allocates_its_outputs():
+    # op 3 (backward) allocates a 50-byte output (part of fixed[3]); the chain of a0 (20 B + 30 B of
+    # intermediates) runs before that output exists, so the two are not stacked.
+    fixed = np.array([0, 0, 0, 50, 0])
+    p = make(5, 1, [dict(bytes=20, c=0, lf=1, fb=3, lb=3, temp=30)], fixed=fixed)
+    p.op_output_bytes = np.array([0, 0, 0, 50, 0])
+    sim = simulate(p, sched(p, [R]))
+    # while op 3 runs: 50 + 20 = 70; while the chain runs: 0 + 20 + 30 = 50
+    assert sim.timeline_bytes.tolist() == [20, 20, 0, 70, 0]
+    p.op_output_bytes = np.zeros(5, np.int64)  # unknown outputs: the chain is stacked on them
+    assert simulate(p, sched(p, [R])).timeline_bytes[3] == 50 + 20 + 30
+
+
+def test_chain_temporaries_are_freed_after_their_last_reader():
+    # chain a3 at op 6 regenerates a0 -> a1 -> a2 -> a3 (each reads the one before); with each freed
+    # after its reader, at most two members are held at once: max(a2 + a3) = 40 + 80
+    acts = [dict(bytes=10, c=0, lf=1, fb=9, lb=9), dict(bytes=20, c=1, lf=2, fb=8, lb=8, srcs=[0]),
+            dict(bytes=40, c=2, lf=3, fb=7, lb=7, srcs=[1]), dict(bytes=80, c=3, lf=3, fb=6, lb=6, srcs=[2])]
+    p = make(10, 3, acts)
+    sim = simulate(p, sched(p, [R, R, R, R]))
+    assert sim.timeline_bytes[6] == 40 + 80
+    assert sim.recompute_s == 4 + 3 + 2 + 1
