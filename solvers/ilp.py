@@ -10,7 +10,7 @@ Options (all solvers): ``time_limit_s`` (60), ``rel_gap`` (0.01), ``threads`` (2
 Schedule, a solver name, or None; default "mutwo_greedy" when registered), ``seed`` (0), ``mode``
 ("full" | "recompute" | "swap"; "both" is an alias of "full"), ``max_chain_depth`` (-1 automatic,
 None unlimited), ``exact_positions`` (None automatic), ``prefetch`` ("free" | "default"),
-``max_candidates`` (6), ``log`` (False), and for ``ilp_ortools_mip`` ``engine`` ("SCIP" | "CBC").
+``max_candidates`` (6), ``two_phase`` (None: automatic), ``log`` (False), and for ``ilp_ortools_mip`` ``engine`` ("SCIP" | "CBC").
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from mutwo.simulate import SimResult, simulate
 from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_model import Formulation, build
 
-__all__ = ["solve_ilp", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs", "AGREEMENT"]
+__all__ = ["solve_ilp", "repair", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs", "AGREEMENT"]
 
 AGREEMENT = 0.01  # objective and simulated time must agree this closely (relative)
+_TWO_PHASE_MIN_ACT = 100  # full-mode problems with more activations start from a recompute-only solve
+_PHASE1_SHARE = 0.3  # of the time limit, at most, for that solve
+_ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
 _DEFAULT = object()
 _OPTIONS = {"time_limit_s", "rel_gap", "threads", "warm_start", "seed", "mode", "max_chain_depth",
-            "exact_positions", "prefetch", "max_candidates", "log", "engine"}
+            "exact_positions", "prefetch", "max_candidates", "log", "engine", "two_phase"}
 
 
 def _warm_start(problem: Problem, budget: int, warm, mode: str, seed: int) -> tuple[Schedule | None, str]:
@@ -62,8 +65,8 @@ def _fits(sim: SimResult, budget: int) -> bool:
     return int(sim.peak_bytes) <= int(budget)
 
 
-def _repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray,
-            max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
+def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "full",
+           max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
     """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
 
     Moves: RECOMPUTE a KEEP/SWAP activation resident at the peak, SWAP a KEEP one (default prefetch),
@@ -82,9 +85,9 @@ def _repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray,
         gap = (problem.last_fwd_use < P) & (problem.first_bwd_use > P)
         for a in np.flatnonzero(gap).tolist():
             tries = []
-            if d[a] != Decision.RECOMPUTE and problem.recomputable[a]:
+            if d[a] != Decision.RECOMPUTE and problem.recomputable[a] and mode != "swap":
                 tries.append((Decision.RECOMPUTE, -1))
-            if d[a] == Decision.KEEP and problem.swappable[a]:
+            if d[a] == Decision.KEEP and problem.swappable[a] and mode != "recompute":
                 tries.append((Decision.SWAP, int(dflt[a])))
             if d[a] == Decision.SWAP and pf[a] != problem.first_bwd_use[a]:
                 tries.append((Decision.SWAP, int(problem.first_bwd_use[a])))
@@ -122,35 +125,52 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
     shown = {k: v for k, v in options.items() if k != "warm_start"}
     shown.update(time_limit_s=time_limit, rel_gap=rel_gap, threads=threads, seed=seed, mode=mode)
 
-    F = build(problem, budget, mode=mode, max_chain_depth=options.get("max_chain_depth", -1),
-              exact_positions=options.get("exact_positions"), prefetch=options.get("prefetch", "free"),
-              max_candidates=int(options.get("max_candidates", 6)))
+    warm, warm_from = _warm_start(problem, budget, options.get("warm_start", _DEFAULT), mode, seed)
+    build_kw = {"max_chain_depth": options.get("max_chain_depth", -1),
+                "exact_positions": options.get("exact_positions"), "prefetch": options.get("prefetch", "free"),
+                "max_candidates": int(options.get("max_candidates", 6))}
+    engine_kw = {"engine": options.get("engine", "SCIP")} if backend == "ortools_mip" else {}
+    abs_gap = rel_gap * float(problem.op_time_s.sum())  # seconds; the compute time bounds any plan
+
+    def run(F: Formulation, seconds: float, hint: np.ndarray | None) -> BackendResult:
+        return BACKENDS[backend](F, time_limit_s=seconds, rel_gap=rel_gap, abs_gap=abs_gap / F.time_unit,
+                                 threads=threads, seed=seed, hint=hint, log=bool(options.get("log", False)),
+                                 **engine_kw)
+
+    # phase 1 (large full-mode problems): the recompute-only model, whose relaxation is strong, gives a
+    # starting plan; the full model's relaxation is weak (docs/ilp.md) and rarely beats its start alone
+    two_phase = options.get("two_phase")
+    if two_phase is None:
+        two_phase = mode == "full" and problem.n_act > _TWO_PHASE_MIN_ACT
+    phase1 = None
+    if two_phase and mode == "full":
+        phase1 = _phase1(problem, budget, build_kw, warm, run, _PHASE1_SHARE * time_limit)
+        shown["phase1"] = phase1[2] if phase1 else "no recompute-only plan"
+        if phase1 is not None and (warm is None or phase1[3] < simulate(problem, warm).time_s):
+            warm = Schedule(phase1[0], phase1[1])
+            warm_from = "phase 1 (recompute-only model)"
+
+    plan = None if warm is None else (warm.decisions, warm.prefetch_at)
+    F = build(problem, budget, mode=mode, plan=plan, **build_kw)
     shown["model"] = dict(F.stats)
     if F.infeasible:
         s = Schedule.infeasible(problem, solver_name, budget, F.infeasible, options=shown)
         s.solve_time_s = time.perf_counter() - t0
         return s
-
-    warm, warm_from = _warm_start(problem, budget, options.get("warm_start", _DEFAULT), mode, seed)
     hint = None
     if warm is not None:
         hint, issue = F.complete(warm.decisions, warm.prefetch_at)
         shown["warm_start"] = warm_from + (f" (outside the model: {issue})" if issue else "")
         shown["warm_start_time_s"] = simulate(problem, warm).time_s
 
-    engine_kw = {}
-    if backend == "ortools_mip":
-        engine_kw["engine"] = options.get("engine", "SCIP")
-    remaining = max(1.0, time_limit - (time.perf_counter() - t0))
-    abs_gap = rel_gap * float(problem.op_time_s.sum()) / F.time_unit  # the compute time bounds any plan
-    res: BackendResult = BACKENDS[backend](F, time_limit_s=remaining, rel_gap=rel_gap, abs_gap=abs_gap,
-                                           threads=threads, seed=seed, hint=hint,
-                                           log=bool(options.get("log", False)), **engine_kw)
+    res = run(F, max(1.0, time_limit - (time.perf_counter() - t0)), hint)
     shown["engine"] = res.engine
     shown["engine_status"] = res.message
     shown["engine_wall_s"] = res.wall_s
-    tu = F.time_unit
-
+    if res.x is None and hint is not None and res.status != "infeasible" and F.violation(hint) <= 1e-7:
+        # the engine's incumbent is its start when it returns before loading it (CP-SAT's presolve)
+        res = BackendResult("feasible", hint, None, res.bound, res.wall_s, res.engine,
+                            f"{res.message}; no better plan than its start ({warm_from})")
     if res.x is None:
         if res.status == "infeasible":
             why = ("no plan fits within the model" + ("" if F.stats.get("exact_positions") else
@@ -161,7 +181,31 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
                                   options=shown, message=f"{res.engine}: no plan found ({res.message})")
         s.solve_time_s = time.perf_counter() - t0
         return s
-    return _finish(problem, budget, F, res, solver_name, shown, rel_gap, t0, tu)
+    return _finish(problem, budget, F, res, solver_name, shown, rel_gap, t0, F.time_unit)
+
+
+def _phase1(problem: Problem, budget: int, build_kw: dict, warm: Schedule | None, run, seconds: float):
+    """Solve the recompute-only model; return (decisions, prefetch, note, simulated time) if it fits."""
+    t0 = time.perf_counter()
+    plan = None
+    if warm is not None and not np.any(warm.decisions == Decision.SWAP):
+        plan = (warm.decisions, warm.prefetch_at)
+    F1 = build(problem, budget, mode="recompute", plan=plan, **build_kw)
+    if F1.infeasible:
+        return None
+    hint = None if plan is None else F1.complete(*plan)[0]
+    r1 = run(F1, max(1.0, seconds - (time.perf_counter() - t0)), hint)
+    if r1.x is None:
+        return None
+    d1, pf1 = F1.decode(np.rint(r1.x))
+    try:
+        sim = simulate(problem, Schedule(d1, pf1))
+    except ScheduleError:
+        return None
+    if not _fits(sim, budget):
+        return None
+    note = f"{r1.engine} {r1.status}: {sim.time_s:.6g} s in {time.perf_counter() - t0:.1f} s"
+    return d1, pf1, note, sim.time_s
 
 
 def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, solver_name: str, shown: dict,
@@ -184,7 +228,7 @@ def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, s
     if sim is None or not _fits(sim, budget):
         if sim is not None:
             notes.append(f"simulated peak {sim.peak_bytes} B > budget; repaired")
-        d, pf, sim = _repair(problem, budget, d, pf) if sim is not None else (d, pf, None)
+        d, pf, sim = repair(problem, budget, d, pf, F.mode) if sim is not None else (d, pf, None)
         status = Status.FEASIBLE
         if sim is None:
             s = Schedule(d, pf, solver=solver_name, status=Status.INVALID, budget_bytes=budget,
@@ -199,7 +243,8 @@ def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, s
         objective = sim.time_s
         status = Status.FEASIBLE
     gap = None if bound is None else max(0.0, (objective - bound) / objective)
-    if status == Status.OPTIMAL and (gap is None or gap > rel_gap + 1e-9):
+    # an engine's proof holds for its own (for CP-SAT: integer-rounded) model; allow that rounding
+    if status == Status.OPTIMAL and (gap is None or gap > rel_gap + _ROUNDING):
         status = Status.FEASIBLE
     shown["gap"] = gap
     shown["simulated_time_s"] = sim.time_s

@@ -26,6 +26,7 @@ from solvers.ilp_model import INF, Formulation, Row
 
 __all__ = ["BackendResult", "solve_cpsat", "solve_pywraplp", "solve_pulp", "BACKENDS"]
 
+_CPSAT_PRESOLVE_MAX_ROWS = 15_000
 CPSAT_TIME_FACTOR = 1000.0  # CP-SAT integer time step = time_unit / 1000 = 1e-7 of the compute time
 
 
@@ -48,17 +49,10 @@ def _mem_unit(F: Formulation) -> float:
     return float(2**k)
 
 
-def _activity_bounds(F: Formulation, idx: np.ndarray, coef: np.ndarray) -> tuple[float, float]:
-    lb = np.asarray(F.lb, float)[idx]
-    ub = np.asarray(F.ub, float)[idx]
-    lo = np.where(coef > 0, coef * lb, coef * ub).sum()
-    hi = np.where(coef > 0, coef * ub, coef * lb).sum()
-    return float(lo), float(hi)
-
-
 def _mip_rows(F: Formulation) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
     """Rows as floats, scaled per kind, with enforced rows turned into big-M rows."""
     mu = _mem_unit(F)
+    lb_all, ub_all = np.asarray(F.lb, float), np.asarray(F.ub, float)
     out = []
     for row in F.rows:
         s = 1.0 / mu if row.kind == "mem" else 1.0
@@ -66,7 +60,9 @@ def _mip_rows(F: Formulation) -> list[tuple[np.ndarray, np.ndarray, float, float
         if row.enforce < 0:
             out.append((idx, coef, lo, hi))
             continue
-        amin, amax = _activity_bounds(F, idx, coef)
+        lb, ub = lb_all[idx], ub_all[idx]
+        amin = float(np.where(coef > 0, coef * lb, coef * ub).sum())
+        amax = float(np.where(coef > 0, coef * ub, coef * lb).sum())
         z = row.enforce
         if hi < INF and amax > hi:  # a.x + (amax - hi) z <= amax
             out.append((np.append(idx, z), np.append(coef, amax - hi), -INF, amax))
@@ -104,6 +100,10 @@ def _round_row(F: Formulation, row: Row, f: float) -> tuple[list[int], int | Non
     if row.kind == "logic":
         return ([int(round(c)) for c in row.coef], None if row.lo == -INF else math.ceil(row.lo - 1e-9),
                 None if row.hi == INF else math.floor(row.hi + 1e-9))
+    if row.kind == "cut":  # valid inequalities: round loosely, never cut off a plan
+        ints = [int(round(c)) if is_time[i] else math.floor(c * f + 1e-9)
+                for i, c in zip(row.idx.tolist(), row.coef.tolist(), strict=True)]
+        return ints, None, math.ceil(row.hi * f - 1e-9) + len(ints)
     one_sided_le = row.lo == -INF and row.hi < INF
     one_sided_ge = row.hi == INF and row.lo > -INF
     ints = []
@@ -123,6 +123,30 @@ def _round_row(F: Formulation, row: Row, f: float) -> tuple[list[int], int | Non
     return ints, int(round(row.lo * f)), int(round(row.hi * f))
 
 
+def _integer_hint(F: Formulation, rounded: list, hint: np.ndarray, f: float) -> list[int]:
+    """The hint in CP-SAT's integers, its time variables re-derived from the rounded rows.
+
+    Rounding each row on its own makes the float hint slightly infeasible; CP-SAT would then drop it.
+    Every time row's first variable is the one it defines (a queue tail, a delay, a stall), so passes
+    that raise it to its row's bound (or set it, for equalities) reach the smallest consistent values.
+    """
+    h = [int(round(v * f)) if t else int(round(v)) for v, t in zip(hint.tolist(), F.is_time, strict=True)]
+    rows = [(row.idx.tolist(), ints, lo, hi, row.enforce) for row, (ints, lo, hi) in zip(F.rows, rounded, strict=True)
+            if row.kind == "time" and F.is_time[row.idx[0]] and ints[0] == 1]
+    for _ in range(100):
+        changed = False
+        for idx, ints, lo, hi, enf in rows:
+            if enf >= 0 and h[enf] == 0:
+                continue
+            act = sum(c * h[i] for c, i in zip(ints, idx, strict=True))
+            if lo is not None and (act < lo or (lo == hi and act != lo)):
+                h[idx[0]] += lo - act
+                changed = True
+        if not changed:
+            break
+    return h
+
+
 def solve_cpsat(F: Formulation, *, time_limit_s: float, rel_gap: float, abs_gap: float, threads: int,
                 seed: int, hint: np.ndarray | None, log: bool = False) -> BackendResult:
     """OR-Tools CP-SAT with integer-scaled times and gcd-reduced byte rows."""
@@ -139,8 +163,8 @@ def solve_cpsat(F: Formulation, *, time_limit_s: float, rel_gap: float, abs_gap:
             xs.append(md.NewIntVar(int(math.floor(lb * f)), int(math.ceil(ub * f)), name))
         else:
             xs.append(md.NewIntVar(int(math.floor(lb)), int(math.ceil(ub)), name))
-    for row in F.rows:
-        ints, lo, hi = _round_row(F, row, f)
+    rounded = [_round_row(F, row, f) for row in F.rows]
+    for row, (ints, lo, hi) in zip(F.rows, rounded, strict=True):
         expr = sum(c * xs[i] for c, i in zip(ints, row.idx.tolist(), strict=True) if c)
         lo_v = lo if lo is not None else cp_model.INT_MIN
         hi_v = hi if hi is not None else cp_model.INT_MAX
@@ -155,8 +179,8 @@ def solve_cpsat(F: Formulation, *, time_limit_s: float, rel_gap: float, abs_gap:
     const = F.obj_const * f
     md.Minimize(sum(obj_terms))
     if hint is not None:
-        for i, v in enumerate(hint.tolist()):
-            md.AddHint(xs[i], int(round(v * f)) if F.is_time[i] else int(round(v)))
+        for i, v in enumerate(_integer_hint(F, rounded, hint, f)):
+            md.AddHint(xs[i], v)
     solver = cp_model.CpSolver()
     prm = solver.parameters
     prm.max_time_in_seconds = max(0.1, time_limit_s - (time.perf_counter() - t0))
@@ -165,14 +189,16 @@ def solve_cpsat(F: Formulation, *, time_limit_s: float, rel_gap: float, abs_gap:
     prm.absolute_gap_limit = float(abs_gap) * f
     prm.random_seed = int(seed)
     prm.log_search_progress = bool(log)
-    if hint is not None:
-        prm.repair_hint = True
+    if len(F.rows) > _CPSAT_PRESOLVE_MAX_ROWS:  # measured: presolve alone took 40 s of 60 at 34k rows
+        prm.cp_model_presolve = False
+    # no repair_hint: OR-Tools 9.15 aborts the process with it ("heuristics.fixed_search != nullptr",
+    # google/or-tools#5025); a plain hint is still followed by the first workers
     st = solver.Solve(md)
     wall = time.perf_counter() - t0
     name = solver.StatusName(st)
     if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         x = np.array([solver.Value(v) for v in xs], float)
-        x[np.asarray(F.is_time)] /= f
+        x[np.asarray(F.is_time, dtype=bool)] /= f
         obj = (solver.ObjectiveValue() + const) / f
         bound = (solver.BestObjectiveBound() + const) / f
         status = _status_from_gap(obj, bound, st == cp_model.OPTIMAL, rel_gap)
@@ -231,6 +257,8 @@ def solve_pywraplp(F: Formulation, *, time_limit_s: float, rel_gap: float, abs_g
         x = np.array([v.solution_value() for v in xs])
         obj = objective.Value()
         bound = objective.BestBound()
+        if not math.isfinite(bound) or bound < 0:  # SCIP reports -1e20-ish before its root bound
+            bound = None
         status = _status_from_gap(obj, bound, False, rel_gap)
         return BackendResult(status, x, obj, bound, wall, eng, f"status {st}")
     if st == pywraplp.Solver.INFEASIBLE:

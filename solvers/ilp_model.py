@@ -12,6 +12,7 @@ bytes. Rows carry a ``kind`` ("time", "mem", "logic") so a backend can scale eac
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ INF = math.inf
 
 _EXACT_MAX_OPS = 400  # below this every op position is a boundary and candidate lists are complete
 _PAIR_CAP = 12_000  # most (target, chain member) pairs before the chain depth is limited
+_G_LEADS = (0.0, 1.0, 2.0, 4.0)  # swap-out queueing delays tried, in units of the activation's transfer
+_P_LEADS = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0)  # copy-back leads before the first backward use, same units
 _TIME_MARGIN = 1e-4  # time units (1e-8 of the compute time) by which a swap-out must end before an op
 
 
@@ -39,7 +42,7 @@ class Row:
     coef: np.ndarray
     lo: float
     hi: float
-    kind: str  # "time" | "mem" | "logic"
+    kind: str  # "time" | "mem" | "logic" | "cut" (a valid inequality in time units)
     enforce: int = -1
 
 
@@ -70,6 +73,9 @@ class Formulation:
     var_p: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # a -> [(p, var)]
     var_c: dict[tuple[int, int], int] = field(default_factory=dict)  # (target, member) -> var
     var_u: dict[tuple[int, int], int] = field(default_factory=dict)  # (target, shared op) -> var
+    var_y: dict[tuple[int, int, int], int] = field(default_factory=dict)  # residency on an interval
+    var_res: dict[int, int] = field(default_factory=dict)  # anchor -> bytes of gap residents there
+    var_hold: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (target, made, held) -> var
     var_q: dict[int, int] = field(default_factory=dict)  # a -> swap-out completion var
     var_h: list[tuple[int, int, int]] = field(default_factory=list)  # (p, a, var) in H2D queue order
     var_d: dict[int, int] = field(default_factory=dict)  # position -> accumulated delay var
@@ -194,35 +200,29 @@ def _chain_closures(problem: Problem, free: np.ndarray, can_r: np.ndarray, can_s
     return out
 
 
-def _max_temps(problem: Problem, closures: dict[int, dict]) -> np.ndarray:
-    """Upper bound of chain temporaries at each op (every member regenerated)."""
-    temps = np.zeros(problem.n_ops, np.int64)
+def _chain_hot(problem: Problem, closures: dict[int, dict], keep_all: np.ndarray, budget: int) -> np.ndarray:
+    """Ops where some plan's recompute chains might exceed the budget (docs/cost_model.md, Memory).
+
+    Upper bound: fixed - outputs + every activation alive + the largest chain with all its members
+    held at once.
+    """
+    most = np.zeros(problem.n_ops, np.int64)
     for a, ch in closures.items():
         mem = ch["members"]
-        temps[problem.first_bwd_use[a]] += int(problem.recompute_temp_bytes[mem].sum()
-                                               + problem.act_bytes[mem].sum() - problem.act_bytes[a])
-    return temps
-
-
-def _subsample(cands: list[int], head: int) -> list[int]:
-    """The first ``head`` candidates, then every 2^k-th: finer near the natural choice."""
-    if len(cands) <= head:
-        return cands
-    keep = list(range(head))
-    k = head
-    step = 2
-    while k < len(cands):
-        keep.append(k)
-        k += step
-        step *= 2
-    keep.append(len(cands) - 1)
-    return [cands[i] for i in sorted(set(keep))]
+        t = int(problem.first_bwd_use[a])
+        most[t] = max(most[t], int(problem.recompute_temp_bytes[mem].sum() + problem.act_bytes[mem].sum()))
+    act = keep_all - problem.fixed_bytes - problem.op_transient_bytes
+    return (most > 0) & (problem.fixed_bytes - problem.op_output_bytes + act + most > budget)
 
 
 # ---------------------------------------------------------------------------------------------
 def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth: int | None = -1,
-          exact_positions: bool | None = None, max_candidates: int = 6, prefetch: str = "free") -> Formulation:
+          exact_positions: bool | None = None, max_candidates: int = 6, prefetch: str = "free",
+          plan: tuple[np.ndarray, np.ndarray] | None = None) -> Formulation:
     """Build the formulation of docs/ilp.md.
+
+    ``plan``: a (decisions, prefetch_at) pair, e.g. the warm start, whose swap-out and prefetch points
+    become candidates too, so that plan lies inside the model.
 
     ``max_chain_depth``: -1 = automatic (unlimited while small), None = unlimited, k = at most k links.
     ``exact_positions``: every op a boundary and complete candidate lists (default: small problems).
@@ -285,8 +285,7 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
                 closures = _chain_closures(p, free, can_r & free, can_s & free, depth)
         else:
             closures = _chain_closures(p, free, can_r & free, can_s & free, depth)
-        temps_ub = _max_temps(p, closures)
-        hot = keep_all + temps_ub > budget  # positions where some plan may exceed the budget
+        hot = (keep_all > budget) | _chain_hot(p, closures, keep_all, budget)  # where a plan may exceed it
         hot_cum = np.concatenate([[0], np.cumsum(hot)])
         in_gap_hot = (hot_cum[fbu] - hot_cum[lfu + 1]) > 0
         newly = free & ~in_gap_hot
@@ -306,6 +305,7 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
     must += _range_add(n, (lfu + 1)[~free], (fbu - 1)[~free], nbytes[~free].astype(float))
 
     # --- boundaries and candidates ----------------------------------------------------------------
+    plan_g, plan_p = _plan_points(p, cum, swap, plan, can_s)
     fa = np.flatnonzero(free)
     if exact:
         bounds = np.arange(n)
@@ -313,26 +313,33 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
         ev = [np.array([0, p.fwd_end + 1]), created, lfu[fa] + 1, fbu[fa], fbu[fa] + 1, lbu[fa] + 1]
         sa = np.flatnonzero(can_s)
         ev += [g0[sa], pdef[sa]]
+        ev += [np.fromiter(plan_g.values(), np.int64, len(plan_g)), np.fromiter(plan_p.values(), np.int64, len(plan_p))]
         bounds = np.unique(np.concatenate(ev))
         bounds = bounds[(bounds >= 0) & (bounds < n)]
     G: dict[int, list[int]] = {}
     C: dict[int, list[int]] = {}
+    cum_b = cum[bounds]
     for a in np.flatnonzero(can_s):
         a = int(a)
-        lo_i, hi_i = np.searchsorted(bounds, [g0[a], fbu[a]], side="left")
-        gs = bounds[lo_i:hi_i].tolist()
+        if exact:
+            lo_i, hi_i = np.searchsorted(bounds, [g0[a], fbu[a]], side="left")
+            gs = bounds[lo_i:hi_i].tolist()
+            lo_p, hi_p = np.searchsorted(bounds, [p.fwd_end + 1, fbu[a]], side="left")
+            ps = bounds[lo_p:hi_p].tolist() + [int(fbu[a])]
+        else:  # a few points, spaced by the activation's own transfer time
+            tg = cum[lfu[a] + 1] + swap[a] * (1.0 + np.asarray(_G_LEADS)) + _TIME_MARGIN
+            gi = np.searchsorted(cum_b, tg, side="left")
+            gs = sorted({int(g0[a])} | {int(bounds[i]) for i in gi if i < len(bounds) and bounds[i] < fbu[a]})
+            tp = cum[fbu[a]] - swap[a] * np.asarray(_P_LEADS[:max(1, max_candidates)])
+            pi = np.searchsorted(cum_b, tp, side="right") - 1
+            ps = sorted({int(pdef[a]), int(fbu[a])}
+                        | {int(bounds[i]) for i in pi if i >= 0 and p.fwd_end < bounds[i] <= fbu[a]})
         if prefetch == "default":
             ps = [int(pdef[a])]
-        else:
-            lo_p, hi_p = np.searchsorted(bounds, [p.fwd_end + 1, fbu[a]], side="left")
-            ps_all = bounds[lo_p:hi_p].tolist() + [int(fbu[a])]
-            if not exact:
-                back = _subsample(ps_all[::-1], max_candidates)
-                ps_all = sorted(set(back) | {int(pdef[a])})
-            ps = ps_all
+        if a in plan_g and plan_g[a] < plan_p[a] and (prefetch == "free" or plan_p[a] == pdef[a]):
+            gs = sorted(set(gs) | {plan_g[a]})
+            ps = sorted(set(ps) | {plan_p[a]})
         ps = [q for q in ps if q > g0[a]]
-        if not exact:
-            gs = _subsample(gs, max_candidates)
         if ps and ps[-1] > gs[0]:
             gs = [g for g in gs if g < ps[-1]]
             G[a], C[a] = gs, ps
@@ -351,16 +358,17 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
     # --- check positions: per segment of constant structure, the op with the largest base ------------
     seg_start = bounds
     seg_stop = np.concatenate([bounds[1:], [n]])
-    temps_ub = _max_temps(p, closures)
+    chain_hot = _chain_hot(p, closures, keep_all, budget)
+    F.stats["n_chain_anchors"] = int(chain_hot.sum())
     checks = []
     for s0, s1 in zip(seg_start.tolist(), seg_stop.tolist(), strict=True):
-        seg = must[s0:s1] + temps_ub[s0:s1]
+        seg = must[s0:s1]
         c = s0 + int(np.argmax(seg))
-        if keep_all[c] + temps_ub[c] > budget:
+        if keep_all[c] > budget:
             checks.append(c)
     checks = np.array(checks, np.int64)
     F.stats["n_segments"] = len(seg_start)
-    checks = _prune_dominated(p, checks, free, must, temps_ub, G, C)
+    checks = _prune_dominated(p, checks, free, must, G, C)
     F.stats["n_checks"] = len(checks)
 
     # --- variables: decisions --------------------------------------------------------------------
@@ -386,7 +394,6 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
 
     # --- recompute chains ------------------------------------------------------------------------
     chain_time: dict[int, dict[int, float]] = {}
-    chain_temp: dict[int, dict[int, float]] = {}
     for a, ch in closures.items():
         if a not in F.var_r:
             continue
@@ -418,24 +425,36 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
                         F.add({cv[y]: 1.0, u: -1.0}, -INF, 0, "logic")
                 tterms[u] = float(p.op_time_s[o]) / tu
         chain_time[a] = tterms
-        chain_temp[a] = {cv[y]: float(p.recompute_temp_bytes[y] + (nbytes[y] if y != a else 0))
-                         for y in ch["members"]}
+        F.chains[a]["vars"] = cv
 
-    # --- memory rows -------------------------------------------------------------------------------
+    # --- memory rows: while each check op runs --------------------------------------------------------
+    free_idx = np.flatnonzero(free)
+
+    def gap_terms(c: int) -> dict[int, float]:
+        terms: dict[int, float] = {}
+        for a in free_idx[(lfu[free_idx] < c) & (c < fbu[free_idx])].tolist():
+            v = _resident_var(F, a, c)
+            terms[v] = terms.get(v, 0.0) + float(nbytes[a])
+        return terms
+
+    for c in checks.tolist():
+        F.add(gap_terms(c), -INF, budget - int(must[c]), "mem")
+
+    # --- memory rows: while the chains anchored at an op run (one row per chain and member) ----------
     anchors: dict[int, list[int]] = {}
     for a in chain_time:
         anchors.setdefault(int(fbu[a]), []).append(a)
-    free_idx = np.flatnonzero(free)
-    for c in checks.tolist():
-        terms: dict[int, float] = {}
-        const = int(must[c])
-        sel = free_idx[(lfu[free_idx] < c) & (c < fbu[free_idx])]
-        for a in sel.tolist():
-            const += _resident_expr(F, a, c, int(nbytes[a]), terms)
-        for a in anchors.get(c, []):
-            for v, b in chain_temp[a].items():
-                terms[v] = terms.get(v, 0.0) + b
-        F.add(terms, -INF, budget - const, "mem")
+    for t, targets in sorted(anchors.items()):
+        if not chain_hot[t]:
+            continue
+        targets.sort(key=lambda a: (int(created[a]), a))
+        res = F.var_res[t] = F.var(f"RES{t}", "C", 0, float(nbytes.sum()))  # gap residents at t, bytes
+        F.add({res: 1.0, **{v: -w for v, w in gap_terms(t).items()}}, 0, 0, "mem")
+        const = int(p.fixed_bytes[t] - p.op_output_bytes[t]) + int(must[t] - base[t])
+        for j, a in enumerate(targets):
+            later = {F.var_r[b]: -float(nbytes[b]) for b in targets[j:]}  # targets not yet made
+            for _, terms in _chain_member_rows(F, p, a):
+                F.add({res: 1.0, **_merge(later, terms)}, -INF, budget - const, "mem")
 
     # --- time ------------------------------------------------------------------------------------
     obj: dict[int, float] = {}
@@ -466,21 +485,22 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
             d = rec_at.setdefault(int(fbu[a]), {})
             for v, w in tterms.items():
                 d[v] = d.get(v, 0.0) + w
-        prev_t, prev_d = 0, -1
+        # each anchor's recompute and each stall enters the first D after it
+        inc: dict[int, dict[int, float]] = {t: {} for t in pos}
+        for u, terms_u in list(rec_at.items()) + [(u, {sv: 1.0}) for u, sv in F.var_stall.items()]:
+            j = bisect.bisect_right(pos, u)
+            if j < len(pos):
+                d = inc[pos[j]]
+                for v, w in terms_u.items():
+                    d[v] = d.get(v, 0.0) - w
+        prev_d = -1
         for t in pos:
             dv = F.var_d[t] = F.var(f"D{t}", "C", 0, horizon, True)
-            terms = {dv: 1.0}
+            terms = {dv: 1.0, **inc[t]}
             if prev_d >= 0:
                 terms[prev_d] = -1.0
-            for u in sorted(rec_at):
-                if prev_t <= u < t:
-                    for v, w in rec_at[u].items():
-                        terms[v] = terms.get(v, 0.0) - w
-            for u, sv in F.var_stall.items():
-                if prev_t <= u < t:
-                    terms[sv] = terms.get(sv, 0.0) - 1.0
             F.add(terms, 0, 0, "time")
-            prev_t, prev_d = t, dv
+            prev_d = dv
         # copies back: one FIFO link, issue order (prefetch op, index)
         seq = sorted((q, a, z) for a in swappers for q, z in F.var_p[a])
         prev = -1
@@ -496,6 +516,7 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
             prev = h
         for sv in F.var_stall.values():
             obj[sv] = obj.get(sv, 0.0) + 1.0
+        _link_cuts(F, swappers, cum, swap)
     F.obj = obj
     F.obj_const = cum[n]
     F.stats["n_vars"] = F.n_vars
@@ -504,63 +525,149 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
     return F
 
 
-def _resident_expr(F: Formulation, a: int, c: int, b: int, terms: dict[int, float]) -> int:
-    """Add ``b * (a resident at gap position c)`` to ``terms`` with the fewest variables; return the constant.
+def _link_cuts(F: Formulation, swappers: list[int], cum: np.ndarray, swap: np.ndarray) -> None:
+    """Valid inequalities that make each link's capacity visible to the LP relaxation.
 
-    resident = k + sum(z_g: g > c) + sum(z_p: p <= c); k = 1 - r - s; sum(z_g: g > c) = s - sum(z_g: g <= c);
-    sum(z_p: p <= c) = s - sum(z_p: p > c).
+    Without them a fractional swap is free in the relaxation (its stall and swap-out rows are enforced
+    by a binary, i.e. big-M), and the bound collapses to the compute time. Work on a FIFO link issued
+    in a window must fit in it:
+
+    * copy back, window from prefetch position P to first backward use t: every copy issued at or after
+      op P and needed by op t (fbu <= t) fits between T(P) = cum[P] + D(P) and T(t) + stall(t);
+    * swap-out, window from issue time e_a to op g: swaps issued from e_a on and done by cum[g] fit.
+
+    One window per (activation, candidate point); rows of kind "cut" (CP-SAT may round them loosely).
     """
-    k, r, s = F.var_k[a], F.var_r.get(a), F.var_s.get(a)
-    gl = F.var_g.get(a, [])
-    pl = F.var_p.get(a, [])
+    p = F.problem
+    fbu, lfu = p.first_bwd_use, p.last_fwd_use
+    by_t = sorted(swappers, key=lambda a: int(fbu[a]))
+    fb_sorted = [int(fbu[a]) for a in by_t]
+    seen: set[tuple[int, int]] = set()
+    for a in swappers:
+        t = int(fbu[a])
+        for q, _ in F.var_p[a]:
+            if (q, t) in seen:
+                continue
+            seen.add((q, t))
+            lo, hi = bisect.bisect_left(fb_sorted, q), bisect.bisect_right(fb_sorted, t)
+            terms: dict[int, float] = {}
+            for b in by_t[lo:hi]:
+                for q2, z in F.var_p[b]:
+                    if q2 >= q:
+                        terms[z] = float(swap[b])
+            terms[F.var_stall[t]] = -1.0
+            terms[F.var_d[t]] = terms.get(F.var_d[t], 0.0) - 1.0
+            if q != t:
+                terms[F.var_d[q]] = terms.get(F.var_d[q], 0.0) + 1.0
+            F.add(terms, -INF, float(cum[t] - cum[q]), "cut")
+    by_e = sorted(swappers, key=lambda a: (int(lfu[a]), a))
+    e_sorted = [int(lfu[a]) for a in by_e]
+    seen_g: set[tuple[int, int]] = set()
+    for a in swappers:
+        e = int(lfu[a])
+        for g, _ in F.var_g[a]:
+            if (e, g) in seen_g:
+                continue
+            seen_g.add((e, g))
+            lo = bisect.bisect_left(e_sorted, e)
+            terms = {}
+            for b in by_e[lo:]:
+                if cum[lfu[b] + 1] >= cum[g]:
+                    break
+                for g2, z in F.var_g[b]:
+                    if g2 <= g:
+                        terms[z] = float(swap[b])
+            if len(terms) > 1:
+                F.add(terms, -INF, float(cum[g] - cum[e + 1]), "cut")
+
+
+def _plan_points(p: Problem, cum: np.ndarray, swap: np.ndarray, plan, can_s: np.ndarray
+                 ) -> tuple[dict[int, int], dict[int, int]]:
+    """For a plan's swaps: the first op its swap-out lets run without it (FIFO link), and its prefetch."""
+    if plan is None:
+        return {}, {}
+    d, pf = np.asarray(plan[0]), np.asarray(plan[1])
+    sw = [int(a) for a in np.flatnonzero(d == Decision.SWAP) if can_s[a]]
+    gs, ps = {}, {}
+    free_at = 0.0
+    for a in sorted(sw, key=lambda a: (int(p.last_fwd_use[a]), a)):
+        free_at = max(free_at, cum[p.last_fwd_use[a] + 1]) + swap[a]
+        g = int(np.searchsorted(cum, free_at + _TIME_MARGIN, side="left"))
+        if g < p.n_ops and p.fwd_end < pf[a] <= p.first_bwd_use[a]:
+            gs[a], ps[a] = max(g, int(p.last_fwd_use[a]) + 1), int(pf[a])
+    return gs, ps
+
+
+def _merge(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _chain_member_rows(F: Formulation, p: Problem, a: int) -> list[tuple[int, dict[int, float]]]:
+    """For each possible member x of ``a``'s chain: the bytes held while x is made, as terms.
+
+    Members are made in creation order; making x holds x, its intermediates, and every earlier member
+    y that a member made at or after x still reads (a held-variable h >= c_y + c_z - 1 per such
+    reader z). Rows for members not in the chain are implied by the next member's row (docs/ilp.md).
+    """
+    ch = F.chains[a]
+    cv = ch["vars"]
+    order = sorted(ch["members"], key=lambda y: (int(p.created[y]), y))
+    rank = {y: i for i, y in enumerate(order)}
+    readers: dict[int, list[int]] = {}
+    for z in order:
+        for y in p.recompute_sources[z].tolist():
+            if y in rank and y != a:
+                readers.setdefault(y, []).append(z)
+    rows = []
+    for x in order:
+        terms = {cv[x]: float(p.act_bytes[x] + p.recompute_temp_bytes[x])}
+        for y in order[:rank[x]]:
+            zs = [z for z in readers.get(y, []) if rank[z] >= rank[x]]
+            if not zs:
+                continue
+            key = (a, x, y)
+            h = F.var_hold.get(key)
+            if h is None:
+                h = F.var_hold[key] = F.var(f"h{a}_{x}_{y}", "C", 0, 1)
+                for z in zs:
+                    F.add({cv[y]: 1.0, cv[z]: 1.0, h: -1.0}, -INF, 1, "logic")
+            terms[h] = terms.get(h, 0.0) + float(p.act_bytes[y])
+        rows.append((x, terms))
+    return rows
+
+
+def _resident_var(F: Formulation, a: int, c: int) -> int:
+    """The variable that is 1 when ``a`` is resident at gap position ``c``.
+
+    resident = k + sum(z_g: g > c) + sum(z_p: p <= c), constant between candidate points; one
+    continuous variable per such interval (defined by an equality row), or ``k`` itself where no
+    candidate term applies. Memory rows then carry one term per activation.
+    """
+    gl = F.var_g.get(a)
+    if not gl:
+        return F.var_k[a]
     g_after = [z for g, z in gl if g > c]
-    g_upto = [z for g, z in gl if g <= c]
-    p_upto = [z for q, z in pl if q <= c]
-    p_after = [z for q, z in pl if q > c]
-    best = None
-    for k_form in (0, 1):  # 0: k ; 1: 1 - r - s
-        for g_form in (0, 1):  # 0: sum(g > c) ; 1: s - sum(g <= c)
-            for p_form in (0, 1):  # 0: sum(p <= c) ; 1: s - sum(p > c)
-                if s is None and (g_form or p_form):
-                    continue
-                t: dict[int, float] = {}
-                const = 0
-
-                def put(v, w, t=t):
-                    t[v] = t.get(v, 0) + w
-
-                if k_form == 0:
-                    put(k, 1)
-                else:
-                    const += 1
-                    if r is not None:
-                        put(r, -1)
-                    if s is not None:
-                        put(s, -1)
-                for z in (g_upto if g_form else g_after):
-                    put(z, -1 if g_form else 1)
-                if g_form:
-                    put(s, 1)
-                for z in (p_after if p_form else p_upto):
-                    put(z, -1 if p_form else 1)
-                if p_form:
-                    put(s, 1)
-                t = {v: w for v, w in t.items() if w}
-                if best is None or len(t) < len(best[0]):
-                    best = (t, const)
-    t, const = best
-    for v, w in t.items():
-        terms[v] = terms.get(v, 0.0) + w * b
-    return const * b
+    p_upto = [z for q, z in F.var_p[a] if q <= c]
+    if not g_after and not p_upto:
+        return F.var_k[a]
+    key = (a, len(g_after), len(p_upto))
+    v = F.var_y.get(key)
+    if v is None:
+        v = F.var_y[key] = F.var(f"y{a}_{len(g_after)}_{len(p_upto)}", "C", 0, 1)
+        F.add({v: 1.0, F.var_k[a]: -1.0, **{z: -1.0 for z in g_after + p_upto}}, 0, 0, "logic")
+    return v
 
 
 def _prune_dominated(p: Problem, checks: np.ndarray, free: np.ndarray, must: np.ndarray,
-                     temps_ub: np.ndarray, G: dict, C: dict, window: int = 8) -> np.ndarray:
+                     G: dict, C: dict, window: int = 8) -> np.ndarray:
     """Drop check positions whose memory can never exceed a nearby check's, for any plan.
 
     ``c1`` is dominated by ``c2`` when must(c2) - must(c1) plus, for every free activation, the least
-    its variable residency can rise from c1 to c2 is >= 0 (see docs/ilp.md). Anchors with temporaries
-    are never dropped.
+    its variable residency can rise from c1 to c2 is >= 0 (see docs/ilp.md). Chain memory has rows of
+    its own, so anchors are ordinary positions here.
     """
     if len(checks) < 2:
         return checks
@@ -576,10 +683,7 @@ def _prune_dominated(p: Problem, checks: np.ndarray, free: np.ndarray, must: np.
             gcnt[:, j] = np.searchsorted(np.asarray(G[a]), checks, side="right")
             pcnt[:, j] = np.searchsorted(np.asarray(C[a]), checks, side="right")
     alive = np.ones(len(checks), bool)
-    has_temps = temps_ub[checks] > 0
     for i in range(len(checks)):
-        if has_temps[i]:
-            continue
         lo, hi = max(0, i - window), min(len(checks), i + window + 1)
         for j in range(lo, hi):
             if j == i or not alive[j]:
@@ -645,6 +749,10 @@ def _complete(F: Formulation, d: np.ndarray, pf: np.ndarray) -> tuple[np.ndarray
             issues.append(f"prefetch of {a} at {pf[a]} is not a candidate (using {q})")
         x[z] = 1
         chosen_p[a] = q
+    for (a, ng, npp), v in F.var_y.items():
+        gz = [z for _, z in F.var_g[a]][len(F.var_g[a]) - ng:]
+        pz = [z for _, z in F.var_p[a]][:npp]
+        x[v] = x[F.var_k[a]] + x[gz].sum() + x[pz].sum()
     # chains: tight closure values
     for a, ch in F.chains.items():
         if a not in F.var_r or x[F.var_r[a]] < 0.5:
@@ -668,6 +776,19 @@ def _complete(F: Formulation, d: np.ndarray, pf: np.ndarray) -> tuple[np.ndarray
         for y, s in ch["too_deep"]:
             if y in on and x[F.var_r[s]] > 0.5:
                 issues.append(f"chain of {a} is deeper than the model allows")
+    for (a, xm, y), h in F.var_hold.items():
+        cv = F.chains[a]["vars"]
+        rank_x = (int(p.created[xm]), xm)
+        x[h] = float(x[cv[y]] > 0.5 and any(
+            x[cv[z]] > 0.5 and (int(p.created[z]), z) >= rank_x and y in p.recompute_sources[z]
+            for z in F.chains[a]["members"]))
+    for t, res in F.var_res.items():
+        c = t
+        total = 0.0
+        for a in np.flatnonzero(F.free).tolist():
+            if p.last_fwd_use[a] < c < p.first_bwd_use[a]:
+                total += float(p.act_bytes[a]) * x[_resident_var_existing(F, a, c)]
+        x[res] = total
     # delays, copies back, stalls: walk positions in order
     if F.var_d:
         rec_at: dict[int, float] = {}
@@ -712,6 +833,15 @@ def _complete(F: Formulation, d: np.ndarray, pf: np.ndarray) -> tuple[np.ndarray
             x[h_next[2]] = link
             h_next = next(h_iter, None)
     return x, "; ".join(issues)
+
+
+def _resident_var_existing(F: Formulation, a: int, c: int) -> int:
+    gl = F.var_g.get(a)
+    if not gl:
+        return F.var_k[a]
+    ng = sum(1 for g, _ in gl if g > c)
+    npp = sum(1 for q, _ in F.var_p[a] if q <= c)
+    return F.var_k[a] if not ng and not npp else F.var_y[(a, ng, npp)]
 
 
 def _chain_units(F: Formulation, x: np.ndarray, a: int) -> float:
