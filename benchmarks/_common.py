@@ -1,0 +1,93 @@
+"""Shared pieces of the benchmark scripts: the model configurations they agree on, atomic output files
+and a note of how busy the machine was (timings on a shared CPU mean little without it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS = Path("results/benchmarks")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A zoo workload at one size. Chosen so activations, not parameters, dominate the peak."""
+
+    key: str  # short name used in tables and on the command line
+    zoo: str  # mutwo.zoo name
+    batch: int
+    options: dict = field(default_factory=dict)
+
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.options.items() if k != "dropout")
+        return f"{self.zoo} b{self.batch}" + (f" ({extra})" if extra else "")
+
+
+# ResNet-18 at batch 8 / 64x64 has 13.5 MiB of activations against 44.6 MiB of parameters (and as much
+# again of gradients): no activation plan could move its peak much. Batch 32 at 64x64 (54 MiB) or
+# batch 16 at 128x128 (108 MiB) puts activations above the parameters; BERT-tiny at sequence 128 has
+# ~30x more activation than parameter bytes. Dropout 0 makes every run of BERT identical.
+MODELS: dict[str, ModelConfig] = {
+    "resnet18": ModelConfig("resnet18", "resnet18", 32, {"image_size": 64}),
+    "bert-tiny": ModelConfig("bert-tiny", "bert-tiny", 16, {"seq_len": 128, "dropout": 0.0}),
+    "resnet152": ModelConfig("resnet152", "resnet152", 2, {"image_size": 224}),
+    # tiny variants for the smoke tests
+    "resnet18-smoke": ModelConfig("resnet18-smoke", "resnet18", 2, {"image_size": 32, "num_classes": 10}),
+    "bert-smoke": ModelConfig("bert-smoke", "bert-tiny", 2, {"seq_len": 16, "dropout": 0.0}),
+}
+
+
+def model_config(spec: str) -> ModelConfig:
+    """``key`` from MODELS, or ``zoo:batch[:opt=value,...]`` (e.g. ``resnet18:16:image_size=128``)."""
+    if spec in MODELS:
+        return MODELS[spec]
+    parts = spec.split(":")
+    if len(parts) < 2:
+        raise ValueError(f"model {spec!r}: use one of {sorted(MODELS)} or zoo:batch[:key=value,...]")
+    opts: dict = {}
+    for item in (parts[2].split(",") if len(parts) > 2 and parts[2] else []):
+        k, v = item.split("=")
+        try:
+            opts[k] = int(v)
+        except ValueError:
+            opts[k] = float(v)
+    return ModelConfig(spec, parts[0], int(parts[1]), opts)
+
+
+def machine() -> dict:
+    """What ran the benchmark and how loaded it was (1-minute load average over the core count)."""
+    import torch
+
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__.split("+")[0],
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "load_avg_1min": round(load1, 2)}
+
+
+def write_csv(df: pd.DataFrame, name: str, out: Path = RESULTS) -> Path:
+    """Write ``out/name`` atomically (temp file, then rename): readers never see half a table."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def markdown(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A pipe table (for docs/benchmarks.md), without needing the optional ``tabulate`` package."""
+    cols = list(df.columns)
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if v != v else format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
