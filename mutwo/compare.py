@@ -239,9 +239,12 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
         info["measured"] = old["measured"]
     elif execute_fn is not None:
         status(f"b{batch_size}: execute keep-all")
-        res = execute_fn(graph, problem, keep, flat, iterations=scenario.execute.iterations,
-                         warmup=scenario.execute.warmup, seed=scenario.seed)
-        info["measured"] = _measurement(res)
+        try:
+            res = execute_fn(graph, problem, keep, flat, iterations=scenario.execute.iterations,
+                             warmup=scenario.execute.warmup, seed=scenario.seed)
+            info["measured"] = _measurement(res)
+        except Exception as exc:  # cells still run; measured overheads are then missing
+            info["execute_error"] = f"{type(exc).__name__}: {exc}"
     if "measured" in info:
         info.update({k: info["measured"][k] for k in ("measured_peak_bytes", "measured_time_s")})
     report.write_json(info_path, info)
@@ -284,14 +287,17 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
         validate(problem, schedule)
         schedule.explain(problem)
         sim = simulate(problem, schedule)
-    except ScheduleError as exc:
-        row.update({"status": "invalid", "message": f"invalid schedule: {exc}",
+    except Exception as exc:  # ScheduleError, or arrays so malformed the checks themselves fail
+        if debug and not isinstance(exc, ScheduleError):
+            traceback.print_exc()
+        row.update({"status": "invalid", "message": f"invalid schedule: {type(exc).__name__}: {exc}",
                     "execute_note": "not executed: invalid schedule"})
         report.write_text(file, schedule.to_json())
         return row
     report.write_text(file, schedule.to_json())
     row.update({"predicted_peak_bytes": sim.peak_bytes, "predicted_time_s": sim.time_s,
-                "predicted_overhead_pct": 100.0 * (sim.time_s / batch.keep_all_time_s - 1.0),
+                "predicted_overhead_pct": 100.0 * (sim.time_s / batch.keep_all_time_s - 1.0)
+                if batch.keep_all_time_s > 0 else None,
                 "recompute_s": sim.recompute_s, "stall_s": sim.stall_s})
     if row["status"] in FEASIBLE and sim.peak_bytes > budget_bytes:
         row.update({"status": "invalid", "message": f"the solver said {row['status']}, but the simulated peak "

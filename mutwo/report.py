@@ -172,6 +172,8 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
                      f"{fmt_bytes(info['fixed_peak_bytes'])} |")
     lines += ["", "The fixed peak (parameters, gradients, optimizer state, temporaries) is the floor no "
               "activation plan can go below.", ""]
+    lines += [f"- batch {bs}: executing keep-all failed: {info['execute_error']}"
+              for bs, info in sorted(batches.items()) if info.get("execute_error")]
     lines += ["## Best solver at each budget", "",
               "Lowest predicted iteration time among feasible plans"
               + (", and lowest measured time among executed ones." if executed else

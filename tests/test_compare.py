@@ -35,6 +35,11 @@ def _broken(problem, budget_bytes, **options):
     raise RuntimeError("this solver always fails")
 
 
+@register_solver("test_wrong_length")
+def _wrong_length(problem, budget_bytes, **options):
+    return Schedule(np.zeros(problem.n_act + 1, np.int8), np.full(problem.n_act + 1, -1))
+
+
 @pytest.fixture(autouse=True)
 def _profile_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MUTWO_CACHE", str(tmp_path_factory.getbasetemp() / "mutwo_cache"))
@@ -59,7 +64,8 @@ def _check_run(run: Path, n_rows: int, executed: bool) -> pd.DataFrame:
     assert np.allclose(ok["budget_fraction"], ok["budget_bytes"] / ok["keep_all_peak_bytes"])
     for f in df["schedule_file"].dropna():
         Schedule.load(run / f)
-    assert (df["n_keep"] + df["n_recompute"] + df["n_swap"]).nunique() <= df["batch_size"].nunique()
+    sane = df[df["status"] != "invalid"]  # one decision per activation
+    assert (sane["n_keep"] + sane["n_recompute"] + sane["n_swap"]).nunique() <= df["batch_size"].nunique()
     if executed:
         assert ok["executed"].all() and ok["measured_peak_bytes"].gt(0).all()
         assert ok["max_rel_diff"].lt(1e-3).all()
@@ -98,13 +104,15 @@ def test_user_model_and_outside_solver(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump({
         "name": "user", "model": "fixtures_user_model:build", "model_options": {"hidden": 32},
         "batch_size": [64, 128], "optimizer": {"name": "sgd", "options": {"momentum": 0.0}},
-        "device": "cpu", "budgets": [0.9, "1MiB"], "solvers": ["test_recompute_half", "test_broken", "knapsack"],
+        "device": "cpu", "budgets": [0.9, "1MiB"], "solvers": ["test_recompute_half", "test_broken", "test_wrong_length", "knapsack"],
         "profile": {"runs": 1, "warmup": 0}, "execute": {"iterations": 1, "warmup": 0}}))
     run = _run([str(path), "--no-execute"], tmp_path) / "user" / "r"
-    df = _check_run(run, 2 * 2 * 3, executed=False)
+    df = _check_run(run, 2 * 2 * 4, executed=False)
     broken = df[df["solver"] == "test_broken"]
     assert (broken["status"] == "error").all() and broken["message"].str.contains("always fails").all()
     assert broken["schedule_file"].isna().all()
+    wrong = df[df["solver"] == "test_wrong_length"]
+    assert (wrong["status"] == "invalid").all() and wrong["message"].str.contains("decisions").all()
     half = df[df["solver"] == "test_recompute_half"]
     # it claims FEASIBLE whatever the budget: the driver checks with the simulator
     assert set(half["status"]) <= {"feasible", "invalid"}
