@@ -27,7 +27,7 @@ __all__ = ["Row", "Formulation", "build", "MODES"]
 MODES = ("full", "recompute", "swap")
 INF = math.inf
 
-_EXACT_MAX_OPS = 400  # below this every op position is a boundary and candidate lists are complete
+_EXACT_MAX_OPS = 100  # below this every op position is a boundary and candidate lists are complete
 _PAIR_CAP = 12_000  # most (target, chain member) pairs before the chain depth is limited
 _G_LEADS = (0.0, 1.0, 2.0, 4.0)  # swap-out queueing delays tried, in units of the activation's transfer
 _P_LEADS = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0)  # copy-back leads before the first backward use, same units

@@ -1,0 +1,203 @@
+"""ILP solvers: every backend against brute force, against each other, and against the simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from mutwo.problem import Problem
+from mutwo.registry import get_solver
+from mutwo.schedule import Decision, Schedule, Status
+from mutwo.simulate import simulate
+from mutwo.synthetic import chain, random_dag, residual
+from solvers.brute_force import brute_force
+from solvers.ilp import AGREEMENT, repair
+from solvers.ilp_model import build
+
+BACKENDS = ["ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs"]
+EXACT = {"rel_gap": 1e-7, "warm_start": None, "time_limit_s": 30}
+
+
+def floor_peak(p: Problem) -> int:
+    """Peak when every activation that may leave the device is gone for its whole gap (no plan is lower)."""
+    pos = np.arange(p.n_ops)
+    mem = (p.fixed_bytes + p.op_transient_bytes).astype(np.int64)
+    movable = p.recomputable | p.swappable
+    for a in range(p.n_act):
+        live = (p.created[a] <= pos) & (pos <= p.last_bwd_use[a])
+        if movable[a]:
+            live &= ~((p.last_fwd_use[a] < pos) & (pos < p.first_bwd_use[a]))
+        mem += live * p.act_bytes[a]
+    return int(mem.max())
+
+
+def budgets(p: Problem, fractions) -> list[int]:
+    lo, hi = floor_peak(p), simulate(p, Schedule.keep_all(p)).peak_bytes
+    return [int(lo + f * (hi - lo)) for f in fractions]
+
+
+def tiny(seed: int) -> Problem:
+    """Small enough for brute force; slow links on some seeds so that copies stall and queue."""
+    p = [random_dag(6 + seed % 3, seed), residual(2, seed=seed), chain(5 + seed % 3)][seed % 3]
+    slow = [1.0, 0.1, 0.03][seed % 3]
+    return dataclasses.replace(p, host_bandwidth_bytes_per_s=p.host_bandwidth_bytes_per_s * slow)
+
+
+CASES = [(seed, f) for seed in range(6) for f in (0.15, 0.6)]
+
+
+def check_against_simulate(p: Problem, s: Schedule, budget: int) -> None:
+    """A feasible answer fits when simulated and its objective is the simulated time."""
+    if not s.feasible:
+        return
+    sim = simulate(p, s)
+    assert sim.peak_bytes <= budget, s.message
+    assert abs(s.objective - sim.time_s) <= AGREEMENT * sim.time_s, s.message
+    assert abs(s.objective - sim.time_s) <= 1e-9 * sim.time_s, "the model is exact for the plans it admits"
+    if s.bound is not None:
+        assert s.bound <= s.objective * (1 + 1e-9)
+
+
+@pytest.fixture(scope="module")
+def truth() -> dict:
+    """Brute-force optimum (default prefetch points) per case."""
+    out = {}
+    for seed, f in CASES:
+        p = tiny(seed)
+        b = budgets(p, [f])[0]
+        out[(seed, f)] = (p, b, brute_force(p, b))
+    return out
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_backend_finds_the_brute_force_optimum(name, truth):
+    solver = get_solver(name)
+    for (seed, f), (p, b, bf) in truth.items():
+        s = solver(p, b, prefetch="default", **EXACT)
+        check_against_simulate(p, s, b)
+        assert s.feasible == bf.feasible, (seed, f, s.message, bf.message)
+        if bf.feasible:
+            assert s.status == Status.OPTIMAL, (seed, f, s.message)
+            assert s.objective == pytest.approx(bf.objective, rel=1e-6), (seed, f, s.message)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_free_prefetch_points_never_lose_to_brute_force(name, truth):
+    """Brute force uses default prefetch points; choosing them can only help."""
+    solver = get_solver(name)
+    for (seed, f), (p, b, bf) in list(truth.items())[::2]:
+        s = solver(p, b, **EXACT)
+        check_against_simulate(p, s, b)
+        if bf.feasible:
+            assert s.feasible and s.objective <= bf.objective * (1 + 1e-6), (seed, f, s.message)
+
+
+def test_all_backends_agree_beyond_brute_force():
+    """Problems too large to enumerate (13 activations): every backend proves the same optimum."""
+    for p in (residual(3, seed=1), residual(3, seed=2)):
+        for b in budgets(p, [0.3]):
+            found = {}
+            for name in BACKENDS:
+                s = get_solver(name)(p, b, **EXACT)
+                check_against_simulate(p, s, b)
+                assert s.status == Status.OPTIMAL, (name, s.message)
+                found[name] = s.objective
+            best = min(found.values())
+            assert all(v == pytest.approx(best, rel=1e-5) for v in found.values()), found
+
+
+@pytest.mark.parametrize("name", BACKENDS + ["brute_force"])
+def test_budget_below_fixed_memory_is_infeasible_quickly(name):
+    p = random_dag(10, 2)
+    b = int((p.fixed_bytes + p.op_transient_bytes).max()) - 1
+    t = time.perf_counter()
+    s = get_solver(name)(p, b)
+    assert time.perf_counter() - t < 5.0
+    assert s.status == Status.INFEASIBLE
+    assert not s.feasible
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_modes_restrict_decisions(name):
+    p = tiny(1)
+    b = budgets(p, [0.4])[0]
+    rec = get_solver(name)(p, b, mode="recompute", **EXACT)
+    assert not np.any(rec.decisions == Decision.SWAP)
+    assert rec.objective == pytest.approx(brute_force(p, b, mode="recompute").objective, rel=1e-6)
+    sw = get_solver(name)(p, b, mode="swap", **EXACT)
+    assert not np.any(sw.decisions == Decision.RECOMPUTE)
+    check_against_simulate(p, sw, b)
+
+
+def test_reported_fields():
+    p = tiny(0)
+    b = budgets(p, [0.3])[0]
+    s = get_solver("ilp_cpsat")(p, b, **EXACT)
+    assert s.solver == "ilp_cpsat" and s.budget_bytes == b and s.solve_time_s > 0
+    assert s.options["gap"] is not None and s.options["gap"] <= 1e-6 + 1e-7
+    assert s.bound is not None and "gap" in s.message
+    Schedule.from_json(s.to_json())  # JSON-serialisable, options included
+
+
+def test_warm_start_lies_inside_the_model_and_is_used():
+    """The greedy plan becomes a candidate point set, so the hint is a complete feasible assignment."""
+    p = random_dag(60, 3)
+    b = budgets(p, [0.3])[0]
+    greedy = get_solver("mutwo_greedy")(p, b)
+    assert greedy.feasible
+    F = build(p, b, plan=(greedy.decisions, greedy.prefetch_at))
+    x, issue = F.complete(greedy.decisions, greedy.prefetch_at)
+    assert issue == ""
+    assert F.violation(x) <= 1e-7
+    assert F.objective_of(x) == pytest.approx(simulate(p, greedy).time_s, rel=1e-9)
+    for name in ("ilp_cpsat", "ilp_pulp_highs"):
+        s = get_solver(name)(p, b, time_limit_s=3, warm_start="mutwo_greedy")
+        check_against_simulate(p, s, b)
+        assert s.objective <= simulate(p, greedy).time_s * (1 + 1e-9), s.message
+        assert s.options["warm_start"] == "mutwo_greedy"
+
+
+def test_completed_plans_satisfy_every_row_and_price_exactly(truth):
+    """For brute-force optima (all three decisions mixed) the model's tight assignment is feasible."""
+    for (p, b, bf) in truth.values():
+        if not bf.feasible:
+            continue
+        F = build(p, b, plan=(bf.decisions, bf.prefetch_at))
+        x, issue = F.complete(bf.decisions, bf.prefetch_at)
+        assert issue == ""
+        assert F.violation(x) <= 1e-7
+        assert F.objective_of(x) == pytest.approx(simulate(p, bf).time_s, rel=1e-9)
+
+
+def test_two_phase_and_larger_problem_stay_honest():
+    """A time-limited solve on a mid-size problem: whatever it returns fits and is priced right."""
+    p = random_dag(120, 5)
+    for b in budgets(p, [0.3]):
+        s = get_solver("ilp_pulp_highs")(p, b, time_limit_s=4, two_phase=True)
+        assert s.feasible, s.message
+        check_against_simulate(p, s, b)
+        assert "phase1" in s.options
+
+
+def test_repair_turns_an_overfull_plan_into_a_fitting_one():
+    p = random_dag(30, 1)
+    b = budgets(p, [0.3])[0]
+    keep = np.zeros(p.n_act, np.int8)
+    d, pf, sim = repair(p, b, keep, np.full(p.n_act, -1, np.int64))
+    assert sim is not None and sim.peak_bytes <= b
+    assert simulate(p, Schedule(d, pf)).peak_bytes <= b
+
+
+def test_brute_force_refuses_large_problems():
+    with pytest.raises(ValueError, match="refuses n_act=13"):
+        brute_force(random_dag(13, 0), 10**12)
+
+
+def test_brute_force_tie_break_prefers_fewest_changes():
+    p = chain(4)
+    big = 10**12
+    s = brute_force(p, big)
+    assert s.status == Status.OPTIMAL and np.all(s.decisions == Decision.KEEP)
