@@ -19,11 +19,17 @@ Where memory departs from the cost model, on purpose:
 * CPU swap emulation frees the device copy right after it is made; the model holds it until the
   transfer would end at the problem's bandwidth (a few ops later when ops are short). On CUDA the
   block stays allocated until the copy has read it (``record_stream``), as in the model.
-* Recompute chain temporaries are freed after their last use inside the chain; the model counts all
-  of them live together at the anchor op (an upper bound), which over-predicts long chains.
+* Recompute chains: the generated code frees every chain value after its last use, node by node; the
+  model (``chain_peak``) frees at the granularity of chain members. While member ``x`` is made it
+  counts ``x``'s chain sources, ``x`` and all of ``x``'s intermediates live at once (more than is
+  measured: on ResNet-18 the first convolution is freed once its batch norm ran, 2 MiB before the
+  model frees it), and a non-activation intermediate whose op several members share (BERT's attention
+  mask, made once per chain) only while each of those members is made, not in between (less than is
+  measured, by its bytes). Neither has set a recompute-all peak of the tested models.
 * A kept recompute source read by a chain after its last backward use lives until the chain: recorded
-  in ``module.meta["mutwo"]["warnings"]``. So is an activation that is a graph output (the loss): it is
-  kept whatever the decision, since moving it would free nothing.
+  in ``module.meta["mutwo"]["warnings"]``. Graph outputs (the loss) are not activations; a Problem
+  that still lists one as an activation has it kept whatever the decision (moving it would free
+  nothing), with a warning.
 
 At one backward op the inserted nodes run in the model's order: prefetch issues, waits, then recompute
 chains in creation order. ``run`` measures the rewritten module against the unmodified graph from

@@ -23,7 +23,7 @@ import numpy as np
 from mutwo.problem import Problem
 
 __all__ = ["Decision", "Status", "Schedule", "ScheduleError", "RecomputeChain", "resolve_recompute",
-           "default_prefetch", "validate"]
+           "chain_peak", "default_prefetch", "validate"]
 
 
 class Decision(enum.IntEnum):
@@ -186,11 +186,11 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, Reco
                         f"recompute it instead")
         ops = op_parts[0] if len(op_parts) == 1 else np.unique(np.concatenate(op_parts))
         chains[a] = RecomputeChain(a, t, ops, sorted(temporaries), sorted(sources),
-                                   float(problem.op_time_s[ops].sum()), _chain_peak(problem, a, temporaries))
+                                   float(problem.op_time_s[ops].sum()), chain_peak(problem, a, temporaries))
     return chains
 
 
-def _chain_peak(problem: Problem, target: int, temporaries: list[int]) -> int:
+def chain_peak(problem: Problem, target: int, temporaries: list[int]) -> int:
     """Most bytes a chain holds at once: members run in creation order; each member holds its own
     intermediates while it runs; a temporary is freed after the last member that reads it."""
     if not temporaries:

@@ -27,8 +27,11 @@ One step (repeated until the peak fits the budget, or no candidate can lower it:
      the timeline are brought up to date (Algorithm G).
 
 Speed: the timeline is an int64 numpy array changed by slices (a recompute frees
-``[last_fwd_use+1, first_bwd_use-1]``, a swap ``[r+1, prefetch_at-1]``, a chain adds its temporaries
-at its anchor); only chains that read the new RECOMPUTE activation are re-walked; candidate choice is
+``[last_fwd_use+1, first_bwd_use-1]``, a swap ``[r+1, prefetch_at-1]``). At an anchor the timeline is
+``max(op memory, chain memory)``; both count the same fixed and resident bytes, so the chains add
+``max(0, chain memory - op memory)`` there, which depends only on the chains anchored at that op
+(their ``chain_peak``, the targets' bytes, the op's outputs and workspace) and is recomputed when one
+of them changes. Only chains that read the new RECOMPUTE activation are re-walked; candidate choice is
 a masked argmax. Link timing is one walk over prefetch events per decision, resumed from the first
 event whose inputs changed and stopped once it is back in step with the previous walk. It uses the
 same floating-point operations as ``mutwo.simulate``, so both give identical timelines (whether a
@@ -64,7 +67,7 @@ import numpy as np
 
 from mutwo.problem import Problem
 from mutwo.registry import register_solver
-from mutwo.schedule import Decision, Schedule, Status
+from mutwo.schedule import Decision, Schedule, Status, chain_peak
 from mutwo.simulate import simulate
 
 __all__ = ["GreedyResult", "solve", "mutwo_greedy", "recompute_ratios", "hide_points", "swap_overhead",
@@ -127,14 +130,14 @@ class _Chain:
     ops: np.ndarray
     srcs: list[int]
     time_s: float
-    temp_bytes: int
+    peak_bytes: int  # most it holds at once while it runs, its target included (``chain_peak``)
     blocked: bool  # needs a SWAP source that is not resident at the anchor
 
 
 # ---------------------------------------------------------------------- the solver state
 class _Greedy:
     def __init__(self, problem: Problem, mode: str):
-        p = problem
+        p = self.problem = problem
         n, m = p.n_ops, p.n_act
         self.n, self.m, self.fwd_end = n, m, int(p.fwd_end)
         self.op_time = p.op_time_s
@@ -146,7 +149,10 @@ class _Greedy:
         self.tau_l = self.tau.tolist()
         self.rops = p.recompute_ops
         self.rsrc = [s.tolist() for s in p.recompute_sources]
-        self.rtemp = p.recompute_temp_bytes.tolist()
+        self.created_l = p.created.tolist()
+        # chain memory at anchor t minus op memory at t, less the chains' own term (docs/cost_model.md):
+        # the op's outputs and workspace are not allocated yet while its chains run
+        self.chain_base_l = (-p.op_output_bytes - p.op_transient_bytes).tolist()
         self.compute_s = float(self.op_time.sum())
 
         # keep-all timeline (Algorithm G's starting point)
@@ -167,8 +173,8 @@ class _Greedy:
 
         self.d = [_KEEP] * m
         self.rec_at = np.zeros(n)
-        self.anchor_members: dict[int, list[int]] = {}
-        self.anchor_temp: dict[int, int] = {}
+        self.anchor_members: dict[int, list[int]] = {}  # chosen targets by anchor, by index
+        self.anchor_extra: dict[int, int] = {}  # what the chains add to the timeline at each anchor
         self.pre = pre0.copy()
         self.op_start = pre0.copy()
         self.delay = 0.0
@@ -210,7 +216,7 @@ class _Greedy:
         t = self.fbu_l[a]
         d = self.d
         parts = [self.rops[a]]
-        temp = self.rtemp[a]
+        temps: list[int] = []
         srcs: list[int] = []
         blocked = False
         seen = {a}
@@ -225,13 +231,13 @@ class _Greedy:
                     srcs.append(s)
                 elif d[s] == _REC:
                     parts.append(self.rops[s])
-                    temp += self.nbytes_l[s] + self.rtemp[s]
+                    temps.append(s)
                     stack.append(s)
                 else:
                     blocked = True
                     srcs.append(s)
         ops = np.unique(np.concatenate(parts)) if len(parts) > 1 else np.unique(parts[0])
-        return _Chain(ops, srcs, float(self.op_time[ops].sum()), temp, blocked)
+        return _Chain(ops, srcs, float(self.op_time[ops].sum()), chain_peak(self.problem, a, temps), blocked)
 
     def _set_chain(self, a: int, ch: _Chain | None) -> None:
         """Install ``a``'s chain, keeping the reader sets and (for chosen ``a``) the counts current."""
@@ -269,16 +275,26 @@ class _Greedy:
             self._set_chain(a, None)
 
     def _refresh_anchor(self, t: int) -> None:
+        """Recompute time and chain memory at anchor ``t`` from its chains (as ``simulate``).
+
+        The timeline at ``t`` is ``max(op memory, chain memory)``. Both count ``fixed + resident(t)``,
+        so ``chain memory - op memory`` (``-outputs - workspace - targets + most held``) does not
+        depend on what is resident, and the slice updates move both alike: the timeline at ``t`` is
+        op memory + ``max(0, chain memory - op memory)``, kept in ``anchor_extra``.
+        """
         members = self.anchor_members.get(t, [])
         s = 0.0
-        tb = 0
-        for a in members:
-            ch = self.chains[a]
-            s += ch.time_s
-            tb += ch.temp_bytes
+        for a in members:  # index order, as simulate sums chain times (same floats, same bits)
+            s += self.chains[a].time_s
         self.rec_at[t] = s
-        self.timeline[t] += tb - self.anchor_temp.get(t, 0)
-        self.anchor_temp[t] = tb
+        done = most = 0
+        created = self.created_l
+        for a in sorted(members, key=lambda x: (created[x], x)):  # each on top of the targets before it
+            most = max(most, done + self.chains[a].peak_bytes)
+            done += self.nbytes_l[a]
+        extra = max(0, self.chain_base_l[t] + most - done)
+        self.timeline[t] += extra - self.anchor_extra.get(t, 0)
+        self.anchor_extra[t] = extra
 
     def _affected(self, c: int) -> list[int]:
         """Readers of ``c`` whose chains must run through it once it is recomputed (Algorithm E)."""

@@ -10,7 +10,7 @@ from mutwo_greedy_oracle import oracle  # tests/ is on sys.path under pytest
 
 from mutwo.problem import Problem
 from mutwo.registry import get_solver
-from mutwo.schedule import Decision, Schedule, Status, validate
+from mutwo.schedule import Decision, Schedule, Status, resolve_recompute, validate
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
 from solvers import mutwo_greedy
@@ -113,11 +113,24 @@ def test_infeasible_returns_the_lowest_peak_reached():
 
 
 # ---------------------------------------------------------------------- synthetic problems
+def with_outputs(p: Problem, seed: int) -> Problem:
+    """``p`` with op outputs and workspace, which recompute chains run without (docs/cost_model.md):
+    at an anchor, the chains' memory then wins over the op's at some anchors and loses at others."""
+    rng = np.random.default_rng(seed)
+    n, scale = p.n_ops, int(p.act_bytes.mean())
+    outputs = np.minimum(p.fixed_bytes, rng.integers(0, 3 * scale, n))
+    transient = np.where(rng.random(n) < 0.3, rng.integers(0, 2 * scale, n), p.op_transient_bytes)
+    fields = {k: getattr(p, k) for k in p.__dataclass_fields__}
+    return Problem(**{**fields, "name": f"{p.name}+outputs", "op_output_bytes": outputs,
+                      "op_transient_bytes": transient})
+
+
 PROBLEMS = [chain(16), residual(6, seed=3), random_dag(60, seed=0), random_dag(120, seed=4, swap_ratio=2.0),
             random_dag(80, seed=7, swap_ratio=0.2, skip_prob=0.4)]
+PROBLEMS_WITH_OUTPUTS = [with_outputs(p, seed) for seed, p in enumerate(PROBLEMS)]
 
 
-@pytest.mark.parametrize("p", PROBLEMS, ids=lambda p: p.name)
+@pytest.mark.parametrize("p", PROBLEMS + PROBLEMS_WITH_OUTPUTS, ids=lambda p: p.name)
 @pytest.mark.parametrize("mode", ["both", "recompute", "swap"])
 def test_feasible_answers_fit_and_bookkeeping_equals_simulate(p, mode):
     for b in budgets(p):
@@ -132,32 +145,71 @@ def varied_dag(seed: int) -> Problem:
 
 
 @pytest.mark.parametrize("seed", [*range(0, 38, 3), 16, 39])  # 16, 39: a prefetch walk once stopped early
-def test_bookkeeping_equals_simulate_on_many_small_problems(seed):
-    p = varied_dag(seed)
+@pytest.mark.parametrize("outputs", [False, True])
+def test_bookkeeping_equals_simulate_on_many_small_problems(seed, outputs):
+    p = with_outputs(varied_dag(seed), seed) if outputs else varied_dag(seed)
     for b in budgets(p, (0.8, 0.55, 0.4, 0.15)):
         for mode in ("both", "recompute", "swap"):
             check(p, b, mode)
 
 
-@pytest.mark.parametrize("seed", range(0, 60, 4))
-def test_incremental_timeline_equals_simulate_after_every_decision(seed):
-    """Algorithm G's slice updates against simulate, for decisions in random order (not the greedy's):
-    random swaps with random prefetch floors and recomputes, checked after each one."""
+def random_decisions(seed: int, outputs: bool, swap_prob: float = 0.6):
+    """Commit swaps (random prefetch floors) and recomputes in random order (not the greedy's); yield
+    the problem, the solver state and its simulation after each one."""
     rng = np.random.default_rng(seed)
     p = random_dag(int(rng.integers(6, 40)), seed=seed, swap_ratio=float(rng.choice([0.5, 2.0, 8.0, 16.0])),
                    skip_prob=0.4)
+    if outputs:
+        p = with_outputs(p, seed)
     g = mutwo_greedy._Greedy(p, "both")
     for a in rng.permutation(p.n_act).tolist():
-        if rng.random() < 0.6 and g.sw_active[a] and g.dep[a] == 0:
+        if rng.random() < swap_prob and g.sw_active[a] and g.dep[a] == 0:
             g._commit_swap(a, int(rng.integers(p.fwd_end + 1, p.first_bwd_use[a] + 1)))
         elif g.rc_active[a] and (new := g._try_recompute(a)) is not None:
             g._commit_recompute(a, new)
         else:
             continue
-        sim = simulate(p, Schedule(g.decisions(), g.prefetch()))
+        yield p, g, simulate(p, Schedule(g.decisions(), g.prefetch()))
+
+
+@pytest.mark.parametrize("seed", range(0, 60, 4))
+@pytest.mark.parametrize("outputs", [False, True])
+def test_incremental_timeline_equals_simulate_after_every_decision(seed, outputs):
+    """Algorithm G's slice updates and chain memory at anchors against simulate, after each of random
+    decisions."""
+    for _, g, sim in random_decisions(seed, outputs):
         assert np.array_equal(sim.timeline_bytes, g.timeline)
         assert np.array_equal(sim.op_start_s, g.op_start)  # bit for bit: swap ranges compare times
         assert sim.time_s == g.time_s()
+
+
+def test_random_decisions_exercise_every_chain_memory_case():
+    """The property test above sees chains with temporaries, several chains at one anchor, and
+    anchors where chain memory is above, equal to and below the op's memory."""
+    seen = {"temporaries": 0, "shared_anchor": 0, "chain_above": 0, "chain_equal": 0, "chain_below": 0}
+    for seed in range(0, 60, 4):
+        for outputs in (False, True):
+            for p, g, sim in random_decisions(seed, outputs, swap_prob=0.3):
+                chains = resolve_recompute(p, g.decisions())
+                seen["temporaries"] += sum(1 for c in chains.values() if c.temporaries)
+                anchors = [c.anchor for c in chains.values()]
+                seen["shared_anchor"] += len(anchors) - len(set(anchors))
+                for t in set(anchors):
+                    # chain memory by docs/cost_model.md; resident(t) from the greedy's own split
+                    resident = g.timeline[t] - g.anchor_extra[t] - p.fixed_bytes[t] - p.op_transient_bytes[t]
+                    here = sorted((c for c in chains.values() if c.anchor == t),
+                                  key=lambda c: (p.created[c.target], c.target))
+                    done = most = 0
+                    for c in here:
+                        most = max(most, done + c.peak_bytes)
+                        done += p.act_bytes[c.target]
+                    chain_mem = p.fixed_bytes[t] - p.op_output_bytes[t] + resident - done + most
+                    op_mem = p.fixed_bytes[t] + p.op_transient_bytes[t] + resident
+                    assert sim.timeline_bytes[t] == max(op_mem, chain_mem)
+                    key = ("chain_above" if chain_mem > op_mem else "chain_equal" if chain_mem == op_mem
+                           else "chain_below")
+                    seen[key] += 1
+    assert all(v > 0 for v in seen.values()), seen
 
 
 @pytest.mark.parametrize("p", PROBLEMS[:4], ids=lambda p: p.name)
@@ -229,6 +281,7 @@ ORACLE_PROBLEMS = [chain(8), residual(3, seed=2), random_dag(12, seed=3), random
                    random_dag(24, seed=8, swap_ratio=4.0, skip_prob=0.4, frac_unswappable=0.2),
                    random_dag(30, seed=5, swap_ratio=0.3), random_dag(36, seed=11, skip_prob=0.5),
                    residual(5, seed=4, host_bandwidth_bytes_per_s=1e9), chain(10, host_bandwidth_bytes_per_s=2e9)]
+ORACLE_PROBLEMS += [with_outputs(p, seed) for seed, p in enumerate(ORACLE_PROBLEMS[2:6])]
 
 
 @pytest.mark.parametrize("p", ORACLE_PROBLEMS, ids=lambda p: p.name)
