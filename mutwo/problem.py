@@ -207,7 +207,7 @@ class Problem:
                 recompute_temp_bytes=z["recompute_temp_bytes"],
                 host_bandwidth_bytes_per_s=float(meta["host_bandwidth_bytes_per_s"]),
                 device=meta["device"], notes=meta["notes"],
-                op_output_bytes=z["op_output_bytes"] if "op_output_bytes" in z else None)
+                op_output_bytes=z.get("op_output_bytes"))
 
     def summary(self) -> dict:
         return {"name": self.name, "n_ops": self.n_ops, "n_act": self.n_act,
