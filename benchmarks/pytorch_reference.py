@@ -6,7 +6,7 @@ generation, and ``inductor`` for time only), and (c) ``torch.utils.checkpoint`` 
 ResNet BasicBlock / Bottleneck, each BERT layer; ``use_reentrant=False``). Each is a ratio to eager.
 
     python -m benchmarks.pytorch_reference [--models resnet18 bert-tiny] [--budgets 1 .8 .6 .4 .2 0]
-        [--backends aot_eager aot_eager_decomp_partition] [--iterations 5] [--warmup 2]
+        [--backends aot_eager aot_eager_decomp_partition] [--iterations 5] [--warmup 2] [--torch-threads 1]
 
 How memory is measured on CPU (there are no allocator statistics): bytes of live tensor storages, with
 `mutwo.memory.LiveStorageTracker` (parameters, buffers and the batch counted from the start). A
@@ -34,7 +34,16 @@ import pandas as pd
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from benchmarks._common import MODELS, RESULTS, ModelConfig, machine, markdown, model_config, write_csv
+from benchmarks._common import (
+    MODELS,
+    RESULTS,
+    ModelConfig,
+    machine,
+    markdown,
+    model_config,
+    set_threads,
+    write_csv,
+)
 from mutwo.capture import Workload
 from mutwo.memory import LiveStorageTracker, measure_peak
 from mutwo.zoo import build_workload
@@ -264,7 +273,9 @@ def main(argv: list[str] | None = None, out=RESULTS) -> pd.DataFrame:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-checkpoint", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args(argv)
+    set_threads(args.torch_threads)
     start = machine()
     print(f"machine: {start}")
     frames = [run_reference(model_config(m), args.budgets, args.backends, args.iterations, args.warmup,
@@ -274,6 +285,7 @@ def main(argv: list[str] | None = None, out=RESULTS) -> pd.DataFrame:
     df["load_avg_start"] = start["load_avg_1min"]
     df["load_avg_end"] = end["load_avg_1min"]
     df["cores"] = start["cores"]
+    df["torch_threads"] = start["torch_threads"]
     write_csv(df, "pytorch_reference.csv", out)
     if not args.no_plot:
         plot(df, out / "pytorch_reference.png")

@@ -1,0 +1,213 @@
+"""Does mutwo beat PyTorch's own memory savers? On ResNet-18 and BERT-tiny, in one run (same machine
+load): PyTorch's reference points (eager, ``activation_memory_budget`` via ``aot_eager``, per-block
+``torch.utils.checkpoint``; see ``benchmarks.pytorch_reference``) and every mutwo solver at a grid of
+budgets *plus* a budget at each memory level PyTorch reached, all executed for real.
+
+    python -m benchmarks.quality [--models resnet18 bert-tiny] [--fractions .9 .8 .7 .6 .5 .4]
+        [--ilps distinct|all|none] [--time-limit 60] [--iterations 5] [--torch-threads 1]
+
+Ratios: a mutwo plan's measured peak and time over the unmodified captured graph's (keep-all,
+executed the same way); a PyTorch point's over eager PyTorch. The claim tested: at every memory level
+PyTorch reaches, the best mutwo plan whose measured peak ratio is no higher is no slower. Two pools:
+*all* plans, and *recompute-only* plans. On CPU swaps are emulated (the memory moves, no transfer time
+is paid), so only the recompute-only pool is an honest time comparison there; both are reported.
+Times are medians over ``--iterations`` iterations; ``time_spread`` says how noisy they were.
+
+Also the optimality gap of ``mutwo_greedy`` against the best ILP plan at each budget (simulated time,
+since that is what both optimise), for the full model and for recompute-only plans.
+
+Writes under ``results/benchmarks/``: quality_plans.csv (every plan), quality_pytorch.csv,
+quality_compare.csv (one row per PyTorch point), quality_gap.csv and quality.png (trade-off curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks._common import RESULTS, machine, markdown, model_config, set_threads, write_csv
+from benchmarks._sweep import default_solvers, prepare, sweep
+from benchmarks.pytorch_reference import BUDGETS, run_reference
+
+__all__ = ["run_quality", "compare", "greedy_gap", "pareto", "main", "FRACTIONS"]
+
+FRACTIONS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+RTOL_DIFF = 1e-4  # a plan whose results differ more than this from the unmodified graph is not counted
+PEAK_TOL = 1e-3  # "no more memory": within 0.1% of the PyTorch point's peak ratio (storage rounding)
+
+
+def _usable(plans: pd.DataFrame) -> pd.DataFrame:
+    """Executed plans that fit their budget and train like the unmodified graph."""
+    ok = plans[plans["measured_time_s"].notna() & plans["measured_peak_bytes"].notna()]
+    ok = ok[ok["max_rel_diff"].fillna(np.inf) <= RTOL_DIFF]
+    return ok[ok["fits"].fillna(True).astype(bool)]
+
+
+def pareto(points: pd.DataFrame, x: str = "measured_peak_ratio", y: str = "measured_time_ratio") -> pd.DataFrame:
+    """The lower-left frontier: points no other point beats in both memory and time."""
+    pts = points.sort_values([x, y])
+    keep, best = [], np.inf
+    for idx, v in zip(pts.index, pts[y]):
+        if v < best:
+            keep.append(idx)
+            best = v
+    return pts.loc[keep]
+
+
+def compare(plans: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """One row per PyTorch point: the best mutwo plan at no more memory, in both pools."""
+    rows = []
+    ok = _usable(plans)
+    for r in reference[reference.variant != "eager"].itertuples():
+        if r.peak_ratio != r.peak_ratio:  # memory not measured (inductor)
+            continue
+        row = {"model": r.model, "pytorch": r.variant if r.variant == "checkpoint" else f"{r.backend}@{r.budget:g}",
+               "pytorch_peak_ratio": r.peak_ratio, "pytorch_time_ratio": r.time_ratio}
+        mine = ok[ok.model == r.model]
+        for pool, sel in (("all", mine), ("recompute_only", mine[~mine.has_swap.astype(bool)])):
+            cand = sel[sel.measured_peak_ratio <= r.peak_ratio + PEAK_TOL]
+            if cand.empty:
+                row.update({f"{pool}_solver": "none reaches this memory", f"{pool}_holds": False})
+                continue
+            best = cand.loc[cand.measured_time_ratio.idxmin()]
+            where = "" if best.budget_fraction != best.budget_fraction else f"@{best.budget_fraction:.3g}"
+            row.update({f"{pool}_solver": f"{best.solver}{where}",
+                        f"{pool}_peak_ratio": best.measured_peak_ratio,
+                        f"{pool}_time_ratio": best.measured_time_ratio,
+                        f"{pool}_time_spread": best.time_spread,
+                        f"{pool}_holds": bool(best.measured_time_ratio <= r.time_ratio)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def greedy_gap(plans: pd.DataFrame) -> pd.DataFrame:
+    """Simulated time of the greedy over the best ILP plan at the same budget (0 = as good)."""
+    rows = []
+    feas = plans[plans.status.isin(["optimal", "feasible"]) & plans.fits.fillna(False).astype(bool)]
+    for (model, frac), d in feas.dropna(subset=["budget_fraction"]).groupby(["model", "budget_fraction"]):
+        for pool, greedy, ilps in (("full", "mutwo_greedy", d[d.solver_name.str.startswith("ilp")
+                                                               & ~d.solver.str.endswith("[recompute]")]),
+                                   ("recompute", "mutwo_greedy[recompute]",
+                                    d[d.solver.isin(["ilp_cpsat[recompute]", "checkmate_exact"])])):
+            g = d[d.solver == greedy]
+            row = {"model": model, "budget_fraction": frac, "pool": pool,
+                   "greedy_time_s": g.predicted_time_s.iloc[0] if len(g) else np.nan}
+            if len(ilps):
+                best = ilps.loc[ilps.predicted_time_s.idxmin()]
+                bounds = ilps.solver_bound_s.dropna() if "solver_bound_s" in ilps else pd.Series(dtype=float)
+                row.update(best_ilp=best.solver, best_ilp_status=best.status, best_ilp_time_s=best.predicted_time_s,
+                           ilp_bound_s=bounds.max() if len(bounds) else np.nan)
+                row["gap_pct"] = 100 * (row["greedy_time_s"] / best.predicted_time_s - 1)
+            else:
+                row.update(best_ilp="no ILP plan", gap_pct=np.nan)
+            if len(g) == 0:
+                row["best_ilp"] = f"{row['best_ilp']} (greedy found no plan)"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_quality(models: Sequence[str], fractions: Sequence[float] = FRACTIONS, *, ilps: str = "distinct",
+                solvers: Sequence[str] | None = None, time_limit: float = 60.0, iterations: int = 5,
+                warmup: int = 1,
+                budgets: Sequence[float] = BUDGETS, backends: Sequence[str] = ("aot_eager",),
+                with_checkpoint: bool = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reference points, then every solver at ``fractions`` plus each PyTorch memory level."""
+    refs, plans = [], []
+    for key in models:
+        cfg = model_config(key)
+        ref = run_reference(cfg, budgets, backends, iterations, max(warmup, 1), with_checkpoint, progress)
+        refs.append(ref)
+        levels = [round(float(x), 4) for x in ref.peak_ratio.dropna() if 0 < x < 0.999]
+        fr = sorted(set(round(float(f), 4) for f in fractions) | set(levels), reverse=True)
+        prep = prepare(cfg)
+        df = sweep(prep, default_solvers(prep.problem.n_act, ilps=ilps, only=solvers), fr, iterations=iterations, warmup=warmup, time_limit=time_limit,
+                   progress=progress)
+        df["pytorch_level"] = df.budget_fraction.round(4).isin(levels)
+        plans.append(df)
+    return pd.concat(plans, ignore_index=True), pd.concat(refs, ignore_index=True)
+
+
+def plot(plans: pd.DataFrame, reference: pd.DataFrame, path: Path = RESULTS / "quality.png") -> Path:
+    """Time ratio against peak ratio, one panel per model: mutwo plans by solver, their frontiers
+    (all plans; recompute-only) and PyTorch's points."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from mutwo.plots import save
+
+    ok = _usable(plans)
+    models = list(dict.fromkeys(plans.model))
+    fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 5.5), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        d = ok[ok.model == m]
+        sns.scatterplot(data=d, x="measured_peak_ratio", y="measured_time_ratio", hue="solver",
+                        style="has_swap", ax=ax, s=40, alpha=0.8)
+        for pool, sel, ls in (("mutwo frontier (all plans)", d, "-"),
+                              ("mutwo frontier (recompute-only)", d[~d.has_swap.astype(bool)], "--")):
+            f = pareto(sel)
+            if len(f):
+                ax.step(f.measured_peak_ratio, f.measured_time_ratio, where="post", color="black",
+                        linestyle=ls, linewidth=1, label=pool)
+        r = reference[(reference.model == m) & (reference.variant != "eager")].dropna(subset=["peak_ratio"])
+        for row in r.itertuples():
+            label = "checkpoint/block" if row.variant == "checkpoint" else f"{row.backend} {row.budget:g}"
+            ax.scatter(row.peak_ratio, row.time_ratio, marker="*" if row.variant == "checkpoint" else "X",
+                       s=140, color="red", edgecolor="black", zorder=5)
+            ax.annotate(label, (row.peak_ratio, row.time_ratio), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points", color="darkred")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured peak / unmodified (PyTorch: / eager)")
+        ax.set_ylabel("measured iteration time / unmodified (log)")
+        ax.set_title(f"{plans[plans.model == m].config.iloc[0]}: red = PyTorch")
+        ax.legend(fontsize=6, ncol=2, loc="upper right")
+    return save(fig, path)
+
+
+def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.DataFrame]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet18", "bert-tiny"])
+    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    ap.add_argument("--budgets", type=float, nargs="*", default=list(BUDGETS),
+                    help="PyTorch activation_memory_budget values (none: eager and checkpoint only)")
+    ap.add_argument("--backends", nargs="+", default=["aot_eager"],
+                    choices=["aot_eager", "aot_eager_decomp_partition"])
+    ap.add_argument("--ilps", default="distinct", choices=["distinct", "all", "none"])
+    ap.add_argument("--solvers", default=None, help="comma-separated labels, e.g. mutwo_greedy,recompute_all")
+    ap.add_argument("--time-limit", type=float, default=60.0)
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--torch-threads", type=int, default=None)
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+    set_threads(args.torch_threads)
+    start = machine()
+    print(f"machine: {start}")
+    plans, ref = run_quality(args.models, args.fractions, ilps=args.ilps, time_limit=args.time_limit,
+                             solvers=args.solvers.split(",") if args.solvers else None,
+                             iterations=args.iterations, warmup=args.warmup, budgets=args.budgets,
+                             backends=args.backends)
+    end = machine()
+    for df in (plans, ref):
+        df["load_avg_start"], df["load_avg_end"] = start["load_avg_1min"], end["load_avg_1min"]
+        df["torch_threads"] = start["torch_threads"]
+    cmp_df, gap = compare(plans, ref), greedy_gap(plans)
+    write_csv(plans, "quality_plans.csv", out)
+    write_csv(ref, "quality_pytorch.csv", out)
+    write_csv(cmp_df, "quality_compare.csv", out)
+    write_csv(gap, "quality_gap.csv", out)
+    if not args.no_plot:
+        plot(plans, ref, out / "quality.png")
+    for df in (cmp_df, gap):
+        if len(df):
+            print(markdown(df))
+    print(f"load average (1 min) at start {start['load_avg_1min']}, at end {end['load_avg_1min']}, "
+          f"{start['cores']} cores, {start['torch_threads']} torch threads")
+    return {"plans": plans, "reference": ref, "compare": cmp_df, "gap": gap}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Smoke tests: every benchmark script's ``main`` runs end to end at tiny sizes and writes its files,
+so the scripts do not rot while the code under them changes. Sizes are chosen to stay fast, not to
+mean anything; the figures come from the real runs (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks import fidelity, pytorch_reference, quality, solver_scale
+from benchmarks._common import markdown, model_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy shared CPU two OpenMP threads wait on each other (see
+    benchmarks._common.set_threads), which made these tests 4x slower; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_pytorch_reference_main(tmp_path):
+    df = pytorch_reference.main(["--models", "bert-smoke", "--budgets", "0.5", "--backends", "aot_eager",
+                                 "--iterations", "1", "--warmup", "0"], out=tmp_path)
+    assert list(df.variant) == ["eager", "checkpoint", "budget"]
+    assert (tmp_path / "pytorch_reference.csv").exists() and (tmp_path / "pytorch_reference.png").exists()
+    compiled = df[df.variant == "budget"].iloc[0]
+    # the compiled graphs ran, and were measured from inside (an outer tracker makes Dynamo run eagerly)
+    assert compiled.compiled_calls == 2 and compiled.outer_tracker_calls == 0
+    assert np.isfinite(df.peak_ratio).all() and (df.peak_ratio > 0.2).all()
+    assert df.loss0_diff.max() < 1e-4  # same weights, same batch: the same first loss
+
+
+def test_solver_scale_main(tmp_path):
+    df = solver_scale.main(["--sizes", "12", "30", "--fractions", "0.8", "--solvers",
+                            "keep_all,recompute_all,mutwo_greedy,brute_force", "--problems"], out=tmp_path)
+    assert (tmp_path / "solver_scale.csv").exists() and (tmp_path / "solver_scale.png").exists()
+    bf = df[df.solver == "brute_force"].set_index("n_act").status
+    assert bf[12] != "skipped" and bf[30] == "skipped"  # size limit respected
+    assert (df[df.status != "skipped"].solve_s >= 0).all()
+
+
+def test_solver_scale_skips_ilp_after_timeout():
+    df = solver_scale.run_scale([30, 60], [0.8], time_limit=0.01, solvers=["mutwo_greedy", "ilp_cpsat"],
+                                progress=False)
+    ilp = df[df.solver == "ilp_cpsat"].set_index("n_act")
+    assert ilp.status[60] == "skipped" or ilp.status[30] != "timeout"
+
+
+@pytest.fixture(scope="module")
+def smoke_plans() -> pd.DataFrame:
+    return fidelity.run_fidelity(["bert-smoke"], [0.8], solvers=["mutwo_greedy", "recompute_all"],
+                                 iterations=1, progress=False)
+
+
+def test_fidelity_main(tmp_path, smoke_plans):
+    path = tmp_path / "plans.csv"
+    smoke_plans.to_csv(path, index=False)
+    out = fidelity.main(["--from-csv", str(path)], out=tmp_path)
+    assert (tmp_path / "fidelity.csv").exists() and (tmp_path / "fidelity.png").exists()
+    summary = out["summary"].iloc[0]
+    assert summary.plans >= 2  # keep-all and at least one plan that moves memory
+    assert summary.max_abs_peak_err_pct < 10 and summary.worst_time_cause
+
+
+def test_quality_main(tmp_path):
+    # no compiled budgets here (the reference test covers them): eager and checkpoint only
+    out = quality.main(["--models", "bert-smoke", "--fractions", "0.8", "--budgets", "--solvers",
+                        "mutwo_greedy[recompute],recompute_all", "--iterations", "1", "--no-plot"], out=tmp_path)
+    for name in ("quality_plans.csv", "quality_pytorch.csv", "quality_compare.csv", "quality_gap.csv"):
+        assert (tmp_path / name).exists()
+    cmp_df = out["compare"]
+    assert set(cmp_df.pytorch) == {"checkpoint"}
+    assert "recompute_only_holds" in cmp_df
+
+
+def test_quality_compare_gap_and_plot(tmp_path, smoke_plans):
+    ref = pd.DataFrame([
+        {"model": "bert-smoke", "variant": "eager", "backend": "eager", "budget": np.nan, "peak_ratio": 1.0,
+         "time_ratio": 1.0},
+        {"model": "bert-smoke", "variant": "budget", "backend": "aot_eager", "budget": 0.5, "peak_ratio": 0.99,
+         "time_ratio": 50.0},
+        {"model": "bert-smoke", "variant": "checkpoint", "backend": "eager", "budget": np.nan,
+         "peak_ratio": 0.01, "time_ratio": 1.0}])
+    cmp_df = quality.compare(smoke_plans, ref).set_index("pytorch")
+    assert cmp_df.loc["aot_eager@0.5", "all_holds"]  # something fits in 99% and beats a 50x slowdown
+    assert cmp_df.loc["checkpoint", "all_solver"] == "none reaches this memory"
+    quality.greedy_gap(smoke_plans)
+    assert quality.plot(smoke_plans, ref, tmp_path / "q.png").exists()
+    front = quality.pareto(pd.DataFrame({"measured_peak_ratio": [1, 0.8, 0.9, 0.5],
+                                         "measured_time_ratio": [1, 1.2, 1.5, 3]}))
+    assert list(front.measured_peak_ratio) == [0.5, 0.8, 1]
+
+
+def test_common_helpers():
+    cfg = model_config("resnet18:4:image_size=32")
+    assert cfg.batch == 4 and cfg.options == {"image_size": 32}
+    assert markdown(pd.DataFrame({"a": [1.23456], "b": ["x"]})).splitlines()[2] == "| 1.23 | x |"
