@@ -3,7 +3,7 @@ budgets) on ResNet-18 and BERT-tiny, and with ``--resnet152`` on ResNet-152 at b
 simulated peak and iteration time (`mutwo.simulate`) against the ones measured by `mutwo.execute`.
 Targets on CPU: peak within 3%, time within 10%. Reports the worst case per model and its likely cause.
 
-    python -m benchmarks.fidelity [--models resnet18 bert-tiny] [--resnet152] [--fractions .9 .8 .7 .6 .5]
+    python -m benchmarks.fidelity [--models resnet18 bert-tiny] [--resnet152] [--fractions .9 .8 .7]
         [--ilps distinct|all|none] [--iterations 5] [--torch-threads 1]
     python -m benchmarks.fidelity --from-csv results/benchmarks/quality_plans.csv   # no new runs
 
@@ -33,7 +33,6 @@ __all__ = ["PEAK_TARGET", "TIME_TARGET", "errors", "summarize", "cause", "run_fi
 
 PEAK_TARGET = 0.03
 TIME_TARGET = 0.10
-FRACTIONS = (0.9, 0.8, 0.7, 0.6, 0.5)
 
 
 def errors(plans: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +104,8 @@ def summarize(err: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_fidelity(models: Sequence[str], fractions: Sequence[float] = FRACTIONS, *, ilps: str = "distinct",
+def run_fidelity(models: Sequence[str], fractions: Sequence[float] | None = None, *,
+                 ilps: str = "distinct",
                  solvers: Sequence[str] | None = None, time_limit: float = 60.0, iterations: int = 5,
                  warmup: int = 1, progress: bool = True) -> pd.DataFrame:
     """Sweep each model (ResNet-152 without ILPs: 600+ activations) and return every plan's row."""
@@ -114,7 +114,8 @@ def run_fidelity(models: Sequence[str], fractions: Sequence[float] = FRACTIONS, 
         cfg = model_config(key)
         prep = prepare(cfg)
         use = "none" if prep.problem.n_act > 300 else ilps
-        frames.append(sweep(prep, default_solvers(prep.problem.n_act, ilps=use, only=solvers), fractions,
+        grid = cfg.fractions if fractions is None else fractions
+        frames.append(sweep(prep, default_solvers(prep.problem.n_act, ilps=use, only=solvers), grid,
                             iterations=iterations, warmup=warmup, time_limit=time_limit, progress=progress))
     return pd.concat(frames, ignore_index=True)
 
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.Dat
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet18", "bert-tiny"])
     ap.add_argument("--resnet152", action="store_true", help="also ResNet-152 at batch 2 (slow)")
-    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    ap.add_argument("--fractions", type=float, nargs="+", default=None,
+                    help="budgets as fractions of the keep-all peak (default: each model's own grid)")
     ap.add_argument("--ilps", default="distinct", choices=["distinct", "all", "none"])
     ap.add_argument("--solvers", default=None, help="comma-separated labels, e.g. mutwo_greedy,recompute_all")
     ap.add_argument("--time-limit", type=float, default=60.0)

@@ -3,7 +3,7 @@ load): PyTorch's reference points (eager, ``activation_memory_budget`` via ``aot
 ``torch.utils.checkpoint``; see ``benchmarks.pytorch_reference``) and every mutwo solver at a grid of
 budgets *plus* a budget at each memory level PyTorch reached, all executed for real.
 
-    python -m benchmarks.quality [--models resnet18 bert-tiny] [--fractions .9 .8 .7 .6 .5 .4]
+    python -m benchmarks.quality [--models resnet18 bert-tiny] [--fractions .9 .8 .7]
         [--ilps distinct|all|none] [--time-limit 60] [--iterations 5] [--torch-threads 1]
 
 Ratios: a mutwo plan's measured peak and time over the unmodified captured graph's (keep-all,
@@ -33,9 +33,8 @@ from benchmarks._common import RESULTS, machine, markdown, model_config, set_thr
 from benchmarks._sweep import default_solvers, prepare, sweep
 from benchmarks.pytorch_reference import BUDGETS, run_reference
 
-__all__ = ["run_quality", "compare", "greedy_gap", "pareto", "main", "FRACTIONS"]
+__all__ = ["run_quality", "compare", "greedy_gap", "pareto", "main"]
 
-FRACTIONS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 RTOL_DIFF = 1e-4  # a plan whose results differ more than this from the unmodified graph is not counted
 PEAK_TOL = 1e-3  # "no more memory": within 0.1% of the PyTorch point's peak ratio (storage rounding)
 
@@ -110,7 +109,8 @@ def greedy_gap(plans: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_quality(models: Sequence[str], fractions: Sequence[float] = FRACTIONS, *, ilps: str = "distinct",
+def run_quality(models: Sequence[str], fractions: Sequence[float] | None = None, *,
+                ilps: str = "distinct",
                 solvers: Sequence[str] | None = None, time_limit: float = 60.0, iterations: int = 5,
                 warmup: int = 1,
                 budgets: Sequence[float] = BUDGETS, backends: Sequence[str] = ("aot_eager",),
@@ -122,7 +122,8 @@ def run_quality(models: Sequence[str], fractions: Sequence[float] = FRACTIONS, *
         ref = run_reference(cfg, budgets, backends, iterations, max(warmup, 1), with_checkpoint, progress)
         refs.append(ref)
         levels = [round(float(x), 4) for x in ref.peak_ratio.dropna() if 0 < x < 0.999]
-        fr = sorted(set(round(float(f), 4) for f in fractions) | set(levels), reverse=True)
+        grid = cfg.fractions if fractions is None else fractions
+        fr = sorted(set(round(float(f), 4) for f in grid) | set(levels), reverse=True)
         prep = prepare(cfg)
         df = sweep(prep, default_solvers(prep.problem.n_act, ilps=ilps, only=solvers), fr, iterations=iterations, warmup=warmup, time_limit=time_limit,
                    progress=progress)
@@ -170,7 +171,8 @@ def plot(plans: pd.DataFrame, reference: pd.DataFrame, path: Path = RESULTS / "q
 def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.DataFrame]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet18", "bert-tiny"])
-    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    ap.add_argument("--fractions", type=float, nargs="+", default=None,
+                    help="budgets as fractions of the keep-all peak (default: each model's own grid)")
     ap.add_argument("--budgets", type=float, nargs="*", default=list(BUDGETS),
                     help="PyTorch activation_memory_budget values (none: eager and checkpoint only)")
     ap.add_argument("--backends", nargs="+", default=["aot_eager"],
