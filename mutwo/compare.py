@@ -311,6 +311,11 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
     if batch.graph is None:
         row["execute_note"] = "not executed: no captured graph in this process"
         return row
+    limit = scenario.execute.max_slowdown
+    if limit is not None and batch.keep_all_time_s > 0 and sim.time_s > limit * batch.keep_all_time_s:
+        row["execute_note"] = (f"not executed: predicted {sim.time_s / batch.keep_all_time_s:.1f}x the keep-all "
+                               f"time (execute.max_slowdown: {limit:g})")
+        return row
     key = _plan_key(schedule)
     note = "executed"
     if key in batch.measured:  # the same plan already ran (keep-all, or a budget-independent solver)

@@ -15,7 +15,7 @@ Schema (defaults in brackets)::
     budgets: [1.0, 0.7, "6GiB"]     # fractions in (0, 1] of the keep-all peak, or sizes (KiB..TiB)
     solvers: [keep_all, {name: mutwo_greedy, options: {mode: both}, label: greedy}]
     profile: {runs: 3, warmup: 1}
-    execute: {enabled: true, iterations: 3, warmup: 1}
+    execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0}
     seed: 0
 """
 
@@ -149,10 +149,14 @@ class ProfileSpec(BaseModel):
 
 
 class ExecuteSpec(BaseModel):
+    """``max_slowdown``: plans predicted to take longer than this many keep-all iterations are not run
+    (a plan recomputing long chains can take minutes per iteration); null runs every feasible plan."""
+
     model_config = _STRICT
     enabled: bool = True
     iterations: int = Field(3, gt=0)
     warmup: int = Field(1, ge=0)
+    max_slowdown: float | None = Field(3.0, gt=1.0)
 
 
 class Scenario(BaseModel):

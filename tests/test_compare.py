@@ -165,3 +165,45 @@ def test_bad_scenario_exits_with_one_line(tmp_path, capsys):
     assert main([str(SCENARIOS / "toy_mlp.yaml"), "--batch-sizes", "2,x", "--out", str(tmp_path)]) == 2
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+def test_execution_guard_and_plans_measured_once(tmp_path):
+    """run_cell skips plans predicted to be far slower than keep-all, and runs each distinct plan once."""
+    from types import SimpleNamespace
+
+    from mutwo.compare import Batch, run_cell
+    from mutwo.scenario import validate_scenario
+    from mutwo.synthetic import chain
+
+    problem = chain(12)
+    keep = mutwo_simulate(problem)
+    calls = []
+
+    def fake_execute(graph, problem, schedule, flat, **kw):
+        calls.append(schedule.counts())
+        return SimpleNamespace(measured_peak_bytes=123, iteration_time_s=2.0, max_rel_diff=0.0,
+                               bitwise_equal=True, emulated_swap=False)
+
+    def cell(max_slowdown, label):
+        sc = validate_scenario({"name": "g", "model": "mlp", "batch_size": 1, "budgets": ["1TiB"],
+                                "solvers": [{"name": "recompute_all", "label": label}],
+                                "execute": {"max_slowdown": max_slowdown}})
+        batch = Batch(1, problem, keep.peak_bytes, keep.time_s, tmp_path, graph=object(), flat=[],
+                      info={"measured_time_s": 1.0})
+        batch.measured = shared
+        return run_cell(sc, batch, sc.solvers[0], sc.budgets[0], "cpu", tmp_path, fake_execute, "executed")
+
+    shared: dict = {}
+    row = cell(1.01, "a")
+    assert row["status"] == "feasible" and row["predicted_time_s"] > 1.01 * keep.time_s
+    assert not row["executed"] and "max_slowdown" in row["execute_note"] and not calls
+    row = cell(None, "b")
+    assert row["executed"] and row["measured_overhead_pct"] == 100.0 and len(calls) == 1
+    row = cell(None, "c")  # the same plan again: measured once
+    assert row["executed"] and "same plan as b @ 1TiB" in row["execute_note"] and len(calls) == 1
+
+
+def mutwo_simulate(problem):
+    from mutwo.simulate import simulate
+
+    return simulate(problem, Schedule.keep_all(problem))
