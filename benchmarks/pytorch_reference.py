@@ -16,7 +16,11 @@ compiled calls). So compiled steps are measured from inside: the backend is PyTo
 ``aot_eager`` (or the decomp-partition variant) with forward and backward compilers that run the
 partitioned graphs exactly as ``boxed_nop`` does, entering the tracker while armed. Everything the step
 allocates happens in those two graphs (the optimizer is in-place SGD, gradients are the backward
-graph's outputs), so the count is complete; at budget 1.0 it matches eager to within a few KiB.
+graph's outputs), and at budget 1.0 the count matches eager's to within a few KiB.
+
+Time: median of ``--iterations`` steps after warm-up; each step of a variant is paired with an eager
+step just before it, and the time ratio is over those eager steps (the load on a shared machine drifts
+over the minutes between variants).
 The inner hook needs the aot_eager compilers, so for ``inductor`` only the time is reported (and its
 compile took ~4 minutes per budget for ResNet-18 on this machine, so it is not in the default run).
 
@@ -140,9 +144,8 @@ def _known(wl: Workload) -> list[torch.Tensor]:
     return [*wl.model.parameters(), *wl.model.buffers(), *[t for t in wl.inputs if isinstance(t, torch.Tensor)]]
 
 
-def _measure(module: Callable, wl: Workload, iterations: int, warmup: int,
-             backend: MeasuredBackend | None = None, measure_memory: bool = True) -> dict:
-    """First step (compiles; its loss checks the math), one measured step, warm-up, timed steps."""
+def _stepper(module: Callable, wl: Workload) -> Callable[[], torch.Tensor]:
+    """One training step of ``module`` on ``wl``'s batch: zero grads, forward+loss, backward, SGD."""
     opt = torch.optim.SGD(wl.model.parameters(), lr=LR, momentum=0.0, foreach=False)
 
     def step():
@@ -152,6 +155,24 @@ def _measure(module: Callable, wl: Workload, iterations: int, warmup: int,
         opt.step()
         return loss.detach()
 
+    return step
+
+
+def _timed(step: Callable) -> float:
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
+
+
+def _measure(module: Callable, wl: Workload, iterations: int, warmup: int,
+             backend: MeasuredBackend | None = None, measure_memory: bool = True,
+             eager_step: Callable | None = None) -> dict:
+    """First step (compiles; its loss checks the math), one measured step, warm-up, timed steps.
+
+    With ``eager_step``, each timed step is paired with an eager step just before it, and the row
+    carries eager's time from those pairs: on a shared machine the load drifts, and a ratio of times
+    taken minutes apart measures the drift as much as the method."""
+    step = _stepper(module, wl)
     t0 = time.perf_counter()
     loss0 = float(step())
     first_s = time.perf_counter() - t0
@@ -178,19 +199,22 @@ def _measure(module: Callable, wl: Workload, iterations: int, warmup: int,
             row["graphs"] = backend.graphs
     for _ in range(warmup):
         step()
-    times = []
+    times, eager_times = [], []
     for _ in range(iterations):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    row.update(time_s=statistics.median(times), time_min_s=min(times), iterations=iterations, warmup=warmup)
+        if eager_step is not None:
+            eager_times.append(_timed(eager_step))
+        times.append(_timed(step))
+    eager_times = eager_times or times
+    row.update(time_s=statistics.median(times), time_min_s=min(times), eager_time_s=statistics.median(eager_times),
+               eager_time_min_s=min(eager_times), iterations=iterations, warmup=warmup)
     return row
 
 
 def run_reference(cfg: ModelConfig, budgets: Sequence[float] = BUDGETS,
                   backends: Sequence[str] = ("aot_eager",), iterations: int = 5, warmup: int = 2,
                   with_checkpoint: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Rows for eager, per-block checkpointing and every backend x budget, with ratios to eager."""
+    """Rows for eager, per-block checkpointing and every backend x budget, with ratios to eager
+    (peak: to the eager row; time: to the eager steps interleaved with that row's steps)."""
     rows = []
 
     def log(row: dict) -> None:
@@ -199,17 +223,20 @@ def run_reference(cfg: ModelConfig, budgets: Sequence[float] = BUDGETS,
             peak = row.get("peak_bytes")
             print(f"  {cfg.key:10s} {row['variant']:12s} {row['backend']:27s} {row['budget']!s:5s} "
                   f"peak {'-' if peak is None else f'{peak / 2**20:7.1f} MiB'}  time {row['time_s']:.3f} s"
-                  f"  (first step {row['first_step_s']:.1f} s)", flush=True)
+                  f" (eager beside it {row['eager_time_s']:.3f} s; first step {row['first_step_s']:.1f} s)",
+                  flush=True)
 
     base = {"model": cfg.key, "config": cfg.label()}
-    wl = _workload(cfg)
+    ewl = _workload(cfg)
+    eager_module = _LossModule(ewl.model, ewl.loss_fn)
     log({**base, "variant": "eager", "backend": "eager", "budget": None,
-         **_measure(_LossModule(wl.model, wl.loss_fn), wl, iterations, warmup)})
+         **_measure(eager_module, ewl, iterations, warmup)})
+    eager_step = _stepper(eager_module, ewl)
     if with_checkpoint:
         wl = _workload(cfg)
         n = checkpoint_blocks(wl.model)
         log({**base, "variant": "checkpoint", "backend": f"eager, {n} blocks", "budget": None,
-             **_measure(_LossModule(wl.model, wl.loss_fn), wl, iterations, warmup)})
+             **_measure(_LossModule(wl.model, wl.loss_fn), wl, iterations, warmup, eager_step=eager_step)})
     for name in backends:
         for b in budgets:
             torch._dynamo.reset()
@@ -217,19 +244,19 @@ def run_reference(cfg: ModelConfig, budgets: Sequence[float] = BUDGETS,
             with torch._functorch.config.patch(activation_memory_budget=float(b)):
                 if name == "inductor":
                     module = torch.compile(_LossModule(wl.model, wl.loss_fn), backend="inductor")
-                    row = _measure(module, wl, iterations, warmup, measure_memory=False)
+                    row = _measure(module, wl, iterations, warmup, measure_memory=False, eager_step=eager_step)
                     row["peak_method"] = "not measured (the tracker hook needs the aot_eager compilers)"
                 else:
                     backend = MeasuredBackend(name)
                     module = torch.compile(_LossModule(wl.model, wl.loss_fn), backend=backend)
-                    row = _measure(module, wl, iterations, warmup, backend)
+                    row = _measure(module, wl, iterations, warmup, backend, eager_step=eager_step)
             log({**base, "variant": "budget", "backend": name, "budget": float(b), **row})
     torch._dynamo.reset()
     df = pd.DataFrame(rows)
     eager = df[df.variant == "eager"].iloc[0]
     df["peak_ratio"] = df["peak_bytes"] / eager["peak_bytes"]
-    df["time_ratio"] = df["time_s"] / eager["time_s"]
-    df["time_min_ratio"] = df["time_min_s"] / eager["time_min_s"]
+    df["time_ratio"] = df["time_s"] / df["eager_time_s"]
+    df["time_min_ratio"] = df["time_min_s"] / df["eager_time_min_s"]
     df["loss0_diff"] = (df["loss0"] - eager["loss0"]).abs()
     return df
 
