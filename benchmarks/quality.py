@@ -17,7 +17,8 @@ Also the optimality gap of ``mutwo_greedy`` against the best ILP plan at each bu
 since that is what both optimise), for the full model and for recompute-only plans.
 
 Writes under ``results/benchmarks/``: quality_plans.csv (every plan), quality_pytorch.csv,
-quality_compare.csv (one row per PyTorch point), quality_gap.csv and quality.png (trade-off curve).
+quality_compare.csv (one row per PyTorch point), quality_gap.csv and quality.png (trade-off curve);
+and each model's Problem as problems/<model>-b<batch>-sgd.npz, for ``benchmarks.solver_scale``.
 """
 
 from __future__ import annotations
@@ -114,8 +115,10 @@ def run_quality(models: Sequence[str], fractions: Sequence[float] | None = None,
                 solvers: Sequence[str] | None = None, time_limit: float = 60.0, iterations: int = 5,
                 warmup: int = 1,
                 budgets: Sequence[float] = BUDGETS, backends: Sequence[str] = ("aot_eager",),
-                with_checkpoint: bool = True, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reference points, then every solver at ``fractions`` plus each PyTorch memory level."""
+                with_checkpoint: bool = True, progress: bool = True,
+                save_problems: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reference points, then every solver at ``fractions`` plus each PyTorch memory level.
+    ``save_problems``: a folder to keep each Problem in (``solver_scale`` times solvers on them)."""
     refs, plans = [], []
     for key in models:
         cfg = model_config(key)
@@ -125,6 +128,9 @@ def run_quality(models: Sequence[str], fractions: Sequence[float] | None = None,
         grid = cfg.fractions if fractions is None else fractions
         fr = sorted(set(round(float(f), 4) for f in grid) | set(levels), reverse=True)
         prep = prepare(cfg)
+        if save_problems is not None:
+            save_problems.mkdir(parents=True, exist_ok=True)
+            prep.problem.save(save_problems / f"{cfg.zoo}-b{cfg.batch}-sgd.npz")
         df = sweep(prep, default_solvers(prep.problem.n_act, ilps=ilps, only=solvers), fr, iterations=iterations, warmup=warmup, time_limit=time_limit,
                    progress=progress)
         df["pytorch_level"] = df.budget_fraction.round(4).isin(levels)
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.Dat
     plans, ref = run_quality(args.models, args.fractions, ilps=args.ilps, time_limit=args.time_limit,
                              solvers=args.solvers.split(",") if args.solvers else None,
                              iterations=args.iterations, warmup=args.warmup, budgets=args.budgets,
-                             backends=args.backends)
+                             backends=args.backends, save_problems=out / "problems")
     end = machine()
     for df in (plans, ref):
         df["load_avg_start"], df["load_avg_end"] = start["load_avg_1min"], end["load_avg_1min"]
