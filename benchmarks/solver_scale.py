@@ -96,6 +96,7 @@ def run_scale(sizes: Sequence[int] = SIZES, fractions: Sequence[float] = FRACTIO
     start = time.perf_counter()
     cases: list[tuple[str, Problem]] = [("synthetic", random_dag(int(n), seed=seed)) for n in sorted(sizes)]
     cases += [("real", Problem.load(p)) for p in problems]
+    cases.sort(key=lambda c: c[1].n_act)  # real Problems among the synthetic ones, by size
     timed_out: dict[tuple[str, float], int] = {}  # (solver, fraction) -> size at which it hit its limit
     for kind, problem in cases:
         keep = simulate(problem, Schedule.keep_all(problem))
