@@ -70,9 +70,9 @@ class Budget(BaseModel):
     """A memory budget: a fraction of the keep-all peak, or an absolute size."""
 
     model_config = _STRICT
-    fraction: float | None = None
-    nbytes: int | None = None
-    label: str
+    fraction: float | None = Field(None, gt=0, le=1)
+    nbytes: int | None = Field(None, gt=0)
+    label: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -93,6 +93,14 @@ class Budget(BaseModel):
                 return {"nbytes": parse_size(v), "label": v.strip().replace(" ", "")}
             return cls._from_scalar(as_float)
         raise ValueError(f"{v!r} is not a budget; write a fraction like 0.7 or a size like '6GiB'")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Budget:
+        if (self.fraction is None) == (self.nbytes is None):
+            raise ValueError("a budget is either a fraction (0.7) or a size ('6GiB'), not both or neither")
+        if not self.label:
+            self.label = f"{self.fraction:g}" if self.fraction is not None else f"{self.nbytes}B"
+        return self
 
     def resolve(self, keep_all_peak_bytes: int) -> int:
         """Bytes of this budget for a workload whose keep-all plan peaks at ``keep_all_peak_bytes``."""
