@@ -32,6 +32,8 @@ __all__ = ["solve_ilp", "repair", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc"
 AGREEMENT = 0.01  # objective and simulated time must agree this closely (relative)
 _TWO_PHASE_MIN_ACT = 100  # full-mode problems with more activations start from a recompute-only solve
 _PHASE1_SHARE = 0.3  # of the time limit, at most, for that solve
+_MIP_LIMIT_SHARE = 0.8  # of the remaining time handed to SCIP / CBC / HiGHS, which overrun their limits
+_FINISH_RESERVE_S = 2.0  # decode, complete and simulate a large plan after the engine returns
 _ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
 _DEFAULT = object()
 _OPTIONS = {"time_limit_s", "rel_gap", "threads", "warm_start", "seed", "mode", "max_chain_depth",
@@ -133,9 +135,14 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
     abs_gap = rel_gap * float(problem.op_time_s.sum())  # seconds; the compute time bounds any plan
 
     def run(F: Formulation, seconds: float, hint: np.ndarray | None) -> BackendResult:
-        return BACKENDS[backend](F, time_limit_s=seconds, rel_gap=rel_gap, abs_gap=abs_gap / F.time_unit,
-                                 threads=threads, seed=seed, hint=hint, log=bool(options.get("log", False)),
-                                 **engine_kw)
+        t_run = time.perf_counter()
+        try:
+            return BACKENDS[backend](F, time_limit_s=seconds, rel_gap=rel_gap, abs_gap=abs_gap / F.time_unit,
+                                     threads=threads, seed=seed, hint=hint, log=bool(options.get("log", False)),
+                                     **engine_kw)
+        except Exception as exc:  # an engine crash (CBC binary, highspy) must not lose the start plan
+            return BackendResult("error", None, None, None, time.perf_counter() - t_run, backend,
+                                 f"{type(exc).__name__}: {exc}")
 
     # phase 1 (large full-mode problems): the recompute-only model, whose relaxation is strong, gives a
     # starting plan; the full model's relaxation is weak (docs/ilp.md) and rarely beats its start alone
@@ -163,7 +170,10 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
         shown["warm_start"] = warm_from + (f" (outside the model: {issue})" if issue else "")
         shown["warm_start_time_s"] = simulate(problem, warm).time_s
 
-    res = run(F, max(1.0, time_limit - (time.perf_counter() - t0)), hint)
+    remaining = time_limit - (time.perf_counter() - t0)
+    if backend != "cpsat":  # MIP engines check their limit only between phases (docs/ilp.md)
+        remaining = _MIP_LIMIT_SHARE * remaining - _FINISH_RESERVE_S * (problem.n_act > _TWO_PHASE_MIN_ACT)
+    res = run(F, max(1.0, remaining), hint)
     shown["engine"] = res.engine
     shown["engine_status"] = res.message
     shown["engine_wall_s"] = res.wall_s
@@ -176,6 +186,9 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
             why = ("no plan fits within the model" + ("" if F.stats.get("exact_positions") else
                    " (its candidate prefetch / swap-out points and chain depth restrict plans)"))
             s = Schedule.infeasible(problem, solver_name, budget, why, options=shown)
+        elif res.status == "error":
+            s = Schedule.keep_all(problem, solver=solver_name, status=Status.ERROR, budget_bytes=budget,
+                                  options=shown, message=f"{res.engine} failed: {res.message}")
         else:
             s = Schedule.keep_all(problem, solver=solver_name, status=Status.TIMEOUT, budget_bytes=budget,
                                   options=shown, message=f"{res.engine}: no plan found ({res.message})")
@@ -188,8 +201,16 @@ def _phase1(problem: Problem, budget: int, build_kw: dict, warm: Schedule | None
     """Solve the recompute-only model; return (decisions, prefetch, note, simulated time) if it fits."""
     t0 = time.perf_counter()
     plan = None
-    if warm is not None and not np.any(warm.decisions == Decision.SWAP):
-        plan = (warm.decisions, warm.prefetch_at)
+    if warm is not None:  # its swaps recomputed instead (recomputing frees more), if that still fits
+        d = warm.decisions.copy()
+        d[(d == Decision.SWAP) & problem.recomputable] = Decision.RECOMPUTE
+        d[d == Decision.SWAP] = Decision.KEEP
+        pf = np.full(problem.n_act, -1, np.int64)
+        try:
+            if _fits(simulate(problem, Schedule(d, pf)), budget):
+                plan = (d, pf)
+        except ScheduleError:
+            pass
     F1 = build(problem, budget, mode="recompute", plan=plan, **build_kw)
     if F1.infeasible:
         return None
