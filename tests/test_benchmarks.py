@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import fidelity, pytorch_reference, quality, solver_scale
+from benchmarks import fidelity, pytorch_reference, quality, solver_scale, tables
 from benchmarks._common import markdown, model_config
 
 
@@ -91,6 +91,8 @@ def test_quality_compare_gap_and_plot(tmp_path, smoke_plans):
     assert cmp_df.loc["checkpoint", "all_solver"] == "none reaches this memory"
     quality.greedy_gap(smoke_plans)
     assert quality.plot(smoke_plans, ref, tmp_path / "q.png").exists()
+    assert len(tables.compare_table(cmp_df.reset_index())) == 2
+    assert set(tables.frontier_table(smoke_plans).pool) == {"recompute-only", "all"}
     front = quality.pareto(pd.DataFrame({"measured_peak_ratio": [1, 0.8, 0.9, 0.5],
                                          "measured_time_ratio": [1, 1.2, 1.5, 3]}))
     assert list(front.measured_peak_ratio) == [0.5, 0.8, 1]
