@@ -134,12 +134,12 @@ def best_per_budget(df: pd.DataFrame) -> pd.DataFrame:
         row = {"batch": bs, "budget": budget, "budget MiB": group["budget_bytes"].iloc[0] / 2**20,
                "feasible": f"{len(ok)}/{len(group)}"}
         if len(ok):
-            p = ok.loc[ok["predicted_time_s"].idxmin()]
+            p = ok.sort_values(["predicted_time_s", "predicted_peak_bytes"], kind="stable").iloc[0]  # tie: less memory
             row.update({"best (predicted)": p["solver"], "pred time s": p["predicted_time_s"],
                         "pred peak MiB": p["predicted_peak_bytes"] / 2**20})
             measured = ok.dropna(subset=["measured_time_s"])
             if len(measured):
-                m = measured.loc[measured["measured_time_s"].idxmin()]
+                m = measured.sort_values(["measured_time_s", "measured_peak_bytes"], kind="stable").iloc[0]
                 row.update({"best (measured)": m["solver"], "meas time s": m["measured_time_s"],
                             "meas peak MiB": m["measured_peak_bytes"] / 2**20})
         else:
