@@ -11,27 +11,18 @@ Prints the simulate() time on the Problem, then one row per solver x budget: sta
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.simulate_speed import median_ms
 from mutwo.problem import Problem
 from mutwo.registry import available_solvers, get_solver
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
 
 SKIP_BY_DEFAULT = {"brute_force", "checkmate_exact"}  # exponential / small-graph references
-
-
-def simulate_time_ms(problem: Problem, schedule: Schedule, repeat: int = 20) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        simulate(problem, schedule)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -45,7 +36,7 @@ def main() -> None:
     keep = simulate(problem, Schedule.keep_all(problem))
     print(f"{problem.name}: {problem.n_ops} ops, {problem.n_act} activations, keep-all peak "
           f"{keep.peak_bytes / 2**20:.1f} MiB (fixed memory alone {problem.fixed_bytes.max() / 2**20:.1f} MiB), "
-          f"time {keep.time_s:.3f} s; simulate() keep-all median {simulate_time_ms(problem, Schedule.keep_all(problem)):.2f} ms")
+          f"time {keep.time_s:.3f} s; simulate() keep-all median {median_ms(problem, Schedule.keep_all(problem), 20):.2f} ms")
     names = args.solvers.split(",") if args.solvers else [s for s in available_solvers() if s not in SKIP_BY_DEFAULT]
     rows = []
     for frac in [float(x) for x in args.budgets.split(",")]:
@@ -63,7 +54,7 @@ def main() -> None:
             rows.append({"budget_fraction": frac, "solver": name, "status": sched.status.value,
                          "peak_fraction": sim.peak_bytes / keep.peak_bytes, "fits": sim.fits(budget),
                          "overhead_pct": 100 * (sim.time_s / keep.time_s - 1), "solve_s": wall,
-                         "simulate_ms": simulate_time_ms(problem, sched, 5), **sched.counts()})
+                         "simulate_ms": median_ms(problem, sched, 5), **sched.counts()})
     df = pd.DataFrame(rows)
     out = Path("results/benchmarks")
     out.mkdir(parents=True, exist_ok=True)
