@@ -138,8 +138,11 @@ def sweep(prep: Prepared, solvers: Sequence[SolverRun], fractions: Sequence[floa
         from mutwo.execute import execute as run_schedule
 
         res = run_schedule(prep.graph, p, schedule, prep.flat, iterations=iterations, warmup=warmup)
-        base_med, base_min = time_unmodified(prep, iterations)
         times = list(getattr(res, "iteration_times_s", []) or [res.iteration_time_s])
+        if np.any(np.asarray(schedule.decisions) != 0):
+            base_med, base_min = time_unmodified(prep, iterations)
+        else:  # the unmodified graph itself: its own baseline (ratio 1 by definition)
+            base_med, base_min = float(res.iteration_time_s), float(min(times))
         notes = getattr(res, "notes", {}) or {}
         m = {"measured_peak_bytes": int(res.measured_peak_bytes), "measured_time_s": float(res.iteration_time_s),
              "measured_time_min_s": float(min(times)),

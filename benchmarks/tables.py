@@ -48,7 +48,7 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
             if peak != peak:
                 best.append(f"{solver}")
                 continue
-            verdict = "holds" if getattr(r, f"{pool}_holds") else "SLOWER"
+            verdict = getattr(r, f"{pool}_verdict", None) or ("holds" if getattr(r, f"{pool}_holds") else "slower")
             best.append(f"{solver}: {peak:.3f} / {getattr(r, f'{pool}_time_ratio'):.2f} ({verdict})")
         out[title] = best
     return out
