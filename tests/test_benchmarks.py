@@ -36,12 +36,18 @@ def test_pytorch_reference_main(tmp_path):
 
 
 def test_solver_scale_main(tmp_path):
+    from mutwo.synthetic import residual
+
+    real = residual(4).save(tmp_path / "tiny-real.npz")
     df = solver_scale.main(["--sizes", "12", "30", "--fractions", "0.8", "--solvers",
-                            "keep_all,recompute_all,mutwo_greedy,brute_force", "--problems"], out=tmp_path)
+                            "keep_all,recompute_all,mutwo_greedy,brute_force", "--problems", str(real)],
+                           out=tmp_path)
     assert (tmp_path / "solver_scale.csv").exists() and (tmp_path / "solver_scale.png").exists()
-    bf = df[df.solver == "brute_force"].set_index("n_act").status
+    syn = df[df.kind == "synthetic"]
+    bf = syn[syn.solver == "brute_force"].set_index("n_act").status
     assert bf[12] != "skipped" and bf[30] == "skipped"  # size limit respected
     assert (df[df.status != "skipped"].solve_s >= 0).all()
+    assert set(df[df.problem == "tiny-real"].budget) == {"80%", "mid"}
 
 
 def test_solver_scale_skips_ilp_after_timeout():
