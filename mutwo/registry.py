@@ -28,7 +28,7 @@ __all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "SolverFn", "UnknownSolverErr
 SolverFn = Callable[..., Schedule]
 
 BUILTIN_MODULES: tuple[str, ...] = ("solvers.baselines", "solvers.mutwo_greedy", "solvers.ilp",
-                                    "solvers.checkmate")
+                                    "solvers.checkmate", "solvers.brute_force")
 ENTRY_POINT_GROUP = "mutwo.solvers"
 
 _lock = threading.RLock()
