@@ -38,8 +38,10 @@ def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
 def compare_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per PyTorch point: the best recompute-only mutwo plan at no more memory, then the best of all."""
     out = pd.DataFrame({"model": df.model, "PyTorch point": df.pytorch,
-                        "PyTorch peak / time": [f"{p:.3f} / {t:.2f}" for p, t in
-                                                zip(df.pytorch_peak_ratio, df.pytorch_time_ratio)]})
+                        "PyTorch peak / time (min)": [
+                            f"{p:.3f} / {t:.2f}" + (f" ({m:.2f})" if m == m else "") for p, t, m in
+                            zip(df.pytorch_peak_ratio, df.pytorch_time_ratio,
+                                df.get("pytorch_time_min_ratio", pd.Series(float("nan"), index=df.index)))]})
     for pool, title in (("recompute_only", "mutwo recompute-only"), ("all", "mutwo any plan (CPU swaps emulated)")):
         best = []
         for r in df.itertuples():
@@ -49,7 +51,10 @@ def compare_table(df: pd.DataFrame) -> pd.DataFrame:
                 best.append(f"{solver}")
                 continue
             verdict = getattr(r, f"{pool}_verdict", None) or ("holds" if getattr(r, f"{pool}_holds") else "slower")
-            best.append(f"{solver}: {peak:.3f} / {getattr(r, f'{pool}_time_ratio'):.2f} ({verdict})")
+            vmin = getattr(r, f"{pool}_verdict_min", None)
+            tmin = getattr(r, f"{pool}_time_min_ratio", float("nan"))
+            extra = f"; min {tmin:.2f}: {vmin}" if vmin and tmin == tmin else ""
+            best.append(f"{solver}: {peak:.3f} / {getattr(r, f'{pool}_time_ratio'):.2f} ({verdict}{extra})")
         out[title] = best
     return out
 
