@@ -187,6 +187,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         return f"{r.solve_s:.3g}{mark}"
 
     d = df.assign(cell=[cell(r) for r in df.itertuples()])
+    if "budget" not in d:  # CSVs written before budgets had labels
+        d["budget"] = [f"{f:.0%}" for f in d.budget_fraction]
     wide = d.pivot_table(index=["budget", "kind", "problem", "n_act"], columns="solver", values="cell",
                          aggfunc="first").reset_index()
     return wide.sort_values(["budget", "kind", "n_act"], ascending=[True, False, True])
