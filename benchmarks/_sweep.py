@@ -78,8 +78,9 @@ def prepare(cfg: ModelConfig, runs: int = 3, warmup: int = 1) -> Prepared:
 def default_solvers(n_act: int, ilps: str = "distinct", recompute_variants: bool = True,
                     only: Sequence[str] | None = None) -> list[SolverRun]:
     """Every registered solver this problem size allows, plus recompute-only variants of the greedy
-    and CP-SAT (on CPU swaps are emulated — memory moves, no transfer is paid — so only
-    recompute-only plans are an honest time comparison there).
+    and CP-SAT (on CPU swaps are emulated — the activation is copied out of the counted memory and
+    back by memcpy on the compute thread, not by an overlapped host link — so only recompute-only
+    plans are an honest time comparison there).
 
     ``ilps``: "all" runs every ILP backend; "distinct" (default) one per formulation — CP-SAT for
     the KEEP/RECOMPUTE/SWAP model (the other backends solve the same model; solver_scale compares

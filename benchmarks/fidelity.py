@@ -10,8 +10,9 @@ Targets on CPU: peak within 3%, time within 10%. Reports the worst case per mode
 Each distinct plan counts once (solvers that return the same plan share one execution). Two time
 errors are given: of the absolute time (predicted / measured - 1), and of the overhead over keep-all
 (predicted ratio / measured ratio - 1), which cancels a constant offset between the profiler's per-op
-timing and the generated code's. Causes are read off the rows: emulated swaps (on CPU the predicted
-transfer stalls are never paid), keep-all's own error, iteration-to-iteration spread (machine load),
+timing and the generated code's. Causes are read off the rows: emulated swaps (on CPU each swap is
+a memcpy out and back on the compute thread, which the model takes for an overlapped host-link
+transfer), keep-all's own error, iteration-to-iteration spread (machine load),
 the share of recompute time, and the executor's warnings about memory the model does not see.
 
 Writes ``results/benchmarks/fidelity.csv`` (per distinct plan, with errors), ``fidelity_summary.csv``,
@@ -66,8 +67,9 @@ def cause(row: pd.Series, kind: str) -> str:
                        f"{(row.predicted_peak_bytes - row.measured_peak_bytes) / 2**20:+.2f} MiB")
         return "; ".join(why)
     if row.get("has_swap") and row.get("emulated_swap"):
-        why.append(f"swaps emulated on CPU: predicted stall {1e3 * (row.predicted_stall_s or 0):.1f} ms "
-                   "and transfers are never paid")
+        why.append(f"{int(row.n_swap)} swaps emulated on CPU: copied out and back by memcpy on the compute "
+                   f"thread, which the model takes for overlapped link transfers (predicted stall "
+                   f"{1e3 * (row.predicted_stall_s or 0):.1f} ms)")
     k = row.get("keep_time_err", np.nan)
     if k == k and abs(k) > 0.5 * abs(row.time_err):
         why.append(f"keep-all itself is off by {100 * k:+.1f}% (per-op profile vs generated code)")
@@ -76,8 +78,8 @@ def cause(row: pd.Series, kind: str) -> str:
     if row.predicted_recompute_s and row.predicted_time_s:
         share = row.predicted_recompute_s / row.predicted_time_s
         if share > 0.2:
-            why.append(f"recompute is {100 * share:.0f}% of the predicted time (recomputed ops re-run "
-                       "colder/warmer than profiled)")
+            why.append(f"recompute is {100 * share:.0f}% of the predicted time (chains re-run the same ops "
+                       "many times, so any per-op timing error is multiplied)")
     return "; ".join(why) or "no recorded cause"
 
 

@@ -13,8 +13,9 @@ no slower, measured (``holds``; ``tie`` when it is slower by less than 3%, the i
 spread of a quiet run; ``slower`` otherwise), on median times and again on the fastest iteration
 (``_verdict_min``: on a shared CPU a 1-thread job loses whole time slices to other jobs, which only
 ever adds time, so the minimum is the steadier estimate). Two pools:
-*all* plans, and *recompute-only* plans. On CPU swaps are emulated (the memory moves, no transfer time
-is paid), so only the recompute-only pool is an honest time comparison there; both are reported.
+*all* plans, and *recompute-only* plans. On CPU swaps are emulated (the activation leaves the counted
+memory by a memcpy on the compute thread and comes back the same way — neither a PCIe transfer nor
+overlapped), so only the recompute-only pool compares like with like; both are reported.
 Times are medians over ``--iterations`` iterations; ``time_spread`` says how noisy they were.
 
 Also the optimality gap of ``mutwo_greedy`` against the best ILP plan at each budget (simulated time,
