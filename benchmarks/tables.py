@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
         if df is None or df.empty:
             continue
         print(f"### {title}\n\n{markdown(fn(df))}\n")
+    for name, title in (("ilp_real.csv", "ILP backends on real Problems"), ("ilp_speed.csv", "ILP backends, synthetic")):
+        ilp = _load(f, name)
+        if ilp is not None and len(ilp):
+            from benchmarks.ilp_speed import table as ilp_table
+
+            print(f"### {title} ({name})\n\n{markdown(ilp_table(ilp))}\n")
     scale = _load(f, "solver_scale.csv")
     if scale is not None and len(scale):
         from benchmarks.solver_scale import table

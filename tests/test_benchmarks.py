@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import fidelity, pytorch_reference, quality, solver_scale, tables
+from benchmarks import fidelity, ilp_speed, pytorch_reference, quality, solver_scale, tables
 from benchmarks._common import markdown, model_config
 
 
@@ -55,6 +55,29 @@ def test_solver_scale_skips_ilp_after_timeout():
                                 progress=False)
     ilp = df[df.solver == "ilp_cpsat"].set_index("n_act")
     assert ilp.status[60] == "skipped" or ilp.status[30] != "timeout"
+
+
+def test_ilp_speed_problems_main(tmp_path, capsys):
+    from mutwo.synthetic import chain
+
+    path = chain(12).save(tmp_path / "tiny-real.npz")  # small enough for CP-SAT to prove in ~0.2 s
+    df = ilp_speed.main(["--problems", str(path), "--fractions", "0.7", "0.05", "--backends", "ilp_cpsat",
+                         "--time-limit", "1", "--threads", "1"], out=tmp_path)
+    assert (tmp_path / "ilp_real.csv").exists() and (tmp_path / "ilp_real.md").exists()
+    assert list(df.solver) == ["mutwo_greedy", "ilp_cpsat"] * 2 and set(df.problem) == {"tiny-real"}
+    ok = df[df.fraction == 0.7].set_index("solver")
+    assert ok.status["ilp_cpsat"] in ("optimal", "feasible") and ok.peak_fraction.max() <= 0.7
+    assert ok.vs_greedy["mutwo_greedy"] == 0 and ok.vs_greedy["ilp_cpsat"] <= 1e-9  # warm-started from greedy
+    cp = ok.loc["ilp_cpsat"]
+    if cp.bound_s == cp.bound_s:  # a bound came back: both gaps agree with it
+        assert cp.gap_recomputed == pytest.approx((cp.objective_s - cp.bound_s) / cp.objective_s)
+        assert cp.gap == pytest.approx(cp.gap_recomputed, abs=1e-9)
+    low = df[(df.fraction == 0.05) & (df.solver == "ilp_cpsat")].iloc[0]
+    assert low.status == "infeasible" and low.proven == "infeasible (every plan)"
+    assert df.load1_before.notna().all() and (df.cores >= 1).all() and (df.keep_peak_bytes > 0).all()
+    capsys.readouterr()
+    tables.main(["--results", str(tmp_path)])
+    assert "ILP backends on real Problems" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
