@@ -12,13 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from mutwo import plots  # noqa: E402
+from mutwo import plots, report  # noqa: E402
 from mutwo.problem import Problem  # noqa: E402
 from mutwo.schedule import Schedule  # noqa: E402
 from mutwo.simulate import simulate  # noqa: E402
 
-__all__ = ["overhead_vs_peak", "plan_timelines", "solve_times", "batch_scaling", "unit_for"]
+__all__ = ["overhead_vs_peak", "plan_timelines", "solve_times", "batch_scaling", "largest_batch", "unit_for"]
 
 FEASIBLE = ("optimal", "feasible")
 
@@ -129,4 +130,45 @@ def batch_scaling(df: pd.DataFrame, keep_all: pd.DataFrame, path: str | Path) ->
     b.set_title("iteration time vs batch size")
     a.get_legend().remove()
     b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return plots.save(fig, path)
+
+
+def largest_batch(df: pd.DataFrame, path: str | Path, keep_all: dict[int, dict] | None = None) -> Path | None:
+    """Per absolute budget, the largest of the batch sizes tried at which each solver fits that memory
+    (`mutwo.report.largest_batch_frame`; ``keep_all``: the keep_all.json of each batch size, for the
+    unmodified step's measured peak). Bars annotated with the batch and the peaks. None (no figure)
+    when there is no absolute budget or only one batch size (`mutwo.report.largest_batch_skip_reason`)."""
+    if report.largest_batch_skip_reason(df) is not None:
+        return None
+    table = report.largest_batch_frame(df, keep_all)
+    sizes = sorted(int(b) for b in df["batch_size"].unique())
+    budgets = list(table["budget"].unique())
+    n_solvers = table["solver"].nunique()
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 1.2 + 0.5 * n_solvers), sharey=True,
+                             squeeze=False)
+    palette = {"measured": "tab:green", "predicted": "tab:blue", report.NO_FIT: "0.7"}
+    for ax, budget in zip(axes.flat, budgets):
+        part = table[table["budget"] == budget].copy()
+        part["largest batch"] = part["largest_batch"].astype(float).fillna(0)
+        sns.barplot(data=part, y="solver", x="largest batch", hue="basis", palette=palette, dodge=False,
+                    orient="h", legend=False, ax=ax)
+        for i, r in enumerate(part.itertuples()):
+            if pd.isna(r.largest_batch):
+                text = report.NO_FIT
+            else:
+                text = f"{r.largest_batch}: {report.fmt_bytes(r.predicted_peak_bytes)} predicted"
+                if pd.notna(r.measured_peak_bytes):
+                    text += f", {report.fmt_bytes(r.measured_peak_bytes)} measured"
+            ax.text(part["largest batch"].iloc[i] + 0.01 * sizes[-1], i, " " + text, va="center", fontsize=8)
+        ax.set_xticks(sizes)
+        ax.set_xlim(0, 2.1 * sizes[-1])
+        ax.set_xlabel("largest batch that fits")
+        ax.set_ylabel("")
+        ax.set_title(f"{budget} ({report.fmt_bytes(part['budget_bytes'].iloc[0])})")
+    names = {"measured": "measured peak (and predicted) fit", "predicted": "predicted peak fits (not executed)",
+             report.NO_FIT: report.NO_FIT}
+    handles = [Patch(color=c, label=names[k]) for k, c in palette.items() if k in set(table["basis"])]
+    axes.flat[-1].legend(handles=handles, title="fits by", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"largest of the batch sizes tried ({', '.join(map(str, sizes))}) that fits each device memory",
+                 y=1.02)
     return plots.save(fig, path)

@@ -16,9 +16,12 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["write_text", "write_json", "write_csv", "append_jsonl", "read_jsonl", "markdown_table",
-           "best_per_budget", "summary_frame", "write_report", "fmt_bytes", "jsonable"]
+           "best_per_budget", "summary_frame", "write_report", "fmt_bytes", "jsonable", "fixed_budgets",
+           "largest_batch_skip_reason", "largest_batch_frame", "KEEP_ALL_BAR", "NO_FIT"]
 
 FEASIBLE = ("optimal", "feasible")
+KEEP_ALL_BAR = "keep-all (unmodified step)"
+NO_FIT = "fits at no batch size tried"
 
 
 # ---------------------------------------------------------------------- atomic files
@@ -148,6 +151,96 @@ def best_per_budget(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def fixed_budgets(df: pd.DataFrame) -> list:
+    """Budget labels that are one device memory: the same bytes at every batch size, tried at two or
+    more (sizes like 900MiB; a fraction of keep-all is a different memory at each batch size)."""
+    g = df.groupby("budget", sort=False)
+    ok = (g["budget_bytes"].nunique() == 1) & (g["batch_size"].nunique() >= 2)
+    return list(ok[ok].index)
+
+
+def largest_batch_skip_reason(df: pd.DataFrame) -> str | None:
+    """Why there is no largest-batch table, or None when there is one."""
+    sizes = sorted(df["batch_size"].unique()) if len(df) else []
+    if len(sizes) < 2:
+        return (f"only one batch size was tried ({', '.join(map(str, sizes)) or 'none'}); list several in "
+                f"`batch_size`, with an absolute budget such as 900MiB")
+    if not fixed_budgets(df):
+        return ("no budget is an absolute size (each is a fraction of keep-all, a different memory at each "
+                "batch size); add one such as 900MiB to `budgets`")
+    return None
+
+
+def _largest(budget: object, nbytes: int, solver: str, cells: pd.DataFrame) -> dict:
+    """The largest batch among ``cells`` (one per batch size: batch_size, predicted/measured peak, fits)."""
+    ok = cells[cells["fits"]].sort_values("batch_size")
+    row = {"budget": budget, "budget_bytes": nbytes, "solver": solver, "largest_batch": None,
+           "predicted_peak_bytes": np.nan, "measured_peak_bytes": np.nan, "basis": NO_FIT}
+    if len(ok):
+        best = ok.iloc[-1]
+        measured = best["measured_peak_bytes"]
+        row.update({"largest_batch": int(best["batch_size"]), "predicted_peak_bytes": best["predicted_peak_bytes"],
+                    "measured_peak_bytes": measured, "basis": "predicted" if pd.isna(measured) else "measured"})
+    return row
+
+
+def largest_batch_frame(df: pd.DataFrame, keep_all: dict[int, dict] | None = None) -> pd.DataFrame:
+    """Per absolute budget and solver, the largest of the batch sizes tried whose cell fits that memory.
+
+    A solver's cell fits when its status is optimal/feasible, its simulated peak is within the budget,
+    its execution did not fail and, where it was executed, its measured peak is within the budget too
+    (basis: ``measured``; not executed: ``predicted``). The ``KEEP_ALL_BAR`` row is the unmodified step:
+    the keep-all predicted peak of each batch size, and its measured peak from ``keep_all`` (the
+    keep_all.json of each batch size) where known. No batch fits: largest_batch is missing, basis
+    ``NO_FIT``. Empty when `largest_batch_skip_reason` gives a reason."""
+    cols = ["budget", "budget_bytes", "solver", "largest_batch", "predicted_peak_bytes", "measured_peak_bytes",
+            "basis"]
+    if largest_batch_skip_reason(df) is not None:
+        return pd.DataFrame(columns=cols)
+    keep_all = keep_all or {}
+    num = ["budget_bytes", "predicted_peak_bytes", "measured_peak_bytes", "keep_all_peak_bytes"]
+    df = df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in num})
+    rows = []
+    for budget in fixed_budgets(df):
+        cells = df[df["budget"] == budget]
+        nbytes = int(cells["budget_bytes"].iloc[0])
+        ref = cells.groupby("batch_size", as_index=False)["keep_all_peak_bytes"].first()
+        ref = ref.rename(columns={"keep_all_peak_bytes": "predicted_peak_bytes"})
+        ref["measured_peak_bytes"] = [float((keep_all.get(int(b)) or {}).get("measured_peak_bytes") or np.nan)
+                                      for b in ref["batch_size"]]
+        ref["fits"] = (ref["predicted_peak_bytes"] <= nbytes) & ~(ref["measured_peak_bytes"] > nbytes)
+        rows.append(_largest(budget, nbytes, KEEP_ALL_BAR, ref))
+        failed = cells["execute_note"].fillna("").astype(str).str.startswith("execution failed")
+        fits = (cells["status"].isin(FEASIBLE) & (cells["predicted_peak_bytes"] <= nbytes) & ~failed
+                & ~(cells["measured_peak_bytes"] > nbytes))
+        cells = cells.assign(fits=fits)
+        for solver, group in cells.groupby("solver", sort=False):
+            rows.append(_largest(budget, nbytes, solver, group))
+    out = pd.DataFrame(rows, columns=cols)
+    out["largest_batch"] = out["largest_batch"].astype("Int64")
+    return out
+
+
+def _largest_batch_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[str]:
+    lines = ["## Largest batch under a fixed memory", ""]
+    reason = largest_batch_skip_reason(df)
+    if reason is not None:
+        return lines + [f"No largest-batch table or plot: {reason}.", ""]
+    table = largest_batch_frame(df, batches)
+    sizes = ", ".join(str(b) for b in sorted(df["batch_size"].unique()))
+    shown = pd.DataFrame({
+        "budget": table["budget"], "memory": table["budget_bytes"].map(fmt_bytes), "solver": table["solver"],
+        "largest batch": table["largest_batch"].astype(object).where(table["largest_batch"].notna(), "none"),
+        "pred peak": table["predicted_peak_bytes"].map(fmt_bytes),
+        "meas peak": table["measured_peak_bytes"].map(fmt_bytes), "basis": table["basis"]})
+    return lines + [
+        f"The largest **of the batch sizes tried** ({sizes}) at which each solver found a plan that fits each "
+        "absolute budget: status optimal/feasible and simulated peak within it, and where the plan was "
+        "executed, measured peak within it too (basis `measured`; `predicted`: not executed). Batch sizes "
+        f"not tried are not claimed. `{KEEP_ALL_BAR}`: the largest batch whose keep-all peak fits.", "",
+        markdown_table(shown), ""]
+
+
 def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[Path],
                  batches: dict[int, dict]) -> Path:
     """report.md: what ran, the best solver at each budget, the full table and the plots."""
@@ -179,6 +272,7 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
               + (", and lowest measured time among executed ones." if executed else
                  " (schedules were not executed: no measured column)."), "",
               markdown_table(best_per_budget(df)) if len(df) else "(no rows)", ""]
+    lines += _largest_batch_section(df, batches) if len(df) else []
     lines += ["## All results", "", markdown_table(summary_frame(df)) if len(df) else "(no rows)", ""]
     errors = df[df["status"].isin(["error", "invalid"])]
     if len(errors):
