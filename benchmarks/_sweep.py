@@ -113,8 +113,7 @@ def default_solvers(n_act: int, ilps: str = "distinct", recompute_variants: bool
 
 
 def plan_key(schedule) -> bytes:
-    return (np.asarray(schedule.decisions, np.int8).tobytes()
-            + np.asarray(schedule.prefetch_at, np.int64).tobytes())
+    return schedule.plan_key()
 
 
 def _is_ilp(name: str) -> bool:

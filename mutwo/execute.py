@@ -3,8 +3,8 @@
 ``apply`` copies the TrainGraph's fx graph and rewrites it so that memory follows docs/cost_model.md:
 
 * RECOMPUTE ``a``: the ops of ``resolve_recompute``'s chain are copied (``graph.node_copy``) just before
-  ``a``'s first backward use (its anchor), and every backward use of ``a``'s storage (its producer and
-  any forward view of it) reads the copies instead. Nothing after forward reads the original any more,
+  ``a``'s anchor (its first backward use, or the schedule's earlier ``recompute_at``), and every
+  backward use of ``a``'s storage (its producer and any forward view of it) reads the copies instead. Nothing after forward reads the original any more,
   so the generated code frees it after its last forward use. Batch norm is re-run without running
   statistics (it must not update them twice); random ops are never recomputed.
 * SWAP ``a``: ``swap_out`` after its last forward use copies the storage to the host, ``swap_in`` at
@@ -287,7 +287,8 @@ def apply(train_graph: TrainGraph, problem: Problem, schedule: Schedule) -> fx.G
             d[a] = Decision.KEEP
 
     swaps = [int(a) for a in np.flatnonzero(d == Decision.SWAP)]
-    chains = resolve_recompute(problem, d.astype(object)) if np.any(d == Decision.RECOMPUTE) else {}
+    chains = (resolve_recompute(problem, d.astype(object), schedule.recompute_at)
+              if np.any(d == Decision.RECOMPUTE) else {})
     for c in chains.values():  # a KEEP source read after its last backward use lives longer than modelled
         late = [s for s in c.sources if d[s] == Decision.KEEP and problem.last_bwd_use[s] < c.anchor]
         if late:

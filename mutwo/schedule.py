@@ -4,11 +4,19 @@ The recompute chain rule lives here (``resolve_recompute``) because three places
 answer: ``validate``, the simulator and the executor.
 
 Recompute rule
-    A RECOMPUTE activation ``a`` is regenerated just before its first backward use ``t``. Each of its
-    ``recompute_sources`` ``s`` must then be *resident*: KEEP, or already brought back for its own
-    backward use (RECOMPUTE / SWAP with ``first_bwd_use[s] <= t <= last_bwd_use[s]``). A RECOMPUTE source
-    that is not resident is recomputed too, as a temporary of ``a``'s chain (recursively); each op of
-    the chain runs once. A SWAP source that is not resident makes the schedule invalid.
+    A RECOMPUTE activation ``a`` is regenerated just before its *anchor* ``t``: its first backward use,
+    or the earlier backward op ``recompute_at[a]`` when the schedule sets one, and it stays resident from
+    ``t`` to its last backward use. Each of its ``recompute_sources`` ``s`` must then be *resident*: KEEP,
+    or already brought back (RECOMPUTE with ``anchor[s] <= t <= last_bwd_use[s]``, anchors at the same op
+    being served in creation order; SWAP with ``first_bwd_use[s] <= t <= last_bwd_use[s]``). A RECOMPUTE
+    source that is not resident is recomputed too, as a temporary of ``a``'s chain (recursively); each
+    op of the chain runs once. A SWAP source that is not resident makes the schedule invalid.
+
+    Early anchors are how a segment is regenerated once and shared (Chen et al.'s checkpointing): give
+    every member of a run of recomputed activations the first backward use of any of them as its
+    anchor, and each member's chain is just its own ops, reading the members made before it. Without
+    them, every member regenerates the run from the last kept activation on its own, which costs
+    quadratic time and the least memory.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import numpy as np
 from mutwo.problem import Problem
 
 __all__ = ["Decision", "Status", "Schedule", "ScheduleError", "RecomputeChain", "resolve_recompute",
-           "chain_peak", "default_prefetch", "validate"]
+           "recompute_anchors", "chain_peak", "default_prefetch", "validate"]
 
 
 class Decision(enum.IntEnum):
@@ -73,10 +81,15 @@ class Schedule:
     bound: float | None = None  # best proven lower bound on that objective, if any
     message: str = ""
     recompute_sources: dict[int, list[int]] = field(default_factory=dict)  # filled by `explain`
+    # int64 [n_act]: backward op before which a RECOMPUTE activation is regenerated when earlier than its
+    # first backward use (a shared segment, see the module doc); -1: at its first backward use
+    recompute_at: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.decisions = np.asarray(self.decisions, dtype=np.int8)
         self.prefetch_at = np.asarray(self.prefetch_at, dtype=np.int64)
+        self.recompute_at = (np.full(len(self.decisions), -1, np.int64) if self.recompute_at is None
+                             else np.asarray(self.recompute_at, dtype=np.int64))
         self.status = Status(self.status)
 
     # ------------------------------------------------------------------ constructors
@@ -85,8 +98,9 @@ class Schedule:
         return cls(np.zeros(problem.n_act, np.int8), np.full(problem.n_act, -1, np.int64), **kw)
 
     @classmethod
-    def from_decisions(cls, problem: Problem, decisions, prefetch_at=None, **kw) -> Schedule:
-        """Build a schedule, filling SWAP prefetch points that are not given with `default_prefetch`."""
+    def from_decisions(cls, problem: Problem, decisions, prefetch_at=None, recompute_at=None, **kw) -> Schedule:
+        """Build a schedule, filling SWAP prefetch points that are not given with `default_prefetch`
+        (recompute points not given stay at the first backward use)."""
         decisions = np.asarray(decisions, dtype=np.int8)
         pf = np.full(problem.n_act, -1, np.int64) if prefetch_at is None else np.asarray(prefetch_at, np.int64)
         swaps = np.flatnonzero(decisions == Decision.SWAP)
@@ -94,7 +108,9 @@ class Schedule:
         pf = pf.copy()
         pf[missing] = default_prefetch(problem)[missing]
         pf[decisions != Decision.SWAP] = -1
-        return cls(decisions, pf, **kw)
+        ra = np.full(problem.n_act, -1, np.int64) if recompute_at is None else np.array(recompute_at, np.int64)
+        ra[decisions != Decision.RECOMPUTE] = -1
+        return cls(decisions, pf, recompute_at=ra, **kw)
 
     @classmethod
     def infeasible(cls, problem: Problem, solver: str, budget_bytes: int, message: str, **kw) -> Schedule:
@@ -109,9 +125,15 @@ class Schedule:
     def counts(self) -> dict[str, int]:
         return {f"n_{d.name.lower()}": int((self.decisions == d).sum()) for d in Decision}
 
+    def plan_key(self) -> bytes:
+        """Identical keys give identical rewritten graphs (decisions, prefetch and recompute points), so
+        a plan that several solvers return is executed once."""
+        return (np.asarray(self.decisions, np.int8).tobytes() + np.asarray(self.prefetch_at, np.int64).tobytes()
+                + np.asarray(self.recompute_at, np.int64).tobytes())
+
     def explain(self, problem: Problem) -> Schedule:
         """Record each recomputed activation's resident sources (for humans reading the JSON)."""
-        chains = resolve_recompute(problem, self.decisions)
+        chains = resolve_recompute(problem, self.decisions, self.recompute_at)
         self.recompute_sources = {a: c.sources for a, c in chains.items()}
         return self
 
@@ -120,6 +142,7 @@ class Schedule:
         d = asdict(self)
         d["decisions"] = [Decision(int(x)).name for x in self.decisions]
         d["prefetch_at"] = self.prefetch_at.tolist()
+        d["recompute_at"] = self.recompute_at.tolist()
         d["status"] = self.status.value
         d["recompute_sources"] = {str(k): [int(s) for s in v] for k, v in self.recompute_sources.items()}
         return d
@@ -129,6 +152,8 @@ class Schedule:
         d = dict(d)
         d["decisions"] = np.array([Decision[x] for x in d["decisions"]], dtype=np.int8)
         d["prefetch_at"] = np.array(d["prefetch_at"], dtype=np.int64)
+        if d.get("recompute_at") is not None:  # absent in schedules written before it existed
+            d["recompute_at"] = np.array(d["recompute_at"], dtype=np.int64)
         d["recompute_sources"] = {int(k): list(v) for k, v in d.get("recompute_sources", {}).items()}
         return cls(**d)
 
@@ -152,8 +177,21 @@ class Schedule:
 
 
 # ---------------------------------------------------------------------- shared rules
-def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, RecomputeChain]:
-    """Expand every RECOMPUTE activation into the chain of ops that regenerates it (see module doc).
+def recompute_anchors(problem: Problem, decisions: np.ndarray, recompute_at: np.ndarray | None = None) -> np.ndarray:
+    """The op before which each RECOMPUTE activation is regenerated (``recompute_at`` where set, else its
+    first backward use); -1 for the others."""
+    dec = np.asarray(decisions)
+    at = problem.first_bwd_use.copy()
+    if recompute_at is not None:
+        ra = np.asarray(recompute_at, np.int64)
+        at = np.where(ra >= 0, ra, at)
+    return np.where(dec == Decision.RECOMPUTE, at, -1).astype(np.int64)
+
+
+def resolve_recompute(problem: Problem, decisions: np.ndarray,
+                      recompute_at: np.ndarray | None = None) -> dict[int, RecomputeChain]:
+    """Expand every RECOMPUTE activation into the chain of ops that regenerates it at its anchor (see
+    the module doc).
 
     Raises ScheduleError when a chain would need a SWAP source that is not resident. Works on Python
     ints: solvers call it in loops, and numpy scalar comparisons cost ~50x more per element.
@@ -161,9 +199,13 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, Reco
     dec = np.asarray(decisions).tolist()
     first, last = problem.first_bwd_use.tolist(), problem.last_bwd_use.tolist()
     keep, recompute = int(Decision.KEEP), int(Decision.RECOMPUTE)
+    back = first  # where each activation is back on the device for backward: its anchor if recomputed
+    if recompute_at is not None:
+        back = [r if r >= 0 and d == recompute else f
+                for r, d, f in zip(np.asarray(recompute_at).tolist(), dec, first, strict=True)]
     chains: dict[int, RecomputeChain] = {}
     for a in (i for i, d in enumerate(dec) if d == recompute):
-        t = first[a]
+        t = back[a]
         op_parts, temporaries, sources = [], [], []
         seen = {a}
         stack = [a]
@@ -174,7 +216,7 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray) -> dict[int, Reco
                 if s in seen:
                     continue
                 seen.add(s)
-                if dec[s] == keep or first[s] <= t <= last[s]:
+                if dec[s] == keep or back[s] <= t <= last[s]:
                     sources.append(s)
                 elif dec[s] == recompute:
                     temporaries.append(s)
@@ -255,4 +297,18 @@ def validate(problem: Problem, schedule: Schedule) -> None:
             f"activation {problem.act_names[a]!r} (index {a}) is prefetched at op {schedule.prefetch_at[a]},"
             f" which must lie in the backward pass and no later than its first backward use "
             f"{problem.first_bwd_use[a]}")
-    resolve_recompute(problem, d)
+    ra = schedule.recompute_at
+    if len(ra) != problem.n_act:
+        raise ScheduleError(f"schedule has {len(ra)} recompute points for {problem.n_act} activations")
+    bad = np.flatnonzero((ra >= 0) & (d != Decision.RECOMPUTE))
+    if len(bad):
+        a = int(bad[0])
+        raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) has recompute_at {ra[a]} but is "
+                            f"{Decision(int(d[a])).name}; only RECOMPUTE activations take one (-1 otherwise)")
+    bad = np.flatnonzero((ra >= 0) & ((ra <= problem.fwd_end) | (ra > problem.first_bwd_use)))
+    if len(bad):
+        a = int(bad[0])
+        raise ScheduleError(
+            f"activation {problem.act_names[a]!r} (index {a}) is recomputed at op {ra[a]}, which must lie in "
+            f"the backward pass and no later than its first backward use {problem.first_bwd_use[a]}")
+    resolve_recompute(problem, d, ra)

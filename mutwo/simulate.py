@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mutwo.problem import Problem
-from mutwo.schedule import Decision, Schedule, ScheduleError, resolve_recompute
+from mutwo.schedule import Decision, Schedule, ScheduleError, recompute_anchors, resolve_recompute
 
 __all__ = ["SimResult", "simulate", "memory_timeline_frame"]
 
@@ -67,6 +67,15 @@ def _check_shape(problem: Problem, schedule: Schedule) -> np.ndarray:
         a = int(bad[0])
         raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) is prefetched at op {pf[a]}, "
                             f"outside ({problem.fwd_end}, {problem.first_bwd_use[a]}]")
+    ra = schedule.recompute_at
+    if len(ra) != problem.n_act:
+        raise ScheduleError(f"schedule has {len(ra)} recompute points for {problem.n_act} activations")
+    bad = np.flatnonzero((d == Decision.RECOMPUTE) & (ra >= 0)
+                         & ((ra <= problem.fwd_end) | (ra > problem.first_bwd_use)))
+    if len(bad):
+        a = int(bad[0])
+        raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) is recomputed at op {ra[a]}, "
+                            f"outside ({problem.fwd_end}, {problem.first_bwd_use[a]}]")
     return d
 
 
@@ -93,7 +102,8 @@ def simulate(problem: Problem, schedule: Schedule) -> SimResult:
     # --- recompute chains: time and temporaries at their anchors --------------------------------
     # Python-int elements: resolve_recompute compares single decisions with Decision members, and an
     # int8 numpy scalar compared with an IntEnum costs ~6 us (vs ~0.1 us); same values, same answer.
-    chains = resolve_recompute(problem, d.astype(object)) if np.any(d == Decision.RECOMPUTE) else {}
+    chains = (resolve_recompute(problem, d.astype(object), schedule.recompute_at)
+              if np.any(d == Decision.RECOMPUTE) else {})
     rec_at = np.zeros(n)
     if chains:
         anchors = np.fromiter((c.anchor for c in chains.values()), np.int64, len(chains))
@@ -155,7 +165,7 @@ def simulate(problem: Problem, schedule: Schedule) -> SimResult:
     keep, rec, swap = d == Decision.KEEP, d == Decision.RECOMPUTE, d == Decision.SWAP
     first_end = np.where(rec, problem.last_fwd_use, problem.last_bwd_use)
     second = rec.copy()
-    second_start = problem.first_bwd_use.copy()
+    second_start = np.where(rec, recompute_anchors(problem, d, schedule.recompute_at), problem.first_bwd_use)
     if len(swap_ids):
         # Resident until the last op that starts before the swap-out ends, then again from the prefetch
         # issue; when those ranges touch or overlap it is one range.

@@ -51,6 +51,19 @@ def test_json_round_trip(tmp_path):
     assert loaded.to_dict() == s.to_dict()
 
 
+def test_recompute_points_round_trip_and_old_files_load():
+    p = _problem()
+    s = Schedule.from_decisions(p, [K, R, R, K], recompute_at=[5, 6, 6, 5])
+    assert s.recompute_at.tolist() == [-1, 6, 6, -1]  # only recomputed activations keep one
+    validate(p, s)
+    back = Schedule.from_json(s.to_json())
+    assert back.recompute_at.tolist() == [-1, 6, 6, -1] and back.plan_key() == s.plan_key()
+    assert back.plan_key() != Schedule.from_decisions(p, [K, R, R, K]).plan_key()
+    old = s.to_dict()
+    del old["recompute_at"]  # written before recompute points existed: regenerated at first use
+    assert Schedule.from_dict(old).recompute_at.tolist() == [-1, -1, -1, -1]
+
+
 def test_from_decisions_fills_only_swap_prefetch_points():
     p = _problem()
     s = Schedule.from_decisions(p, [S, K, S, K], prefetch_at=[7, 8, -1, -1])

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mutwo.problem import Problem
-from mutwo.schedule import Decision, Schedule, ScheduleError
+from mutwo.schedule import Decision, Schedule, ScheduleError, validate
 from mutwo.simulate import memory_timeline_frame, simulate
 from mutwo.synthetic import random_dag
 
@@ -254,7 +254,8 @@ def _reference(p: Problem, s: Schedule):
     from mutwo.schedule import resolve_recompute
 
     d = s.decisions
-    chains = resolve_recompute(p, d)
+    chains = resolve_recompute(p, d, s.recompute_at)
+    anchor = {a: c.anchor for a, c in chains.items()}
     swap_t = p.swap_time_s
     swaps = [a for a in range(p.n_act) if d[a] == S]
     clock = stall = rec = d2h = h2d = 0.0
@@ -278,7 +279,7 @@ def _reference(p: Problem, s: Schedule):
             if d[a] == K:
                 here = True
             elif d[a] == R:
-                here = t <= p.last_fwd_use[a] or t >= p.first_bwd_use[a]
+                here = t <= p.last_fwd_use[a] or t >= anchor[a]
             else:
                 here = t <= p.last_fwd_use[a] or start[t] < out_end[a] or t >= s.prefetch_at[a]
             resident[t] += p.act_bytes[a] if here else 0
@@ -306,7 +307,14 @@ def test_matches_literal_reference(seed, n_act, swap_ratio):
         srcs = p.recompute_sources[a]
         d[srcs[d[srcs] == S]] = K
     pf = np.where(d == S, rng.integers(p.fwd_end + 1, p.first_bwd_use + 1), -1)
-    s = Schedule(d, pf)
+    # some recomputed activations are regenerated early (shared), at a random backward op before their use
+    early = (d == R) & (rng.random(p.n_act) < 0.5)
+    ra = np.where(early, rng.integers(p.fwd_end + 1, p.first_bwd_use + 1), -1)
+    s = Schedule(d, pf, recompute_at=ra)
+    try:
+        validate(p, s)
+    except ScheduleError:  # an early chain reads a swapped source before it is back: not a plan
+        s = Schedule(d, pf)
     sim = simulate(p, s)
     mem, start, stall, rec, out_end, pf_end = _reference(p, s)
     assert sim.timeline_bytes.tolist() == mem.tolist()
@@ -339,3 +347,34 @@ def test_chain_temporaries_are_freed_after_their_last_reader():
     sim = simulate(p, sched(p, [R, R, R, R]))
     assert sim.timeline_bytes[6] == 40 + 80
     assert sim.recompute_s == 4 + 3 + 2 + 1
+
+
+def test_shared_segment_is_regenerated_once_and_held_until_its_uses():
+    # the four-member run of the test above, every member anchored at op 6 (the first backward use of
+    # any of them): each chain is just its own op, reading the member made before it
+    acts = [dict(bytes=10, c=0, lf=1, fb=9, lb=9), dict(bytes=20, c=1, lf=2, fb=8, lb=8, srcs=[0]),
+            dict(bytes=40, c=2, lf=3, fb=7, lb=7, srcs=[1]), dict(bytes=80, c=3, lf=3, fb=6, lb=6, srcs=[2])]
+    p = make(10, 3, acts)
+    s = Schedule(np.full(4, R, np.int8), np.full(4, -1), recompute_at=[6, 6, 6, -1])
+    validate(p, s)
+    sim = simulate(p, s)
+    assert sim.recompute_s == 4  # each op once, instead of 4 + 3 + 2 + 1
+    # all four are back at op 6 and leave after their own last backward use
+    assert sim.timeline_bytes[4:].tolist() == [0, 0, 150, 70, 30, 10]
+    assert sim.op_start_s[6] == 6 + 4
+    from mutwo.schedule import resolve_recompute
+
+    chains = resolve_recompute(p, s.decisions, s.recompute_at)
+    assert [c.temporaries for c in chains.values()] == [[], [], [], []]
+    assert [c.sources for c in chains.values()] == [[], [0], [1], [2]]
+
+
+def test_early_recompute_point_must_lie_in_backward_before_the_first_use():
+    p = _recompute_problem()
+    for ra, msg in (([-1, 6], "no later than its first backward use"), ([-1, 2], "in the backward pass")):
+        with pytest.raises(ScheduleError, match=msg):
+            validate(p, Schedule(np.array([K, R], np.int8), np.full(2, -1), recompute_at=ra))
+        with pytest.raises(ScheduleError, match="is recomputed at op"):
+            simulate(p, Schedule(np.array([K, R], np.int8), np.full(2, -1), recompute_at=ra))
+    with pytest.raises(ScheduleError, match="only RECOMPUTE activations take one"):
+        validate(p, Schedule(np.array([K, R], np.int8), np.full(2, -1), recompute_at=[4, -1]))
