@@ -25,10 +25,10 @@ _GRID = 32  # prefix lengths probed when the longest prefix does not fit (peak n
 
 
 def _finish(problem: Problem, budget: int, decisions: np.ndarray, name: str, options: dict, *,
-            sim: SimResult | None = None, note: str = "") -> Schedule:
+            sim: SimResult | None = None, note: str = "", recompute_at: np.ndarray | None = None) -> Schedule:
     """Wrap decisions into a Schedule whose status says whether its simulated peak fits."""
-    schedule = Schedule.from_decisions(problem, decisions, solver=name, budget_bytes=int(budget),
-                                       options=dict(options))
+    schedule = Schedule.from_decisions(problem, decisions, recompute_at=recompute_at, solver=name,
+                                       budget_bytes=int(budget), options=dict(options))
     sim = sim or simulate(problem, schedule)
     schedule.objective = sim.time_s
     counts = schedule.counts()
@@ -93,17 +93,26 @@ def keep_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
 
 @register_solver("recompute_all")
 def recompute_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
-    """Recompute every recomputable activation: the most memory recompute alone can save (usually)."""
+    """Recompute every recomputable activation, each at its own first backward use: the most memory
+    recompute alone can save (usually), at the highest price — each chain runs back to the nearest
+    kept tensor, so on a deep network most of the forward pass re-runs once per activation."""
     d = np.where(problem.recomputable, Decision.RECOMPUTE, Decision.KEEP).astype(np.int8)
     return _finish(problem, budget_bytes, d, "recompute_all", options)
 
 
 @register_solver("chen_sqrt")
-def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = None, **options) -> Schedule:
+def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = None, share: bool = True,
+              **options) -> Schedule:
     """Chen et al. (2016) sqrt(n) checkpointing.
 
     Along creation order, the recomputable activations are cut into ``segments`` runs (default
     round(sqrt(n))); the last activation of each run is kept as a checkpoint, the others recomputed.
+    With ``share`` (the paper's scheme) a run is regenerated once, at the first backward use of any of
+    its members, and held until each member's own backward uses: about one extra forward pass in all.
+    Members that another run reads (skip connections) are kept too, so every run starts from kept
+    tensors.
+    ``share=False`` regenerates every member on its own at its first backward use (less memory, and
+    quadratic time in the run length).
     """
     cand = np.flatnonzero(problem.recomputable)
     cand = cand[np.lexsort((cand, problem.created[cand]))]
@@ -115,8 +124,22 @@ def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = Non
     k = max(1, math.ceil(n / segments)) if n else 1
     d = np.zeros(problem.n_act, np.int8)
     pos = np.arange(n)
-    d[cand[(pos + 1) % k != 0]] = Decision.RECOMPUTE
-    return _finish(problem, budget_bytes, d, "chen_sqrt", {**options, "segments": int(segments)})
+    recomputed = (pos + 1) % k != 0
+    d[cand[recomputed]] = Decision.RECOMPUTE
+    recompute_at = np.full(problem.n_act, -1, np.int64)
+    if share:
+        run_of = np.full(problem.n_act, -1, np.int64)
+        run_of[cand] = pos // k
+        # an activation a later run reads (a skip connection) is kept as well: regenerating it inside
+        # that run's chains would re-run its own run as temporaries
+        for a in cand[recomputed]:
+            srcs = problem.recompute_sources[a]
+            d[srcs[(d[srcs] == Decision.RECOMPUTE) & (run_of[srcs] != run_of[a])]] = Decision.KEEP
+        for run in np.unique(run_of[d == Decision.RECOMPUTE]):
+            members = np.flatnonzero((run_of == run) & (d == Decision.RECOMPUTE))
+            recompute_at[members] = problem.first_bwd_use[members].min()
+    return _finish(problem, budget_bytes, d, "chen_sqrt", {**options, "segments": int(segments), "share": share},
+                   recompute_at=recompute_at)
 
 
 @register_solver("swap_hidden")

@@ -7,7 +7,7 @@ import pytest
 
 from mutwo.problem import Problem
 from mutwo.registry import available_solvers, get_solver
-from mutwo.schedule import Decision, Schedule, Status, validate
+from mutwo.schedule import Decision, Schedule, Status, resolve_recompute, validate
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
 
@@ -113,6 +113,37 @@ def test_chen_sqrt_keeps_every_kth_as_checkpoint():
     assert (s16.decisions == Decision.KEEP).all()
     with pytest.raises(ValueError, match="segments"):
         get_solver("chen_sqrt")(p, 10**12, segments=0)
+
+
+def test_chen_sqrt_shares_each_segment_once():
+    """On a chain a shared segment is regenerated once at the first backward use of any member: each
+    forward op of the segment re-runs exactly once, no chain has temporaries; without sharing every
+    member re-runs the segment from the checkpoint on its own (quadratic in the segment length)."""
+    p = chain(16)
+    shared, alone = (get_solver("chen_sqrt")(p, 10**12, share=flag) for flag in (True, False))
+    assert shared.decisions.tolist() == alone.decisions.tolist()
+    members = np.flatnonzero(shared.decisions == Decision.RECOMPUTE)
+    # segments [0..2], [4..6], ...: all anchored at the first backward use of their last member
+    assert shared.recompute_at[members].tolist() == np.repeat(p.first_bwd_use[[2, 6, 10, 14]], 3).tolist()
+    assert (alone.recompute_at == -1).all()
+    chains = resolve_recompute(p, shared.decisions, shared.recompute_at)
+    assert all(not c.temporaries for c in chains.values())
+    ops = np.concatenate([c.ops for c in chains.values()])
+    assert len(ops) == len(set(ops.tolist())) == len(members)
+    t_shared, t_alone = (simulate(p, s).recompute_s for s in (shared, alone))
+    assert t_shared == pytest.approx(p.op_time_s[np.concatenate([p.recompute_ops[a] for a in members])].sum())
+    assert t_shared < t_alone
+
+
+def test_chen_sqrt_keeps_what_other_segments_read():
+    p = residual(6, seed=1)
+    s = get_solver("chen_sqrt")(p, 10**12)
+    validate(p, s)
+    chains = resolve_recompute(p, s.decisions, s.recompute_at)
+    assert all(not c.temporaries for c in chains.values())
+    run_anchor = {int(a): int(s.recompute_at[a]) for a in np.flatnonzero(s.decisions == Decision.RECOMPUTE)}
+    for c in chains.values():  # every source is kept or a member of the same segment (same anchor)
+        assert all(s.decisions[x] == Decision.KEEP or run_anchor.get(x) == run_anchor[c.target] for x in c.sources)
 
 
 def test_chen_sqrt_skips_non_recomputable():

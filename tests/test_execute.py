@@ -25,6 +25,7 @@ from mutwo.profile import Profile
 from mutwo.schedule import Decision, Schedule, ScheduleError, resolve_recompute
 from mutwo.simulate import simulate
 from mutwo.zoo import build_workload, resnet, toy_mlp
+from solvers.baselines import chen_sqrt
 
 SGD = OptimizerConfig("sgd", {"momentum": 0.0})
 # iterations after the measured one: recompute-all re-runs most of the forward pass per activation, so
@@ -92,7 +93,9 @@ def _schedules(problem: Problem) -> dict[str, Schedule]:
     rec = np.where(problem.recomputable, Decision.RECOMPUTE, Decision.KEEP)
     swap = np.where(problem.swappable, Decision.SWAP, Decision.KEEP)
     return {"keep_all": Schedule.keep_all(problem), "recompute_all": Schedule.from_decisions(problem, rec),
-            "swap_all": Schedule.from_decisions(problem, swap), "mixed": _mixed(problem)}
+            "swap_all": Schedule.from_decisions(problem, swap), "mixed": _mixed(problem),
+            # segments regenerated once at an early anchor and shared by their members
+            "chen_shared": chen_sqrt(problem, 2**62)}
 
 
 class _Case:
@@ -126,7 +129,7 @@ def cases():
 
 
 MODELS = ["resnet18", "bert-tiny", "bert-tiny-dropout"]
-CHANGED = ["recompute_all", "swap_all", "mixed"]
+CHANGED = ["recompute_all", "swap_all", "mixed", "chen_shared"]
 
 
 @pytest.mark.slow
@@ -151,7 +154,7 @@ def test_lowers_measured_peak(cases, model, schedule):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("schedule", ["keep_all", "recompute_all", "swap_all", "mixed"])
+@pytest.mark.parametrize("schedule", ["keep_all", *CHANGED])
 def test_measured_peak_matches_simulation(cases, model, schedule):
     case = cases(model)
     simulated = simulate(case.problem, case.schedules[schedule]).peak_bytes
@@ -198,6 +201,17 @@ def test_graph_output_is_not_an_activation(mlp):
     res = mlp.result("swap_all")
     assert not any("graph output" in w for w in res.notes["warnings"])
     assert res.bitwise_equal
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_shared_segments_use_early_anchors_and_cost_less_than_recompute_all(cases, model):
+    case = cases(model)
+    chen = case.schedules["chen_shared"]
+    early = (chen.recompute_at >= 0) & (chen.recompute_at < case.problem.first_bwd_use)
+    assert early.any(), "some segment members are regenerated before their own first backward use"
+    shared = simulate(case.problem, chen).recompute_s
+    assert shared < simulate(case.problem, case.schedules["recompute_all"]).recompute_s
 
 
 @pytest.mark.slow
