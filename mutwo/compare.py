@@ -168,11 +168,6 @@ class Batch:
     measured: dict[bytes, tuple[dict, str]] = field(default_factory=dict)  # plan -> (measurement, who)
 
 
-def _plan_key(schedule) -> bytes:
-    """Identical plans (decisions and prefetch points) give identical rewritten graphs."""
-    return np.asarray(schedule.decisions, np.int8).tobytes() + np.asarray(schedule.prefetch_at, np.int64).tobytes()
-
-
 def _measurement(res) -> dict:
     return {"measured_peak_bytes": int(res.measured_peak_bytes), "measured_time_s": float(res.iteration_time_s),
             "max_rel_diff": float(res.max_rel_diff), "bitwise_equal": bool(getattr(res, "bitwise_equal", False)),
@@ -250,7 +245,7 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
     report.write_json(info_path, info)
     batch = Batch(batch_size, problem, sim.peak_bytes, sim.time_s, folder, graph, flat, info)
     if "measured" in info:
-        batch.measured[_plan_key(keep)] = (info["measured"], "the keep-all reference")
+        batch.measured[keep.plan_key()] = (info["measured"], "the keep-all reference")
     return batch
 
 
@@ -316,7 +311,7 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
         row["execute_note"] = (f"not executed: predicted {sim.time_s / batch.keep_all_time_s:.1f}x the keep-all "
                                f"time (execute.max_slowdown: {limit:g})")
         return row
-    key = _plan_key(schedule)
+    key = schedule.plan_key()
     note = "executed"
     if key in batch.measured:  # the same plan already ran (keep-all, or a budget-independent solver)
         measured, who = batch.measured[key]
@@ -387,6 +382,9 @@ def _make_plots(df: pd.DataFrame, batches: dict[int, Batch], run_dir: Path) -> l
     if len(batches) > 1:
         keep = pd.DataFrame([{**b.info, "batch_size": bs} for bs, b in sorted(batches.items())])
         made.append(compare_plots.batch_scaling(df, keep, out / "batch_scaling.png"))
+    largest = compare_plots.largest_batch(df, out / "largest_batch.png", {bs: b.info for bs, b in batches.items()})
+    if largest is not None:
+        made.append(largest)
     return made
 
 
