@@ -19,13 +19,10 @@ Where memory departs from the cost model, on purpose:
 * CPU swap emulation frees the device copy right after it is made; the model holds it until the
   transfer would end at the problem's bandwidth (a few ops later when ops are short). On CUDA the
   block stays allocated until the copy has read it (``record_stream``), as in the model.
-* Recompute chains: the generated code frees every chain value after its last use, node by node; the
-  model (``chain_peak``) frees at the granularity of chain members. While member ``x`` is made it
-  counts ``x``'s chain sources, ``x`` and all of ``x``'s intermediates live at once (more than is
-  measured: on ResNet-18 the first convolution is freed once its batch norm ran, 2 MiB before the
-  model frees it), and a non-activation intermediate whose op several members share (BERT's attention
-  mask, made once per chain) only while each of those members is made, not in between (less than is
-  measured, by its bytes). Neither has set a recompute-all peak of the tested models.
+* Recompute chains: the generated code frees every chain value after its last use, node by node, as
+  the model does with the Problem's forward dataflow (``chain_peak``); outputs of a multi-output op
+  that the chain reads are taken right after the op, so its other outputs are freed at once. A
+  Problem without dataflow (synthetic) holds each chain member whole: more than is run here.
 * A kept recompute source read by a chain after its last backward use lives until the chain: recorded
   in ``module.meta["mutwo"]["warnings"]``. Graph outputs (the loss) are not activations; a Problem
   that still lists one as an activation has it kept whatever the decision (moving it would free
@@ -223,20 +220,24 @@ class _Rewriter:
         """Copy the forward ops at ``positions`` at the current insertion point; returns the copy of
         ``want`` (the recomputed activation's producer)."""
         env: dict[fx.Node, fx.Node] = {}
+        nodes = [self.ops[int(p)] for p in positions]
+        # outputs of multi-output ops the chain reads are taken right after the op, so the op's tuple
+        # (holding outputs nobody reads, e.g. batch norm's saved statistics) is freed at once, as the
+        # cost model frees values no chain op reads
+        members = set(nodes)
+        taken: dict[fx.Node, dict[fx.Node, None]] = defaultdict(dict)
+        for i in [*(i for n in nodes for i in n.all_input_nodes), want]:
+            if i.target is operator.getitem and i.args[0] in members:
+                taken[i.args[0]][i] = None
 
         def arg(i: fx.Node) -> fx.Node:
             if i in env:
-                return env[i]
-            if i.target is operator.getitem and i.args[0] in env:
-                env[i] = self.graph.call_function(operator.getitem, (env[i.args[0]], i.args[1]))
-                env[i].meta = dict(i.meta)
                 return env[i]
             if self._depends(i):  # a resident source that was itself brought back
                 return self.derived(i)
             return i
 
-        for p in positions:
-            node = self.ops[int(p)]
+        for node in nodes:
             if is_random_op(node):
                 raise ExecuteError(f"{node.name} is a random op and may not be recomputed")
             if mutated_args(node) and node.target not in STATE_UPDATING_OPS:
@@ -250,9 +251,12 @@ class _Rewriter:
                 args[stats[0]] = args[stats[1]] = None
                 copy.args = tuple(args)
             env[node] = copy
-        if want not in env and not (want.target is operator.getitem and want.args[0] in env):
+            for item in taken.get(node, ()):
+                env[item] = self.graph.call_function(operator.getitem, (copy, item.args[1]))
+                env[item].meta = dict(item.meta)
+        if want not in env:
             raise ExecuteError(f"recompute chain does not make {want.name}")
-        return arg(want)
+        return env[want]
 
 
 def _after_op(node: fx.Node) -> fx.Node:

@@ -82,6 +82,15 @@ class Problem:
     # bytes op t allocates for its outputs (in fixed_bytes[t], not yet allocated while recompute chains
     # anchored at t run); zeros when unknown, which only makes chain memory more conservative
     op_output_bytes: np.ndarray | None = None
+    # --- forward dataflow, optional: what recompute chains hold op by op --------------------------
+    # Every storage made in forward is a *value*. With these, a chain's memory is followed op by op as
+    # the executor's generated code frees it (each value after its last reader in the chain); without
+    # them (synthetic Problems) chain members are held whole (``mutwo.schedule.chain_peak``).
+    value_bytes: np.ndarray | None = None  # int64 [n_values]
+    value_op: np.ndarray | None = None  # int64 [n_values]: forward op that makes it (non-decreasing)
+    reads_offsets: np.ndarray | None = None  # int64 [fwd_end + 2]: CSR over forward ops into ``reads``
+    reads: np.ndarray | None = None  # int64: values each forward op reads (through views)
+    act_value: np.ndarray | None = None  # int64 [n_act]: the value of each activation
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -97,7 +106,17 @@ class Problem:
         self.recompute_sources = [np.asarray(x, dtype=np.int64) for x in self.recompute_sources]
         self.op_names = list(self.op_names)
         self.act_names = list(self.act_names)
+        for name in self._DATAFLOW:
+            if getattr(self, name) is not None:
+                setattr(self, name, np.asarray(getattr(self, name), dtype=np.int64))
         self.check()
+
+    _DATAFLOW = ("value_bytes", "value_op", "reads_offsets", "reads", "act_value")
+
+    @property
+    def has_dataflow(self) -> bool:
+        """Whether chain memory can be followed op by op (see the dataflow fields)."""
+        return self.value_bytes is not None
 
     @property
     def n_ops(self) -> int:
@@ -159,6 +178,7 @@ class Problem:
                 f"activation {self.act_names[a]!r} (index {a}) needs created <= last_fwd_use <= fwd_end < "
                 f"first_bwd_use <= last_bwd_use < n_ops; got {self.created[a]}, {self.last_fwd_use[a]}, "
                 f"{self.fwd_end}, {self.first_bwd_use[a]}, {self.last_bwd_use[a]}, {n}")
+        self._check_dataflow()
         for a in range(m):
             ops, srcs = self.recompute_ops[a], self.recompute_sources[a]
             if self.recomputable[a] and (len(ops) == 0 or ops.max() > self.fwd_end or ops.min() < 0):
@@ -170,6 +190,29 @@ class Problem:
             if len(srcs) and np.any(self.created[srcs] >= self.created[a]):
                 raise ProblemError(
                     f"activation {self.act_names[a]!r}: a recompute source is created after it")
+
+    def _check_dataflow(self) -> None:
+        given = [name for name in self._DATAFLOW if getattr(self, name) is not None]
+        if not given:
+            return
+        if len(given) != len(self._DATAFLOW):
+            missing = sorted(set(self._DATAFLOW) - set(given))
+            raise ProblemError(f"Problem dataflow fields come together: {given} given, {missing} missing")
+        nv = len(self.value_bytes)
+        if len(self.value_op) != nv or np.any(self.value_bytes < 0):
+            raise ProblemError("Problem.value_op must have one entry per value and value_bytes be >= 0")
+        if nv and (np.any(np.diff(self.value_op) < 0) or self.value_op.min() < 0
+                   or self.value_op.max() > self.fwd_end):
+            raise ProblemError("Problem.value_op must be non-decreasing forward op positions")
+        off = self.reads_offsets
+        if len(off) != self.fwd_end + 2 or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != len(self.reads):
+            raise ProblemError(f"Problem.reads_offsets must be a CSR offset array of length fwd_end + 2 = "
+                               f"{self.fwd_end + 2} ending at len(reads)")
+        if len(self.reads) and (self.reads.min() < 0 or self.reads.max() >= nv):
+            raise ProblemError("Problem.reads holds value ids out of range")
+        if len(self.act_value) != self.n_act or (self.n_act and (self.act_value.min() < 0
+                                                                  or self.act_value.max() >= nv)):
+            raise ProblemError(f"Problem.act_value needs one value id per activation (n_act={self.n_act})")
 
     # ------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -188,7 +231,8 @@ class Problem:
             first_bwd_use=self.first_bwd_use, last_bwd_use=self.last_bwd_use,
             recomputable=self.recomputable, swappable=self.swappable, ro_off=ro_off, ro_flat=ro_flat,
             rs_off=rs_off, rs_flat=rs_flat, recompute_temp_bytes=self.recompute_temp_bytes,
-            op_output_bytes=self.op_output_bytes)
+            op_output_bytes=self.op_output_bytes,
+            **{k: getattr(self, k) for k in self._DATAFLOW if getattr(self, k) is not None})
         tmp.replace(path)
         return path
 
@@ -207,7 +251,7 @@ class Problem:
                 recompute_temp_bytes=z["recompute_temp_bytes"],
                 host_bandwidth_bytes_per_s=float(meta["host_bandwidth_bytes_per_s"]),
                 device=meta["device"], notes=meta["notes"],
-                op_output_bytes=z.get("op_output_bytes"))
+                op_output_bytes=z.get("op_output_bytes"), **{k: z.get(k) for k in cls._DATAFLOW})
 
     def summary(self) -> dict:
         return {"name": self.name, "n_ops": self.n_ops, "n_act": self.n_act,

@@ -22,7 +22,7 @@ from mutwo.graph import Role, StorageInfo, TrainGraph, is_random_op, mutated_arg
 from mutwo.problem import Problem
 from mutwo.profile import Profile
 
-__all__ = ["build_problem", "recompute_walk", "activation_table", "STATE_UPDATING_OPS"]
+__all__ = ["build_problem", "recompute_walk", "forward_dataflow", "activation_table", "STATE_UPDATING_OPS"]
 
 # ops that write running statistics in place but whose outputs do not depend on them in training mode;
 # the executor passes no running statistics when it recomputes them.
@@ -102,6 +102,8 @@ def build_problem(graph: TrainGraph, prof: Profile, name: str | None = None) -> 
     for s in graph.storages:
         if s.created >= 0 and s.role is not Role.ACTIVATION:
             outputs[s.created] += s.nbytes
+    dataflow, value_of = forward_dataflow(graph)
+    dataflow["act_value"] = np.array([value_of[s.sid] for s in acts], dtype=np.int64)
     return Problem(
         name=name or graph.description.get("workload", "problem"),
         op_names=[o.name for o in graph.ops], op_time_s=prof.op_time_s,
@@ -116,7 +118,25 @@ def build_problem(graph: TrainGraph, prof: Profile, name: str | None = None) -> 
         notes={**graph.description, "bandwidth_source": prof.bandwidth_source,
                "transient_measured": prof.transient_measured,
                "storage_ids": [s.sid for s in acts]},
-        op_output_bytes=outputs)
+        op_output_bytes=outputs, **dataflow)
+
+
+def forward_dataflow(graph: TrainGraph) -> tuple[dict, dict[int, int]]:
+    """Every storage made in forward as a value (bytes, making op) and the values each forward op reads
+    (a view is read as its storage): what a recompute chain allocates and frees, op by op. Returns the
+    Problem's dataflow fields (all but ``act_value``) and the value id of each such storage id."""
+    made = sorted((s.created, s.sid) for s in graph.storages if 0 <= s.created <= graph.fwd_end)
+    value_of = {sid: v for v, (_, sid) in enumerate(made)}
+    reads: list[list[int]] = []
+    for node in graph.ops[: graph.fwd_end + 1]:
+        ids = {value_of[sid] for arg in node.all_input_nodes
+               if (sid := graph.storage_of.get(arg)) is not None and sid in value_of}
+        reads.append(sorted(ids))
+    offsets = np.zeros(len(reads) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(r) for r in reads])
+    return {"value_bytes": np.array([graph.storages[sid].nbytes for _, sid in made], dtype=np.int64),
+            "value_op": np.array([pos for pos, _ in made], dtype=np.int64),
+            "reads_offsets": offsets, "reads": np.array([v for r in reads for v in r], dtype=np.int64)}, value_of
 
 
 def activation_table(problem: Problem) -> pd.DataFrame:

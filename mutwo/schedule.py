@@ -228,13 +228,24 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray,
                         f"recompute it instead")
         ops = op_parts[0] if len(op_parts) == 1 else np.unique(np.concatenate(op_parts))
         chains[a] = RecomputeChain(a, t, ops, sorted(temporaries), sorted(sources),
-                                   float(problem.op_time_s[ops].sum()), chain_peak(problem, a, temporaries))
+                                   float(problem.op_time_s[ops].sum()), chain_peak(problem, a, temporaries, ops))
     return chains
 
 
-def chain_peak(problem: Problem, target: int, temporaries: list[int]) -> int:
-    """Most bytes a chain holds at once: members run in creation order; each member holds its own
-    intermediates while it runs; a temporary is freed after the last member that reads it."""
+def chain_peak(problem: Problem, target: int, temporaries: list[int], ops: np.ndarray | None = None) -> int:
+    """Most bytes a chain holds at once, its target included (its resident sources are counted
+    elsewhere).
+
+    With the Problem's forward dataflow, op by op as the executor runs it: the chain's ops (``ops``, or
+    the union of its members' recompute ops) run in position order, each allocating the values it makes
+    on top of what is held, and every value but the target is freed after its last reader in the chain.
+    Without it, member by member: members run in creation order; each holds all of its intermediates
+    (``recompute_temp_bytes``) while it is made; a temporary is freed after the last member that reads it.
+    """
+    if problem.has_dataflow:
+        if ops is None:
+            ops = np.unique(np.concatenate([problem.recompute_ops[x] for x in [target, *temporaries]]))
+        return _chain_peak_ops(problem, int(problem.act_value[target]), ops)
     if not temporaries:
         return int(problem.act_bytes[target] + problem.recompute_temp_bytes[target])
     members = sorted([*temporaries, target], key=lambda x: (int(problem.created[x]), x))
@@ -252,6 +263,40 @@ def chain_peak(problem: Problem, target: int, temporaries: list[int]) -> int:
         held += int(nbytes[x])
         freed_after[last_reader[x]] = freed_after.get(last_reader[x], 0) + int(nbytes[x])
         held -= freed_after.pop(i, 0)
+    return peak
+
+
+def _dataflow_lists(problem: Problem) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The dataflow as Python lists (chain_peak runs in solvers' inner loops), cached on the Problem:
+    where each forward op's made values start, where its reads start, the reads, the value sizes."""
+    cached = problem.__dict__.get("_dataflow_lists")
+    if cached is None:
+        makes = np.searchsorted(problem.value_op, np.arange(problem.fwd_end + 2), side="left")
+        cached = (makes.tolist(), problem.reads_offsets.tolist(), problem.reads.tolist(),
+                  problem.value_bytes.tolist())
+        problem.__dict__["_dataflow_lists"] = cached
+    return cached
+
+
+def _chain_peak_ops(problem: Problem, target_value: int, ops: np.ndarray) -> int:
+    makes, reads_off, reads, nbytes = _dataflow_lists(problem)
+    order = ops.tolist()
+    last_reader: dict[int, int] = {}
+    for k, op in enumerate(order):
+        for v in reads[reads_off[op]:reads_off[op + 1]]:
+            last_reader[v] = k
+    held = peak = 0
+    freed_after: dict[int, int] = {}
+    for k, op in enumerate(order):
+        made = range(makes[op], makes[op + 1])
+        for v in made:
+            held += nbytes[v]
+        peak = max(peak, held)
+        for v in made:
+            if v != target_value:
+                end = max(last_reader.get(v, k), k)
+                freed_after[end] = freed_after.get(end, 0) + nbytes[v]
+        held -= freed_after.pop(k, 0)
     return peak
 
 

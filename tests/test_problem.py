@@ -60,13 +60,31 @@ def test_check_names_the_activation(over, act):
         Problem(**_fields(**over))
 
 
+# forward dataflow of _fields(): op 0 makes x; op 1 makes a 7-byte temporary and y from x; op 2 reads both
+DATAFLOW = dict(value_bytes=[10, 7, 20], value_op=[0, 1, 1], reads_offsets=[0, 0, 1, 3], reads=[0, 1, 2],
+                act_value=[0, 2])
+
+
+@pytest.mark.parametrize("over, field", [
+    (dict(value_bytes=[10, 7]), "value_op"),
+    (dict(value_op=[1, 0, 1]), "non-decreasing"),
+    (dict(reads_offsets=[0, 0, 1]), "reads_offsets"),
+    (dict(reads=[0, 1, 3]), "out of range"),
+    (dict(act_value=[0]), "act_value"),
+    (dict(act_value=None), "come together"),
+])
+def test_dataflow_check_names_the_field(over, field):
+    with pytest.raises(ProblemError, match=field):
+        Problem(**_fields(**{**DATAFLOW, **over}))
+
+
 def test_non_recomputable_may_have_no_recompute_ops():
     p = Problem(**_fields(recomputable=[True, False], recompute_ops=[[0], []]))
     assert len(p.recompute_ops[1]) == 0
 
 
 @pytest.mark.parametrize("problem", [Problem(**_fields(notes={"model": "toy", "batch": 2})),
-                                     residual(3, seed=1), random_dag(50, seed=2)])
+                                     Problem(**_fields(**DATAFLOW)), residual(3, seed=1), random_dag(50, seed=2)])
 def test_save_load_round_trip(problem, tmp_path):
     path = problem.save(tmp_path / "p.npz")
     assert path.exists() and not list(tmp_path.glob("*.tmp*"))
@@ -77,5 +95,8 @@ def test_save_load_round_trip(problem, tmp_path):
             assert value.dtype == other.dtype and np.array_equal(value, other), key
         elif key in ("recompute_ops", "recompute_sources"):
             assert len(value) == len(other) and all(np.array_equal(a, b) for a, b in zip(value, other, strict=True))
+        elif value is None:
+            assert other is None, key
         else:
             assert value == other, key
+    assert q.has_dataflow == problem.has_dataflow

@@ -378,3 +378,22 @@ def test_early_recompute_point_must_lie_in_backward_before_the_first_use():
             simulate(p, Schedule(np.array([K, R], np.int8), np.full(2, -1), recompute_at=ra))
     with pytest.raises(ScheduleError, match="only RECOMPUTE activations take one"):
         validate(p, Schedule(np.array([K, R], np.int8), np.full(2, -1), recompute_at=[4, -1]))
+
+
+def test_chain_memory_followed_op_by_op_with_the_forward_dataflow():
+    # forward: op 0 makes A (10 B), op 1 makes a 50-byte temporary T from A, op 2 makes B (100 B) from T.
+    # Both recomputed; B's chain at op 5 regenerates A as a temporary: ops 0, 1, 2.
+    acts = [dict(bytes=10, c=0, lf=1, fb=6, lb=6), dict(bytes=100, c=2, lf=2, fb=5, lb=5, ops=[1, 2], srcs=[0],
+                                                        temp=50)]
+    p = make(7, 3, acts)
+    member_level = simulate(p, sched(p, [R, R]))
+    # member by member: A (10) is held while all of B's intermediates (50) and B (100) are made
+    assert member_level.timeline_bytes[5] == 160
+    flow = Problem(**{**{k: getattr(p, k) for k in p.__dataclass_fields__},
+                      "value_bytes": [10, 50, 100], "value_op": [0, 1, 2], "reads_offsets": [0, 0, 1, 2, 2],
+                      "reads": [0, 1], "act_value": [0, 2]})
+    sim = simulate(flow, sched(flow, [R, R]))
+    # op by op: A is freed once op 1 has read it, T once op 2 has: at most T + B = 150
+    assert sim.timeline_bytes[5] == 150
+    assert sim.timeline_bytes.tolist() == [10, 10, 100, 0, 0, 150, 10]
+    assert sim.time_s == member_level.time_s
