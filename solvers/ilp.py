@@ -67,6 +67,28 @@ def _fits(sim: SimResult, budget: int) -> bool:
     return int(sim.peak_bytes) <= int(budget)
 
 
+def _proven_by_compute_bound(problem: Problem, budget: int, warm: Schedule | None,
+                             rel_gap: float) -> tuple[SimResult, dict, str] | None:
+    """The start plan, when it already fits and is within ``rel_gap`` of the compute time.
+
+    Every plan takes at least the compute time (recompute and stall are never negative), and that is
+    also the full model's LP bound (docs/ilp.md), so no engine can prove more: building and solving the
+    model would only spend the time limit confirming it.
+    """
+    if warm is None:
+        return None
+    sim = simulate(problem, warm)
+    compute = float(problem.op_time_s.sum())
+    gap = (sim.time_s - compute) / sim.time_s if sim.time_s > 0 else 0.0
+    if not _fits(sim, budget) or gap > rel_gap:
+        return None
+    shown = {"gap": gap, "simulated_time_s": sim.time_s, "simulated_peak_bytes": int(sim.peak_bytes),
+             "engine": "none (compute-time bound)"}
+    msg = (f"start plan proven within {gap:.2%} of optimal by the compute-time bound ({compute:.6g} s; no plan "
+           f"is faster), so no model was solved: objective {sim.time_s:.6g} s; peak {sim.peak_bytes} B")
+    return sim, shown, msg
+
+
 def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "full",
            max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
     """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
@@ -128,6 +150,14 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
     shown.update(time_limit_s=time_limit, rel_gap=rel_gap, threads=threads, seed=seed, mode=mode)
 
     warm, warm_from = _warm_start(problem, budget, options.get("warm_start", _DEFAULT), mode, seed)
+    proven = _proven_by_compute_bound(problem, budget, warm, rel_gap)
+    if proven is not None:
+        shown.update(warm_start=warm_from, **proven[1])
+        s = Schedule(warm.decisions, warm.prefetch_at, recompute_at=warm.recompute_at, solver=solver_name,
+                     status=Status.OPTIMAL, budget_bytes=budget, options=shown, objective=proven[0].time_s,
+                     bound=float(problem.op_time_s.sum()), message=proven[2])
+        s.solve_time_s = time.perf_counter() - t0
+        return s
     build_kw = {"max_chain_depth": options.get("max_chain_depth", -1),
                 "exact_positions": options.get("exact_positions"), "prefetch": options.get("prefetch", "free"),
                 "max_candidates": int(options.get("max_candidates", 6))}
@@ -235,7 +265,8 @@ def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, s
     d, pf = F.decode(np.rint(res.x))
     x, issue = F.complete(d, pf)
     objective = F.objective_of(x)
-    bound = None if res.bound is None else min(res.bound * tu, objective)
+    # no plan is faster than its compute time: an engine's weaker bound is raised to it
+    bound = None if res.bound is None else min(max(res.bound * tu, float(problem.op_time_s.sum())), objective)
     status = Status.OPTIMAL if res.status == "optimal" else Status.FEASIBLE
     notes = []
     if issue:

@@ -201,3 +201,28 @@ def test_brute_force_tie_break_prefers_fewest_changes():
     big = 10**12
     s = brute_force(p, big)
     assert s.status == Status.OPTIMAL and np.all(s.decisions == Decision.KEEP)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_start_plan_within_the_gap_of_the_compute_time_is_proven_without_a_model(name):
+    """Swaps that hide under compute cost nothing: the greedy's plan is as fast as the compute time,
+    which bounds every plan, so it is returned as optimal at once, with that bound."""
+    p = dataclasses.replace(chain(30), host_bandwidth_bytes_per_s=1e15)
+    b = int(0.7 * simulate(p, Schedule.keep_all(p)).peak_bytes)
+    greedy = get_solver("mutwo_greedy")(p, b)
+    assert simulate(p, greedy).time_s == pytest.approx(p.total_compute_s)
+    s = get_solver(name)(p, b, time_limit_s=30)
+    assert s.status is Status.OPTIMAL and "compute-time bound" in s.message
+    assert s.bound == pytest.approx(p.total_compute_s) and s.options["engine"].startswith("none")
+    assert s.decisions.tolist() == greedy.decisions.tolist()
+    assert simulate(p, s).peak_bytes <= b
+    # with a tighter gap than the start plan's, the model is solved
+    slow = dataclasses.replace(p, host_bandwidth_bytes_per_s=1e3)
+    assert "compute-time bound" not in get_solver(name)(slow, b, time_limit_s=10, rel_gap=1e-9).message
+
+
+def test_reported_bound_is_never_below_the_compute_time():
+    p = random_dag(40, 3)
+    b = budgets(p, [0.4])[0]
+    s = get_solver("ilp_pulp_highs")(p, b, **{**EXACT, "time_limit_s": 10})
+    assert s.bound is not None and p.total_compute_s - 1e-12 <= s.bound <= s.objective
