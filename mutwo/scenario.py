@@ -13,10 +13,14 @@ Schema (defaults in brackets)::
     optimizer: {name: sgd, options: {momentum: 0.0}}   # sgd | adam | adamw [adam]
     device: auto                    # auto | cpu | cuda [auto]
     budgets: [1.0, 0.7, "6GiB"]     # fractions in (0, 1] of the keep-all peak, or sizes (KiB..TiB)
-    solvers: [keep_all, {name: mutwo_greedy, options: {mode: both}, label: greedy}]
+    solvers: [keep_all, {name: mutwo_greedy, options: {mode: both}, label: greedy, timeout_s: 60}]
+    solve: {timeout_s: 1800}        # hard wall-clock limit per solver call [1800]; null: in-process
     profile: {runs: 3, warmup: 1}
-    execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0}
+    execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null}
     seed: 0
+
+Everything a scenario can get wrong is checked here, before any model is built or profiled; the one
+exception is what a user builder returns, which is checked on its first call (`call_builder`).
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
-           "ExecuteSpec", "load_scenario", "parse_size", "resolve_builder", "resolve_device"]
+           "ExecuteSpec", "SolveSpec", "load_scenario", "parse_size", "resolve_builder", "resolve_device",
+           "DEFAULT_TIMEOUT_S"]
+
+DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
 
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
+_SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
 _DECIMAL = {"kb": "KiB", "k": "KiB", "mb": "MiB", "m": "MiB", "gb": "GiB", "g": "GiB", "tb": "TiB",
             "t": "TiB", "kib": "KiB", "mib": "MiB", "gib": "GiB", "tib": "TiB", "b": "B"}
 
@@ -59,7 +66,7 @@ def parse_size(text: str) -> int:
         hint = f"write '{m.group(1)}{fix}'" if fix else f"use one of {', '.join(_UNITS)}"
         raise ValueError(f"{text!r} has unit {unit!r}; sizes use binary units (1 GiB = 2^30 bytes): {hint}")
     if value <= 0:
-        raise ValueError(f"{text!r}: a size must be positive")
+        raise ValueError(f"{text!r}: a size must be positive, e.g. '512MiB'")
     return int(round(value * _UNITS[unit]))
 
 
@@ -115,26 +122,54 @@ class OptimizerSpec(BaseModel):
     name: Literal["sgd", "adam", "adamw"] = "adam"
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _known_options(self) -> OptimizerSpec:
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, v: dict[str, Any], info) -> dict[str, Any]:
+        """Option names and value types are those of torch.optim's own defaults for this optimizer."""
         from mutwo.capture import OptimizerConfig
 
-        OptimizerConfig(self.name, dict(self.options)).resolved()  # raises ValueError naming bad keys
-        return self
+        name = info.data.get("name")
+        if name is None:  # the name itself was wrong; that error is enough
+            return v
+        defaults = OptimizerConfig(name, {}).resolved()
+        for key, value in v.items():
+            if key not in defaults:
+                close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown {name} option {key!r}; {hint}known: {', '.join(defaults)}")
+            default = defaults[key]
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, (int, float)):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:  # betas: two numbers
+                ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
+                      and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value))
+            if not ok:
+                raise ValueError(f"{name} option {key!r} is {_shown(value)}; write a value like its default "
+                                 f"{list(default) if isinstance(default, tuple) else default!r}")
+        return v
 
 
 class SolverSpec(BaseModel):
-    """One solver run: a registered name, its options and the label it is reported under."""
+    """One solver run: a registered name, its options, the label it is reported under and, optionally,
+    its own hard time limit (``timeout_s``; unset: the scenario's ``solve.timeout_s``)."""
 
     model_config = _STRICT
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+    timeout_s: float | None = Field(None, gt=0)
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
+        if isinstance(v, str):
+            return {"name": v}
+        if not isinstance(v, (dict, SolverSpec)):
+            raise ValueError(f"{v!r} is not a solver; write a registered name (keep_all) or a mapping "
+                             f"{{name: ..., options: {{...}}, label: ...}}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -158,13 +193,39 @@ class ProfileSpec(BaseModel):
 
 class ExecuteSpec(BaseModel):
     """``max_slowdown``: plans predicted to take longer than this many keep-all iterations are not run
-    (a plan recomputing long chains can take minutes per iteration); null runs every feasible plan."""
+    (a plan recomputing long chains can take minutes per iteration); null runs every feasible plan.
+    ``memory_limit``: a size ('20GiB') the executed step's live tensor storages may not exceed; a plan
+    that goes above it stops at once and its row is ``oom`` (on CPU the live-storage tracker enforces it,
+    on CUDA the allocator is capped). null: no limit but the device's own."""
 
     model_config = _STRICT
     enabled: bool = True
     iterations: int = Field(3, gt=0)
     warmup: int = Field(1, ge=0)
     max_slowdown: float | None = Field(3.0, gt=1.0)
+    memory_limit: int | None = None
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError(f"{v!r} is not a size; write one like '20GiB' (or null for no limit)")
+        if isinstance(v, int):
+            if v <= 0:
+                raise ValueError(f"{v} bytes: a memory limit must be positive, e.g. '20GiB'")
+            return v
+        return parse_size(v)
+
+
+class SolveSpec(BaseModel):
+    """``timeout_s``: hard wall-clock limit of one solver call, in seconds. The call runs in a forked
+    child process that is killed when the limit passes (the row says ``timeout``); null runs solvers in
+    this process, with no limit but their own."""
+
+    model_config = _STRICT
+    timeout_s: float | None = Field(DEFAULT_TIMEOUT_S, gt=0)
 
 
 class Scenario(BaseModel):
@@ -179,6 +240,7 @@ class Scenario(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     budgets: list[Budget]
     solvers: list[SolverSpec]
+    solve: SolveSpec = Field(default_factory=SolveSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     execute: ExecuteSpec = Field(default_factory=ExecuteSpec)
     seed: int = 0
@@ -203,7 +265,14 @@ class Scenario(BaseModel):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
-        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [v]
+        items = v if isinstance(v, list) else [v]
+        bad = [x for x in items if isinstance(x, bool) or not isinstance(x, int)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a batch size; write an integer > 0 or a list of them, "
+                             f"e.g. batch_size: [2, 4]")
+        return v
 
     @field_validator("batch_size")
     @classmethod
@@ -227,26 +296,58 @@ class Scenario(BaseModel):
         resolve_builder(v)
         return v
 
-    @model_validator(mode="after")
-    def _labels(self) -> Scenario:
-        names = [s.name for s in self.solvers]
-        for s in self.solvers:
+    @field_validator("model_options")
+    @classmethod
+    def _builder_takes_them(cls, v: dict[str, Any], info) -> dict[str, Any]:
+        """Option names the builder does not take are caught here, not after the run has started."""
+        model = info.data.get("model")  # absent when 'model' itself failed
+        if model is not None:
+            check_builder_options(resolve_builder(model), model, v)
+        return v
+
+    @field_validator("solvers")
+    @classmethod
+    def _labels(cls, solvers: list[SolverSpec]) -> list[SolverSpec]:
+        names = [s.name for s in solvers]
+        for s in solvers:
             if s.label is None:
                 dup = names.count(s.name) > 1 and s.options
                 s.label = s.name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(s.options.items())) + "]"
                                     if dup else "")
-        labels = [s.label for s in self.solvers]
+        labels = [s.label for s in solvers]
         dups = sorted({x for x in labels if labels.count(x) > 1})
         if dups:
-            raise ValueError(f"solvers: {dups} appear twice; give each a distinct 'label' or 'options'")
+            raise ValueError(f"{', '.join(repr(d) for d in dups)} appears twice; give each a distinct 'label' "
+                             f"or different 'options'")
+        return solvers
+
+    @field_validator("budgets")
+    @classmethod
+    def _unique_budgets(cls, budgets: list[Budget]) -> list[Budget]:
         seen: set[str] = set()
         unique = []
-        for b in self.budgets:
+        for b in budgets:
             if b.label not in seen:
                 seen.add(b.label)
                 unique.append(b)
-        self.budgets = unique
+        return unique
+
+    @model_validator(mode="after")
+    def _time_limits_fit(self) -> Scenario:
+        """A solver's own ``time_limit_s`` above its hard limit would be cut short: say so now."""
+        for i, s in enumerate(self.solvers):
+            hard = self.timeout_s(s)
+            own = s.options.get("time_limit_s")
+            if hard is not None and isinstance(own, (int, float)) and not isinstance(own, bool) and own >= hard:
+                where = f"solvers[{i}].timeout_s" if s.timeout_s is not None else "solve.timeout_s"
+                raise ValueError(f"field 'solvers[{i}].options.time_limit_s': {own:g} s is not below the hard "
+                                 f"limit {where} = {hard:g} s, which would kill {s.label} first; raise {where} "
+                                 f"above it, or lower time_limit_s")
         return self
+
+    def timeout_s(self, spec: SolverSpec) -> float | None:
+        """The hard wall-clock limit of one call of ``spec`` (None: in-process, unlimited)."""
+        return spec.timeout_s if spec.timeout_s is not None else self.solve.timeout_s
 
 
 # ---------------------------------------------------------------------- builders and devices
@@ -267,9 +368,17 @@ def resolve_builder(model: str) -> Callable[..., Any]:
             close = difflib.get_close_matches(fn_name, public, n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"module {module_name!r} has no function {fn_name!r}{hint}")
-        if not callable(fn) or isinstance(fn, types.ModuleType):
+        if not callable(fn) or isinstance(fn, (types.ModuleType, type)):
             raise ValueError(f"{model!r} is not a function; it must be "
                              f"function(batch_size, **model_options) -> Workload")
+        returns = _return_annotation(fn)
+        if returns is not None:
+            from mutwo.capture import Workload
+
+            if not (isinstance(returns, type) and issubclass(returns, Workload)):
+                shown = getattr(returns, "__name__", None) or str(returns)
+                raise ValueError(f"{model!r} is annotated to return {shown}; a builder must return "
+                                 f"mutwo.capture.Workload(model, inputs, loss_fn, name)")
         return fn
     from mutwo.zoo import ZOO
 
@@ -279,6 +388,41 @@ def resolve_builder(model: str) -> Callable[..., Any]:
         raise ValueError(f"unknown model {model!r}; {hint}zoo: {', '.join(sorted(ZOO))}; or name your own "
                          f"builder as 'module:function'")
     return ZOO[model]
+
+
+def _return_annotation(fn: Callable) -> Any:
+    """The builder's declared return type, resolved; None when absent or not a plain class (Any, a
+    string that does not resolve, a generic): only a definite wrong type is an error."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None
+    returns = hints.get("return")
+    return returns if isinstance(returns, type) and returns is not type(None) else None
+
+
+def check_builder_options(fn: Callable, model: str, options: dict[str, Any]) -> None:
+    """Raise ValueError naming an option ``fn(batch_size, **options)`` would not accept (with the
+    closest parameter). Builders taking ``**kwargs`` are checked when they are called instead."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    first = next(iter(params), None)  # batch_size, passed by position
+    takes = [n for n in names if n not in (first, "device")]
+    for key in options:
+        if key not in takes:
+            close = difflib.get_close_matches(key, takes, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{key!r} is not a parameter of {model!r}; {hint}it takes: "
+                             f"{', '.join(takes) or '(no options)'}")
+    try:
+        inspect.signature(fn).bind(1, **options)
+    except TypeError as exc:
+        raise ValueError(f"{model!r} cannot be called as {model}(batch_size, **model_options): {exc}") from None
 
 
 def resolve_device(device: str) -> str:
@@ -321,8 +465,22 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
+_FIX = {"int_parsing": "write a whole number", "int_from_float": "write a whole number", "int_type":
+        "write a whole number", "float_parsing": "write a number", "float_type": "write a number",
+        "bool_parsing": "write true or false", "bool_type": "write true or false",
+        "list_type": "write a list, e.g. [a, b]", "dict_type": "write a mapping, e.g. {key: value}",
+        "model_type": "write a mapping, e.g. {key: value}", "string_type": "write a string (quote it)"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _describe(errors: list[dict], source: str) -> str:
+    """One line per pydantic error: the file, the field (a.b[0].c), what is wrong and how to fix it."""
     lines = []
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
     for err in errors:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
         field = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
@@ -332,11 +490,25 @@ def _describe(errors: list[dict], source: str) -> str:
             hint = f"did you mean {close[0]!r}? " if close else ""
             lines.append(f"{source}: unknown key {field!r}; {hint}valid keys here: {', '.join(valid)}")
             continue
-        msg = err["msg"]
-        msg = msg.removeprefix("Value error, ")
         if err["type"] == "missing":
-            msg = "is required but missing"
-        lines.append(f"{source}: field {field or '(top level)'!r}: {msg}")
+            # 'budgets' missing next to an unknown 'budget' is one mistake: the unknown key says it
+            if any(tuple(e["loc"][:-1]) == tuple(err["loc"][:-1])
+                   and difflib.get_close_matches(str(e["loc"][-1]), [str(loc[-1])], n=1, cutoff=0.5)
+                   for e in extra):
+                continue
+            lines.append(f"{source}: field {field!r} is required but missing")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in ("value_error", "assertion_error"):
+            msg += f" (value: {_shown(err.get('input'))})"
+            fix = _FIX.get(err["type"])
+            if err["type"] == "literal_error":
+                allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+                close = difflib.get_close_matches(str(err.get("input")), allowed, n=1, cutoff=0.4)
+                fix = f"did you mean {close[0]!r}?" if close else None
+            if fix:
+                msg += f"; {fix}"
+        lines.append(f"{source}: field {field!r}: {msg}" if field else f"{source}: {msg}")
     return "\n".join(lines)
 
 
@@ -350,8 +522,11 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {str(exc).splitlines()[0]} "
-                            f"(tags like !!python/object are not allowed)") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{path}: not valid YAML{where}: {what} (tags like !!python/object are not "
+                            f"allowed)") from exc
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: the top level must be a mapping of keys (name, model, budgets, ...)")
     data = {**data, **(overrides or {})}

@@ -95,14 +95,22 @@ def test_model_errors(tmp_path):
 
 def test_user_builder_must_return_a_workload(monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
-    s = validate_scenario({**BASE, "model": "fixtures_user_model:not_a_workload"})
-    with pytest.raises(ScenarioError, match="'model'.*returned dict"):
+    # a return annotation that is not a Workload is refused when the scenario is loaded
+    with pytest.raises(ScenarioError, match="'model'.*annotated to return dict.*expected|'model'.*Workload"):
+        validate_scenario({**BASE, "model": "fixtures_user_model:not_a_workload"})
+    # without one, the first call says what came back and what was expected
+    s = validate_scenario({**BASE, "model": "fixtures_bad_builders:returns_a_dict"})
+    with pytest.raises(ScenarioError, match="'model'.*returned dict, expected mutwo.capture.Workload"):
         call_builder(s, 2, "cpu")
     s = validate_scenario({**BASE, "model": "fixtures_user_model:build", "model_options": {"hidden": 8}})
     wl = call_builder(s, 3, "cpu")
     assert wl.inputs[0].shape == (3, 16)
-    s = validate_scenario({**BASE, "model": "fixtures_user_model:build", "model_options": {"widht": 8}})
-    with pytest.raises(ScenarioError, match="model_options"):
+    # options the builder does not take: at load time when its signature lists its parameters ...
+    with pytest.raises(ScenarioError, match="'model_options': 'hiden' is not a parameter.*did you mean 'hidden'"):
+        validate_scenario({**BASE, "model": "fixtures_user_model:build", "model_options": {"hiden": 8}})
+    # ... and at the first call, before any model is made, when it takes **options (the zoo presets)
+    s = validate_scenario({**BASE, "model": "resnet18", "model_options": {"widht": 8}})
+    with pytest.raises(ScenarioError, match="'model_options' does not fit 'resnet18'.*widht"):
         call_builder(s, 3, "cpu")
 
 
