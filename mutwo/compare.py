@@ -413,20 +413,21 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
     row = _new_row(scenario, batch.batch_size, spec, budget, device, batch.keep_all_peak_bytes,
                    batch.keep_all_time_s, execute_note)
     timeout_s = scenario.timeout_s(spec)
+    floor_note = _floor_note(batch, budget_bytes)
     try:
         schedule = run_solver(spec.name, problem, budget_bytes, spec.options, timeout_s=timeout_s)
     except SolverTimeout as exc:  # killed: a result, not the end of the run
         row.update({"status": "timeout", "solve_time_s": exc.timeout_s,
                     "message": f"{exc}; give it longer with solvers[].timeout_s or solve.timeout_s",
                     "execute_note": "not executed: the solver timed out"})
-        return row
+        return _below_floor(row, floor_note)
     except Exception as exc:  # a broken solver is a result, not the end of the run
         if debug:
             print(getattr(exc, "child_traceback", "") or traceback.format_exc(), file=sys.stderr)
         name = exc.type_name if isinstance(exc, SolverProcessError) else type(exc).__name__
         row.update({"status": "error", "message": f"{name}: {exc}".strip(),
                     "execute_note": "not executed: the solver raised"})
-        return row
+        return _below_floor(row, floor_note)
     if not isinstance(schedule, Schedule):
         row.update({"status": "invalid", "message": f"the solver returned {type(schedule).__name__}, expected "
                     f"mutwo.schedule.Schedule", "execute_note": "not executed: invalid schedule"})
@@ -454,7 +455,6 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
     if row["status"] in FEASIBLE and sim.peak_bytes > budget_bytes:
         row.update({"status": "invalid", "message": f"the solver said {row['status']}, but the simulated peak "
                     f"{sim.peak_bytes} bytes exceeds the budget {budget_bytes} bytes; {schedule.message}"})
-    floor_note = _floor_note(batch, budget_bytes)
     if row["status"] == "infeasible" and floor_note:  # the row says how low a budget can go
         row["message"] = f"{floor_note}; {row['message']}" if row["message"] else floor_note
     if row["status"] not in FEASIBLE:
@@ -499,6 +499,15 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
                 "emulated_swap": measured["emulated_swap"] and bool(row["n_swap"]),
                 "measured_overhead_pct": 100.0 * (measured["measured_time_s"] / base_time - 1.0)
                 if base_time else None})
+    return row
+
+
+def _below_floor(row: dict, floor_note: str) -> dict:
+    """A solver that failed (raised, timed out) at a budget below the floor: the cell is infeasible all
+    the same, proven by the floor; what the solver did stays in the message."""
+    if floor_note:
+        row.update({"status": "infeasible", "message": f"{floor_note}; the solver did not say so: its "
+                    f"{'call timed out' if row['status'] == 'timeout' else 'call raised'}: {row['message']}"})
     return row
 
 
