@@ -142,6 +142,7 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
         rhs = F.budget - int(base[t]) - int(const[k])
         if rhs < 0:
             F.infeasible = f"op {t} ({p.op_names[t]!r}) needs {int(base[t] + const[k])} B in every plan"
+            continue
         F.add({S[(k, a)]: float(p.act_bytes[a]) for a in in_gap.get(k, [])}, -INF, rhs, "mem")
     # memory while a stage's recomputations run (before its op allocates outputs and workspace): what
     # was resident and is not being recomputed (P >= A - R), plus the node being made, its
@@ -165,6 +166,10 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
                     y = F.var(f"Y{k}_{s_}_{i}", "C", 0, 1)
                     F.add({R[(k, s_)]: 1.0, R[(k, i)]: 1.0, y: -1.0}, -INF, 1, "logic")
                     terms[y] = terms.get(y, 0.0) + float(p.act_bytes[s_])
+            if rhs < 0 and not any(terms.values()):
+                F.infeasible = F.infeasible or (f"op {t} ({p.op_names[t]!r}) needs more than the budget while "
+                                                f"its recomputations run, in every plan")
+                continue
             F.add(terms, -INF, rhs, "mem")
     F.obj = obj
     F.obj_const = float(p.op_time_s.sum()) / tu

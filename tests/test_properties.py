@@ -84,10 +84,8 @@ def test_exact_solvers_are_honest_and_round_trip(name, options, case):
     _check(p, budget, get_solver(name)(p, budget, **options))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="solvers/checkmate.py builds an empty row that cannot hold below the floor "
-                          "(found by the property test above); remove this mark when it says infeasible")
 def test_checkmate_below_the_floor_says_infeasible():
+    """Found by the property test above: checkmate_exact used to build an empty row that cannot hold."""
     p = chain(3)
     s = get_solver("checkmate_exact")(p, peak_floor(p)[0] - 1, time_limit_s=2)
     assert s.status.value == "infeasible"
