@@ -274,7 +274,7 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
               markdown_table(best_per_budget(df)) if len(df) else "(no rows)", ""]
     lines += _largest_batch_section(df, batches) if len(df) else []
     lines += ["## All results", "", markdown_table(summary_frame(df)) if len(df) else "(no rows)", ""]
-    errors = df[df["status"].isin(["error", "invalid"])]
+    errors = df[df["status"].isin(["error", "invalid", "timeout", "oom"])]
     if len(errors):
         lines += ["## Errors", ""]
         lines += [f"- batch {r.batch_size}, {r.solver} @ {r.budget}: {r.status}: {r.message}"

@@ -6,6 +6,7 @@ key (``resnet152``, ``bert-base``, ...) or point to a user's own ``module:functi
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -75,6 +76,11 @@ def _preset(fn: Callable[..., Workload], **fixed) -> Callable[..., Workload]:
         return fn(batch_size, device=device, **{**fixed, **options})
 
     build.__doc__ = f"{fn.__name__} with {fixed}"
+    # the builder's own parameters, the preset's values as defaults: a scenario's model_options are
+    # then checked against them when it is loaded (a typo is refused before anything is built)
+    sig = inspect.signature(fn)
+    build.__signature__ = sig.replace(parameters=[
+        q.replace(default=fixed[q.name]) if q.name in fixed else q for q in sig.parameters.values()])
     return build
 
 

@@ -133,6 +133,8 @@ BAD_INPUTS = [
     ("builder option it does not take", {"model": "tests.fixtures_user_model:build",
                                          "model_options": {"hiden": 8}}, "'model_options'",
      "did you mean 'hidden'"),
+    ("zoo model option typo", {"model": "resnet18", "model_options": {"image_sise": 32}}, "'model_options'",
+     "did you mean 'image_size'"),
     ("optimizer option typo", {"optimizer": {"name": "sgd", "options": {"momentom": 0.9}}},
      "'optimizer.options'", "did you mean 'momentum'"),
     ("empty solver list", {"solvers": []}, "'solvers'", "list at least one"),
@@ -248,6 +250,8 @@ def test_faults_are_rows_and_the_run_goes_on(tmp_path):
     # all the same (the floor proves it), and the message says what the solver did
     assert hang[hang["budget"] == "1"]["status"].tolist() == ["timeout"]
     assert raised[raised["budget"] == "1"]["status"].tolist() == ["error"]
+    report = (tmp_path / "rel" / "r" / "report.md").read_text().split("## Errors", 1)[1]
+    assert "test_hang @ 1: timeout" in report and "test_raises @ 1: error" in report
     failed_low = df[(df["budget"] == "1KiB") & df["solver"].isin(["test_hang", "test_raises"])]
     assert (failed_low["status"] == "infeasible").all()
     assert failed_low["message"].str.contains("the solver did not say so: its call (?:timed out|raised)").all()
