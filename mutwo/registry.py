@@ -7,6 +7,13 @@ Third-party solvers announce themselves through the ``mutwo.solvers`` entry-poin
 point names a module (importing it runs its ``@register_solver`` decorators) or a solver function
 (registered under the entry point's name unless it registered itself).
 
+Every solver says which options it takes (`solver_options`): those given to ``register_solver(name,
+options=...)``, else the keyword parameters of its signature after ``problem, budget_bytes`` when it has
+no ``**kwargs``. A solver that takes ``**kwargs`` and declares nothing accepts any option (third-party
+solvers written before declarations existed keep working). The wrapper refuses an option a solver does
+not take with a TypeError naming it and the accepted ones, and `mutwo.scenario` checks scenario options
+against the same declaration when the file is loaded, before any model is built.
+
 `run_solver` is how the comparison driver calls a solver: under a hard wall-clock limit, in a forked
 child process that is killed (with any helper processes it started, e.g. a CBC binary) when the limit
 passes, so a solver that hangs costs one ``timeout`` row instead of the run. Fork shares the parent's
@@ -23,6 +30,7 @@ import functools
 import gc
 import importlib
 import importlib.metadata
+import inspect
 import multiprocessing
 import os
 import pickle
@@ -32,14 +40,14 @@ import time
 import traceback
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mutwo.schedule import Schedule
 
 __all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "SolverFn", "UnknownSolverError", "DuplicateSolverError",
            "SolverTimeout", "SolverProcessError", "register_solver", "get_solver", "available_solvers",
-           "run_solver"]
+           "run_solver", "solver_options", "solver_option_defaults", "unknown_option_message", "NO_DEFAULT"]
 
 SolverFn = Callable[..., Schedule]
 
@@ -98,18 +106,102 @@ def _same_function(a: Callable, b: Callable) -> bool:
     return key(a) == key(b) and key(a) != (None, None)
 
 
-def register_solver(name: str) -> Callable[[SolverFn], SolverFn]:
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT: Any = _NoDefault()  # an option declared by name only: its default is the solver's business
+
+OptionsSpec = Mapping[str, Any] | Iterable[str]
+
+
+def _declared(name: str, fn: Callable, options: OptionsSpec | None) -> dict[str, Any] | None:
+    """The options ``fn`` takes, name -> default (`NO_DEFAULT` where unknown), in declaration order;
+    None: any option (undeclared, and ``fn`` takes ``**kwargs`` or has no readable signature)."""
+    if options is not None:
+        if isinstance(options, str):
+            raise TypeError(f"register_solver({name!r}, options=...): give a list of option names or a "
+                            f"mapping name -> default, not the string {options!r}")
+        declared = (dict(options) if isinstance(options, Mapping)
+                    else dict.fromkeys(options, NO_DEFAULT))
+        bad = [k for k in declared if not isinstance(k, str) or not k.isidentifier()]
+        if bad:
+            raise ValueError(f"register_solver({name!r}, options=...): {bad[0]!r} is not an option name")
+        inherited = getattr(fn, "solver_options", None)  # registering another solver's wrapper
+        params = _keyword_params(fn)
+        if params is not None and inherited is None:
+            missing = [k for k in declared if k not in params[0]]
+            if missing and not params[1]:
+                raise ValueError(f"register_solver({name!r}, options=...) declares {missing[0]!r}, but "
+                                 f"{getattr(fn, '__qualname__', fn)!r} has no such parameter and no **kwargs")
+        return declared
+    if hasattr(fn, "solver_options"):  # another solver's wrapper: it already knows
+        inner = fn.solver_options
+        return None if inner is None else dict(inner)
+    params = _keyword_params(fn)
+    if params is None or params[1]:
+        return None
+    return params[0]
+
+
+def _keyword_params(fn: Callable) -> tuple[dict[str, Any], bool] | None:
+    """(keyword parameters after ``problem, budget_bytes`` -> default, takes ``**kwargs``); None when
+    the signature cannot be read."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    skip = {p.name for p in positional[:2]}  # problem, budget_bytes (passed by position)
+    out = {p.name: (NO_DEFAULT if p.default is p.empty else p.default) for p in params
+           if p.name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return out, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def unknown_option_message(name: str, option: str, accepted: Iterable[str]) -> str:
+    """``unknown <solver> option 'x'; did you mean 'y'? <solver> takes: a, b`` (one line)."""
+    accepted = list(accepted)
+    close = difflib.get_close_matches(str(option), accepted, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    if not accepted:
+        return f"unknown {name} option {option!r}; {name} takes no options: remove it"
+    return f"unknown {name} option {option!r}; {hint}{name} takes: {', '.join(accepted)}"
+
+
+def _unknown_call_message(name: str, unknown: list[str], accepted: Iterable[str]) -> str:
+    """``knapsack got unknown options ['segmnts']; it takes no options`` (a direct call's TypeError)."""
+    accepted = list(accepted)
+    close = [m[0] for k in unknown if (m := difflib.get_close_matches(str(k), accepted, n=1, cutoff=0.5))]
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes no options"
+    return f"{name} got unknown options {sorted(map(str, unknown))}; {hint}{takes}"
+
+
+def register_solver(name: str, options: OptionsSpec | None = None) -> Callable[[SolverFn], SolverFn]:
     """Decorator: register ``fn`` under ``name`` and return a wrapper that fills provenance.
 
     The wrapper times the call (``solve_time_s``, unless the solver measured it itself) and fills
     ``solver`` and ``budget_bytes`` when the solver left them unset, so every solver reports alike.
+
+    ``options``: the options the solver takes, as option names or a mapping name -> default (shown in
+    messages and docs; the solver still applies its own defaults). Not given: the keyword parameters of
+    ``fn`` after ``problem, budget_bytes``, when ``fn`` has no ``**kwargs``; with ``**kwargs`` it
+    accepts anything. A call with an option outside the declared ones raises TypeError naming it.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"solver name must be a non-empty string, got {name!r}")
+    spec = options  # the wrapper's own **options is another thing
 
     def decorator(fn: SolverFn) -> SolverFn:
+        declared = _declared(name, fn, spec)
+
         @functools.wraps(fn)
         def wrapper(problem, budget_bytes: int, **options) -> Schedule:
+            if declared is not None:
+                unknown = [k for k in options if k not in declared]
+                if unknown:
+                    raise TypeError(_unknown_call_message(name, unknown, declared))
             start = time.perf_counter()
             schedule = fn(problem, budget_bytes, **options)
             elapsed = time.perf_counter() - start
@@ -124,6 +216,7 @@ def register_solver(name: str) -> Callable[[SolverFn], SolverFn]:
             return schedule
 
         wrapper.solver_name = name  # type: ignore[attr-defined]
+        wrapper.solver_options = declared  # type: ignore[attr-defined]
         wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
         with _lock:
             old = _original.get(name)
@@ -204,6 +297,20 @@ def available_solvers() -> list[str]:
     _load_all()
     with _lock:
         return sorted(_wrapped)
+
+
+def solver_options(name: str) -> set[str] | None:
+    """The option names solver ``name`` takes; None when it accepts any (``**kwargs``, undeclared).
+    Raises `UnknownSolverError` for a name nobody registered."""
+    declared = solver_option_defaults(name)
+    return None if declared is None else set(declared)
+
+
+def solver_option_defaults(name: str) -> dict[str, Any] | None:
+    """Solver ``name``'s options -> declared default (`NO_DEFAULT` where none was given), in
+    declaration order; None when it accepts any option."""
+    declared = getattr(get_solver(name), "solver_options", None)
+    return None if declared is None else dict(declared)
 
 
 # ---------------------------------------------------------------------- calls under a time limit

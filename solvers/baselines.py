@@ -1,8 +1,9 @@
 """Baseline solvers: the simple policies every smarter solver has to beat.
 
 Each is a pure, deterministic function ``(problem, budget_bytes, **options) -> Schedule`` and uses
-`mutwo.simulate` as its only feasibility oracle. Budget-free policies (keep_all, recompute_all,
-chen_sqrt, swap_hidden) make their plan and report FEASIBLE only if its simulated peak fits.
+`mutwo.simulate` as its only feasibility oracle. Only chen_sqrt (``segments``, ``share``) and
+swap_hidden (``margin``) take options; each decorator declares them, so any other is refused. Budget-free
+policies (keep_all, recompute_all, chen_sqrt, swap_hidden) make their plan and report FEASIBLE only if its simulated peak fits.
 Budget-driven ones (largest_first, knapsack) recompute a prefix of a candidate order and bisect for the
 shortest prefix that fits; when none fits they say INFEASIBLE and give the lowest peak they reached.
 """
@@ -85,13 +86,13 @@ def _prefix_search(problem: Problem, budget: int, order: np.ndarray, name: str, 
 
 
 # ---------------------------------------------------------------------------- budget-free
-@register_solver("keep_all")
+@register_solver("keep_all", options=())
 def keep_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Keep every activation: the no-savings reference point."""
     return _finish(problem, budget_bytes, np.zeros(problem.n_act, np.int8), "keep_all", options)
 
 
-@register_solver("recompute_all")
+@register_solver("recompute_all", options=())
 def recompute_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Recompute every recomputable activation, each at its own first backward use: the most memory
     recompute alone can save (usually), at the highest price — each chain runs back to the nearest
@@ -100,7 +101,7 @@ def recompute_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
     return _finish(problem, budget_bytes, d, "recompute_all", options)
 
 
-@register_solver("chen_sqrt")
+@register_solver("chen_sqrt", options={"segments": None, "share": True})
 def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = None, share: bool = True,
               **options) -> Schedule:
     """Chen et al. (2016) sqrt(n) checkpointing.
@@ -142,7 +143,7 @@ def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = Non
                    recompute_at=recompute_at)
 
 
-@register_solver("swap_hidden")
+@register_solver("swap_hidden", options={"margin": 1.0})
 def swap_hidden(problem: Problem, budget_bytes: int, *, margin: float = 1.0, **options) -> Schedule:
     """Swap every swappable activation whose idle gap hides both of its transfers.
 
@@ -164,14 +165,14 @@ def _candidates(problem: Problem, key: Callable[[np.ndarray], tuple]) -> np.ndar
     return cand[np.lexsort(key(cand))]
 
 
-@register_solver("largest_first")
+@register_solver("largest_first", options=())
 def largest_first(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Recompute the largest recomputable activations first until the budget holds."""
     order = _candidates(problem, lambda c: (c, -problem.act_bytes[c]))
     return _prefix_search(problem, budget_bytes, order, "largest_first", options)
 
 
-@register_solver("knapsack")
+@register_solver("knapsack", options=())
 def knapsack(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Greedy knapsack (as in PyTorch's activation_memory_budget): cheapest recompute time per byte
     saved first, until the budget holds."""

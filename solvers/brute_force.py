@@ -38,12 +38,10 @@ def _allowed(problem: Problem, mode: str) -> list[list[int]]:
     return out
 
 
-@register_solver("brute_force")
+@register_solver("brute_force", options={"mode": "full", "max_act": MAX_ACT, "seed": 0, "time_limit_s": None})
 def brute_force(problem: Problem, budget_bytes: int, **options) -> Schedule:
-    """Fastest fitting vector (ties: fewest non-KEEP, then lexicographic). Options: ``mode``, ``max_act``."""
-    unknown = set(options) - {"mode", "max_act", "seed", "time_limit_s"}
-    if unknown:
-        raise TypeError(f"brute_force got unknown options {sorted(unknown)}; it takes mode, max_act")
+    """Fastest fitting vector (ties: fewest non-KEEP, then lexicographic). Options: ``mode``, ``max_act``;
+    ``seed`` and ``time_limit_s`` are accepted and not used (it is deterministic and always finishes)."""
     mode = {"both": "full"}.get(options.get("mode", "full"), options.get("mode", "full"))
     if mode not in ("full", "recompute", "swap"):
         raise ValueError(f"mode must be 'full', 'recompute' or 'swap', got {mode!r}")

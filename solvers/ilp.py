@@ -36,8 +36,12 @@ _MIP_LIMIT_SHARE = 0.8  # of the remaining time handed to SCIP / CBC / HiGHS, wh
 _FINISH_RESERVE_S = 2.0  # decode, complete and simulate a large plan after the engine returns
 _ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
 _DEFAULT = object()
-_OPTIONS = {"time_limit_s", "rel_gap", "threads", "warm_start", "seed", "mode", "max_chain_depth",
-            "exact_positions", "prefetch", "max_candidates", "log", "engine", "two_phase"}
+# what the ILP solvers take (name -> default, as the module docstring lists them); the registry refuses
+# any other. ``engine`` is ilp_ortools_mip's only: the other backends have one engine each.
+_DECLARED = {"time_limit_s": 60.0, "rel_gap": 0.01, "threads": 2, "warm_start": "mutwo_greedy", "seed": 0,
+             "mode": "full", "max_chain_depth": -1, "exact_positions": None, "prefetch": "free",
+             "max_candidates": 6, "two_phase": None, "log": False}
+_OPTIONS = set(_DECLARED) | {"engine"}
 
 
 def _warm_start(problem: Problem, budget: int, warm, mode: str, seed: int) -> tuple[Schedule | None, str]:
@@ -311,25 +315,25 @@ def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, s
     return s
 
 
-@register_solver("ilp_cpsat")
+@register_solver("ilp_cpsat", options=_DECLARED)
 def ilp_cpsat(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation on OR-Tools CP-SAT (integer-scaled times, parallel portfolio)."""
     return solve_ilp(problem, budget_bytes, "cpsat", **options)
 
 
-@register_solver("ilp_ortools_mip")
+@register_solver("ilp_ortools_mip", options={**_DECLARED, "engine": "SCIP"})
 def ilp_ortools_mip(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation on OR-Tools pywraplp (SCIP, or CBC with ``engine="CBC"``)."""
     return solve_ilp(problem, budget_bytes, "ortools_mip", **options)
 
 
-@register_solver("ilp_pulp_cbc")
+@register_solver("ilp_pulp_cbc", options=_DECLARED)
 def ilp_pulp_cbc(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation through PuLP on its bundled CBC."""
     return solve_ilp(problem, budget_bytes, "pulp_cbc", **options)
 
 
-@register_solver("ilp_pulp_highs")
+@register_solver("ilp_pulp_highs", options=_DECLARED)
 def ilp_pulp_highs(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation through PuLP on HiGHS."""
     return solve_ilp(problem, budget_bytes, "pulp_highs", **options)

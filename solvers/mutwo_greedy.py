@@ -605,12 +605,9 @@ def solve(problem: Problem, budget_bytes: int, *, mode: str = "both", seed: int 
     return GreedyResult(sched, peak_b, tl, t_s, steps)
 
 
-@register_solver("mutwo_greedy")
+@register_solver("mutwo_greedy", options={"mode": "both", "seed": 0, "verify": True})
 def mutwo_greedy(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """μ-TWO Algorithm B. Options: ``mode`` ("both" | "recompute" | "swap"), ``seed``, ``verify``."""
-    unknown = set(options) - {"mode", "seed", "verify"}
-    if unknown:
-        raise TypeError(f"mutwo_greedy got unknown options {sorted(unknown)}; it takes mode, seed, verify")
     return solve(problem, budget_bytes, **options).schedule
 
 
