@@ -2,10 +2,11 @@
 
 Each is a pure, deterministic function ``(problem, budget_bytes, **options) -> Schedule`` and uses
 `mutwo.simulate` as its only feasibility oracle. Only chen_sqrt (``segments``, ``share``) and
-swap_hidden (``margin``) take options; each decorator declares them, so any other is refused. Budget-free
-policies (keep_all, recompute_all, chen_sqrt, swap_hidden) make their plan and report FEASIBLE only if its simulated peak fits.
-Budget-driven ones (largest_first, knapsack) recompute a prefix of a candidate order and bisect for the
-shortest prefix that fits; when none fits they say INFEASIBLE and give the lowest peak they reached.
+swap_hidden (``margin``) take options; each decorator declares them, so any other is refused.
+Budget-free policies (keep_all, recompute_all, chen_sqrt, swap_hidden) make their plan and report
+FEASIBLE only if its simulated peak fits. Budget-driven ones (largest_first, knapsack) recompute a
+prefix of a candidate order and bisect for the shortest prefix that fits; when none fits they say
+INFEASIBLE and give the lowest peak they reached.
 """
 
 from __future__ import annotations
