@@ -20,7 +20,9 @@ Schema (defaults in brackets)::
     seed: 0
 
 Everything a scenario can get wrong is checked here, before any model is built or profiled; the one
-exception is what a user builder returns, which is checked on its first call (`call_builder`).
+exception is what a user builder returns, which is checked on its first call (`call_builder`). Solver
+options are checked against what each solver declares (`mutwo.registry.solver_options`); a solver
+taking ``**options`` without declaring them is not checked.
 """
 
 from __future__ import annotations
@@ -182,6 +184,25 @@ class SolverSpec(BaseModel):
             hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
             raise ValueError(f"unknown solver {v!r}; {hint}registered: {', '.join(names)} (register more "
                              f"with @mutwo.registry.register_solver or a 'mutwo.solvers' entry point)")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _solver_takes_them(cls, v: dict[str, Any], info) -> dict[str, Any]:
+        """Option names the solver does not take are caught here, not when it first runs (after the
+        model was captured and profiled). A solver taking ``**options`` without declaring any is not
+        checked (`mutwo.registry.solver_options` is None for it)."""
+        from mutwo.registry import solver_option_defaults, unknown_option_message
+
+        name = info.data.get("name")  # absent when 'name' itself failed; that error is enough
+        if name is None:
+            return v
+        accepted = solver_option_defaults(name)
+        if accepted is None:
+            return v
+        for key in v:
+            if key not in accepted:
+                raise ValueError(unknown_option_message(name, key, accepted))
         return v
 
 

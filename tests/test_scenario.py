@@ -79,8 +79,8 @@ def test_solvers_unknown_or_empty(tmp_path):
     assert "solvers[0].name" in text and "did you mean 'mutwo_greedy'" in text
     text = _error(tmp_path, solvers=[])
     assert "'solvers'" in text and "at least one" in text
-    text = _error(tmp_path, solvers=[{"name": "knapsack", "options": {"a": 1}},
-                                     {"name": "knapsack", "options": {"a": 1}}])
+    text = _error(tmp_path, solvers=[{"name": "chen_sqrt", "options": {"segments": 2}},
+                                     {"name": "chen_sqrt", "options": {"segments": 2}}])
     assert "label" in text
 
 
