@@ -160,3 +160,136 @@ def test_real_entry_points_api_is_used(clean_registry, monkeypatch):
     monkeypatch.setattr(registry.importlib.metadata, "entry_points", fake_entry_points)
     assert clean_registry.available_solvers() == ["via_metadata"]
     assert seen == {"group": "mutwo.solvers"}
+
+
+# ---------------------------------------------------------------------- the options a solver takes
+def test_options_derived_from_a_signature_without_kwargs(clean_registry):
+    seen = {}
+
+    @clean_registry.register_solver("derived")
+    def derived(problem, budget_bytes, *, k: int = 10, share: bool = True):
+        seen.update(k=k, share=share)
+        return _plan(problem, budget_bytes)
+
+    assert clean_registry.solver_options("derived") == {"k", "share"}
+    assert clean_registry.solver_option_defaults("derived") == {"k": 10, "share": True}
+    derived(_FakeProblem(), 1, k=3)
+    assert seen == {"k": 3, "share": True}
+    with pytest.raises(TypeError) as info:
+        derived(_FakeProblem(), 1, kk=3)
+    assert str(info.value) == "derived got unknown options ['kk']; did you mean 'k'? it takes: k, share"
+    # a solver with no parameters but the two takes no options at all
+    bare = clean_registry.register_solver("bare")(lambda problem, budget_bytes: _plan(problem, budget_bytes))
+    assert clean_registry.solver_options("bare") == set()
+    with pytest.raises(TypeError, match=r"bare got unknown options \['x'\]; it takes no options"):
+        bare(_FakeProblem(), 1, x=1)
+
+
+def test_declared_options_are_the_only_ones_accepted(clean_registry):
+    got = {}
+
+    @clean_registry.register_solver("declared", options={"alpha": 0.5, "beta": None})
+    def declared(problem, budget_bytes, **options):
+        got.update(options)
+        return _plan(problem, budget_bytes)
+
+    assert clean_registry.solver_options("declared") == {"alpha", "beta"}
+    assert clean_registry.solver_option_defaults("declared") == {"alpha": 0.5, "beta": None}
+    declared(_FakeProblem(), 1, alpha=0.9)
+    assert got == {"alpha": 0.9}
+    with pytest.raises(TypeError, match=r"declared got unknown options \['alpah', 'gamma'\]; did you mean "
+                                        r"'alpha'\? it takes: alpha, beta"):
+        declared(_FakeProblem(), 1, alpah=0.9, gamma=1)
+
+    names_only = clean_registry.register_solver("names_only", options=["x", "y"])(_plan)
+    assert clean_registry.solver_option_defaults("names_only") == {"x": registry.NO_DEFAULT,
+                                                                   "y": registry.NO_DEFAULT}
+    assert names_only(_FakeProblem(), 1, y=2).solver == "names_only"
+    with pytest.raises(TypeError, match="names_only got unknown options"):
+        names_only(_FakeProblem(), 1, z=2)
+
+
+def test_bad_declarations_are_refused_at_registration(clean_registry):
+    def no_kwargs(problem, budget_bytes, *, k=1):
+        return _plan(problem, budget_bytes)
+
+    with pytest.raises(ValueError, match="declares 'j'.*no such parameter and no \\*\\*kwargs"):
+        clean_registry.register_solver("wrong", options={"j": 1})(no_kwargs)
+    with pytest.raises(TypeError, match="not the string"):
+        clean_registry.register_solver("str", options="mode")(_plan)
+    with pytest.raises(ValueError, match="is not an option name"):
+        clean_registry.register_solver("dash", options=["time-limit"])(_plan)
+    assert "wrong" not in clean_registry.available_solvers()
+
+
+def test_kwargs_solver_without_a_declaration_accepts_anything(clean_registry):
+    got = {}
+
+    @clean_registry.register_solver("third_party")
+    def third_party(problem, budget_bytes, *, k=1, **options):
+        got.update(options, k=k)
+        return _plan(problem, budget_bytes)
+
+    assert clean_registry.solver_options("third_party") is None
+    assert clean_registry.solver_option_defaults("third_party") is None
+    third_party(_FakeProblem(), 1, k=2, anything=3, at_all="x")
+    assert got == {"k": 2, "anything": 3, "at_all": "x"}
+
+
+def test_entry_point_function_and_re_registered_wrapper_keep_their_options(clean_registry, monkeypatch):
+    def plugin(problem, budget_bytes, *, depth=2):
+        return _plan(problem, budget_bytes)
+
+    monkeypatch.setattr(registry, "_entry_points", lambda: [_EP("plugin", lambda: plugin)])
+    assert clean_registry.solver_options("plugin") == {"depth"}
+    with pytest.raises(TypeError, match="did you mean 'depth'"):
+        clean_registry.get_solver("plugin")(_FakeProblem(), 1, deph=3)
+    inner = clean_registry.register_solver("inner", options={"a": 1})(_plan)
+    clean_registry.register_solver("alias")(inner)  # the wrapper's **options does not hide the declaration
+    assert clean_registry.solver_options("alias") == {"a"}
+    with pytest.raises(registry.UnknownSolverError):
+        clean_registry.solver_options("nobody")
+
+
+# ---------------------------------------------------------------------- built-in solvers
+def test_every_builtin_declares_its_options_and_refuses_others():
+    import inspect
+
+    from mutwo.synthetic import chain
+    from solvers import ilp, mutwo_greedy
+
+    p = chain(3)
+    names = registry.available_solvers()
+    builtin = [n for n in names if registry.get_solver(n).__module__.startswith("solvers.")]
+    assert set(builtin) >= {"keep_all", "recompute_all", "chen_sqrt", "largest_first", "swap_hidden", "knapsack",
+                            "mutwo_greedy", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs",
+                            "checkmate_exact", "brute_force"}
+    for name in builtin:
+        accepted = registry.solver_options(name)
+        assert accepted is not None, f"{name} declares no options"
+        with pytest.raises(TypeError, match=rf"{name} got unknown options \['not_an_option'\]"):
+            registry.get_solver(name)(p, 10**12, not_an_option=1)
+    for name in ("keep_all", "recompute_all", "largest_first", "knapsack"):
+        assert registry.solver_options(name) == set()
+        with pytest.raises(TypeError, match=rf"{name} got unknown options \['segmnts'\]; it takes no options"):
+            registry.get_solver(name)(p, 10**12, segmnts=3)
+    # declared defaults are the functions' own
+    for name in ("chen_sqrt", "swap_hidden"):
+        sig = inspect.signature(registry.get_solver(name).__wrapped__).parameters
+        assert registry.solver_option_defaults(name) == {k: sig[k].default for k in registry.solver_options(name)}
+    solve_sig = inspect.signature(mutwo_greedy.solve).parameters
+    assert registry.solver_option_defaults("mutwo_greedy") == {k: solve_sig[k].default
+                                                               for k in ("mode", "seed", "verify")}
+    with pytest.raises(TypeError, match="did you mean 'mode'\\? it takes: mode, seed, verify"):
+        registry.get_solver("mutwo_greedy")(p, 10**12, mdoe="both")
+    # the ILP options are solve_ilp's; engine only where there is more than one engine
+    for name in ("ilp_cpsat", "ilp_pulp_cbc", "ilp_pulp_highs"):
+        assert registry.solver_options(name) == ilp._OPTIONS - {"engine"}
+    assert registry.solver_options("ilp_ortools_mip") == ilp._OPTIONS
+    with pytest.raises(TypeError, match="did you mean 'time_limit_s'"):
+        registry.get_solver("ilp_cpsat")(p, 10**12, time_limt_s=5)
+    # what was accepted before still is (seed / time_limit_s for brute_force, warm_start for checkmate)
+    assert registry.solver_options("brute_force") == {"mode", "max_act", "seed", "time_limit_s"}
+    assert registry.solver_options("checkmate_exact") == {"backend", "time_limit_s", "rel_gap", "threads", "seed",
+                                                          "grid", "max_act", "mode", "warm_start"}
+    assert registry.get_solver("chen_sqrt")(p, 10**12, segments=1, share=False).options["segments"] == 1

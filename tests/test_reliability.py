@@ -28,6 +28,7 @@ from mutwo.compare import COLUMNS, main, peak_floor
 from mutwo.memory import LiveStorageTracker, MemoryLimitExceeded, memory_limit
 from mutwo.problem import Problem
 from mutwo.registry import SolverProcessError, SolverTimeout, register_solver, run_solver
+from mutwo.scenario import ScenarioError, load_scenario
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
@@ -144,6 +145,17 @@ BAD_INPUTS = [
     ("ILP limit above the hard limit", {"solvers": [{"name": "ilp_cpsat", "options": {"time_limit_s": 60},
                                                      "timeout_s": 30}]},
      "'solvers[0].options.time_limit_s'", "raise solvers[0].timeout_s"),
+    ("baseline option typo", {"solvers": ["keep_all", {"name": "chen_sqrt", "options": {"segmnts": 3}}]},
+     "'solvers[1].options'", "unknown chen_sqrt option 'segmnts'; did you mean 'segments'? chen_sqrt takes: "
+                             "segments, share"),
+    ("option for a baseline that takes none", {"solvers": [{"name": "knapsack", "options": {"segmnts": 3}}]},
+     "'solvers[0].options'", "unknown knapsack option 'segmnts'; knapsack takes no options: remove it"),
+    ("mutwo_greedy option typo", {"solvers": [{"name": "mutwo_greedy", "options": {"mdoe": "both"}}]},
+     "'solvers[0].options'", "did you mean 'mode'? mutwo_greedy takes: mode, seed, verify"),
+    ("ILP option typo", {"solvers": [{"name": "ilp_cpsat", "options": {"time_limt_s": 30}}]},
+     "'solvers[0].options'", "did you mean 'time_limit_s'? ilp_cpsat takes: time_limit_s, rel_gap,"),
+    ("option of another ILP backend", {"solvers": [{"name": "ilp_pulp_cbc", "options": {"engine": "CBC"}}]},
+     "'solvers[0].options'", "unknown ilp_pulp_cbc option 'engine'; ilp_pulp_cbc takes: time_limit_s,"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("cuda without a GPU", {"device": "cuda"}, "'device'", "use device: auto or cpu"))
@@ -165,6 +177,30 @@ def test_bad_input_is_one_line_naming_the_field_and_the_fix(tmp_path, capsys, ch
     err = _bad_run(tmp_path, capsys, changes)
     assert field in err and fix in err
     assert not (tmp_path / "out").exists(), "refused before any run folder (or model) was made"
+
+
+def test_solver_option_typo_is_refused_through_the_cli_solvers_path_too(tmp_path, capsys):
+    """With --solvers the file is checked as a whole first (whichever solvers are picked), then the
+    picked ones are validated again as overrides, their options with them."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "solvers": ["keep_all", {"name": "mutwo_greedy",
+                                                                     "options": {"mdoe": "swap"}}]}))
+    for picked in ("mutwo_greedy", "keep_all"):
+        rc = main([str(path), "--solvers", picked, "--out", str(tmp_path / "out"), "--quiet", "--no-plots"])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert err.strip() == (f"error: {path}: field 'solvers[1].options': unknown mutwo_greedy option "
+                               f"'mdoe'; did you mean 'mode'? mutwo_greedy takes: mode, seed, verify")
+    assert not (tmp_path / "out").exists()
+    # the second validation (what --solvers passes to load_scenario) checks options too
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(good, {"solvers": [{"name": "swap_hidden", "options": {"margn": 2.0}}]})
+    assert str(info.value) == (f"{good}: field 'solvers[0].options': unknown swap_hidden option 'margn'; "
+                               f"did you mean 'margin'? swap_hidden takes: margin")
+    assert load_scenario(good, {"solvers": [{"name": "swap_hidden", "options": {"margin": 2.0}}]}).solvers[0].options \
+        == {"margin": 2.0}
 
 
 def test_builder_returning_the_wrong_type_stops_before_capture(tmp_path, capsys):
