@@ -23,3 +23,10 @@ def untyped_any(batch_size: int, width: int = 4) -> Any:
 def raises(batch_size: int):
     """A builder that fails: the error must name it."""
     raise RuntimeError("cannot build this model")
+
+
+def takes_anything(batch_size: int, **options):
+    """Takes ``**options`` and passes them on: only calling it shows which it refuses."""
+    from mutwo.zoo import toy_mlp
+
+    return toy_mlp(batch_size, **options)

@@ -108,9 +108,12 @@ def test_user_builder_must_return_a_workload(monkeypatch):
     # options the builder does not take: at load time when its signature lists its parameters ...
     with pytest.raises(ScenarioError, match="'model_options': 'hiden' is not a parameter.*did you mean 'hidden'"):
         validate_scenario({**BASE, "model": "fixtures_user_model:build", "model_options": {"hiden": 8}})
-    # ... and at the first call, before any model is made, when it takes **options (the zoo presets)
-    s = validate_scenario({**BASE, "model": "resnet18", "model_options": {"widht": 8}})
-    with pytest.raises(ScenarioError, match="'model_options' does not fit 'resnet18'.*widht"):
+    # (the zoo presets carry their builder's signature, so they are checked at load too) ...
+    with pytest.raises(ScenarioError, match="'model_options': 'widht' is not a parameter.*did you mean 'width'"):
+        validate_scenario({**BASE, "model": "mlp", "model_options": {"widht": 8}})
+    # ... and at the first call, before any model is made, when it takes **options
+    s = validate_scenario({**BASE, "model": "fixtures_bad_builders:takes_anything", "model_options": {"widht": 8}})
+    with pytest.raises(ScenarioError, match="'model_options' does not fit 'fixtures_bad_builders:takes_anything'.*widht"):
         call_builder(s, 3, "cpu")
 
 
