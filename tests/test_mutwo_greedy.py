@@ -14,7 +14,7 @@ from mutwo.schedule import Decision, Schedule, Status, resolve_recompute, valida
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
 from solvers import mutwo_greedy
-from solvers.mutwo_greedy import recompute_ratios, solve
+from solvers.mutwo_greedy import algorithm_b, recompute_ratios, solve
 
 K, R, S = Decision.KEEP, Decision.RECOMPUTE, Decision.SWAP
 
@@ -288,7 +288,7 @@ ORACLE_PROBLEMS += [with_outputs(p, seed) for seed, p in enumerate(ORACLE_PROBLE
 def test_same_decisions_as_the_literal_oracle(p):
     for b in budgets(p, (0.8, 0.5, 0.2)):
         for mode in ("both", "recompute", "swap"):
-            res = solve(p, b, mode=mode)
+            res = algorithm_b(p, b, mode=mode)
             d, pf, steps, status = oracle(p, b, mode)
             assert [s[:2] for s in res.steps] == [s[:2] for s in steps]
             assert [s[2] for s in res.steps] == pytest.approx([s[2] for s in steps], rel=1e-12, abs=0)
@@ -308,3 +308,25 @@ def test_resnet152_sized_problem_solves_in_under_a_second():
         best = min(best, time.process_time() - t0)
     assert res.schedule.status == Status.FEASIBLE
     assert best < 1.0
+
+
+def test_both_mode_falls_back_to_a_one_kind_walk_that_fits():
+    """A free swap taken early can leave a later peak only recomputing could lower: there the walk
+    choosing both finds no plan while the recompute-only walk does. The solver then returns it."""
+    p = random_dag(40, seed=0, swap_ratio=0.3)
+    b = budgets(p, (0.2,))[0]
+    assert not algorithm_b(p, b, "both").schedule.feasible
+    alone = algorithm_b(p, b, "recompute").schedule
+    assert alone.feasible
+    s = solve(p, b, mode="both").schedule
+    assert s.feasible and simulate(p, s).peak_bytes <= b
+    assert np.array_equal(s.decisions, alone.decisions) and "recompute-only walk" in s.message
+    assert s.options["mode"] == "both" and s.options["walk"] == "recompute"
+
+
+@pytest.mark.parametrize("p", [random_dag(60, seed=3), residual(6, seed=2)], ids=lambda p: p.name)
+def test_both_mode_fits_wherever_a_one_kind_mode_fits(p):
+    for b in budgets(p, np.linspace(0.05, 0.95, 10)):
+        both = solve(p, b, mode="both").schedule
+        if any(solve(p, b, mode=m).schedule.feasible for m in ("recompute", "swap")):
+            assert both.feasible
