@@ -31,7 +31,7 @@ import numpy as np
 from mutwo.problem import Problem
 
 __all__ = ["Decision", "Status", "Schedule", "ScheduleError", "RecomputeChain", "resolve_recompute",
-           "recompute_anchors", "chain_peak", "default_prefetch", "validate"]
+           "recompute_anchors", "chain_peak", "member_peaks", "default_prefetch", "validate"]
 
 
 class Decision(enum.IntEnum):
@@ -264,6 +264,23 @@ def chain_peak(problem: Problem, target: int, temporaries: list[int], ops: np.nd
         freed_after[last_reader[x]] = freed_after.get(last_reader[x], 0) + int(nbytes[x])
         held -= freed_after.pop(i, 0)
     return peak
+
+
+def member_peaks(problem: Problem) -> np.ndarray:
+    """Most bytes regenerating each activation alone holds, itself included (its sources held outside):
+    op by op through the forward dataflow when the Problem has it, else all of its intermediates at
+    once (``act_bytes + recompute_temp_bytes``). The per-member term of the member rule, which the ILP
+    formulations use: members held whole plus this term is still at least what a chain holds op by op
+    (except where members share an op), so their memory rows stay conservative, and tighter."""
+    if not problem.has_dataflow:
+        return problem.act_bytes + problem.recompute_temp_bytes
+    cached = problem.__dict__.get("_member_peaks")
+    if cached is None:
+        cached = np.array([_chain_peak_ops(problem, int(problem.act_value[a]), problem.recompute_ops[a])
+                           if len(problem.recompute_ops[a]) else int(problem.act_bytes[a])
+                           for a in range(problem.n_act)], dtype=np.int64)
+        problem.__dict__["_member_peaks"] = cached
+    return cached
 
 
 def _dataflow_lists(problem: Problem) -> tuple[list[int], list[int], list[int], list[int]]:

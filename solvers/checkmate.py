@@ -34,7 +34,7 @@ import numpy as np
 
 from mutwo.problem import Problem
 from mutwo.registry import register_solver
-from mutwo.schedule import Decision, Schedule, ScheduleError, Status
+from mutwo.schedule import Decision, Schedule, ScheduleError, Status, member_peaks
 from mutwo.simulate import simulate
 from solvers.ilp_backends import BACKENDS
 from solvers.ilp_model import INF, Formulation
@@ -155,6 +155,7 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
     for (k, a), av in A.items():
         P[(k, a)] = F.var(f"P{k}_{a}", "C", 0, 1)
         F.add({P[(k, a)]: 1.0, av: -1.0, R[(k, a)]: 1.0}, 0, INF, "logic")
+    own = member_peaks(p)
     for k, acts in by_stage.items():
         t = int(tau[k])
         common: dict[int, float] = {P[(k, a)]: float(p.act_bytes[a]) for a in in_gap.get(k, [])}
@@ -164,7 +165,7 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
         rhs = F.budget - int(p.fixed_bytes[t] - p.op_output_bytes[t]) - int(const[k])
         for i in acts:
             terms = dict(common)
-            terms[R[(k, i)]] = terms.get(R[(k, i)], 0.0) + float(p.act_bytes[i] + p.recompute_temp_bytes[i])
+            terms[R[(k, i)]] = terms.get(R[(k, i)], 0.0) + float(own[i])
             for s_ in p.recompute_sources[i].tolist():
                 if (k, s_) in R:
                     y = F.var(f"Y{k}_{s_}_{i}", "C", 0, 1)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mutwo.problem import Problem
-from mutwo.schedule import Decision, default_prefetch
+from mutwo.schedule import Decision, default_prefetch, member_peaks
 
 __all__ = ["Row", "Formulation", "build", "MODES"]
 
@@ -622,8 +622,9 @@ def _chain_member_rows(F: Formulation, p: Problem, a: int) -> list[tuple[int, di
             if y in rank and y != a:
                 readers.setdefault(y, []).append(z)
     rows = []
+    own = member_peaks(p)
     for x in order:
-        terms = {cv[x]: float(p.act_bytes[x] + p.recompute_temp_bytes[x])}
+        terms = {cv[x]: float(own[x])}
         for y in order[:rank[x]]:
             zs = [z for z in readers.get(y, []) if rank[z] >= rank[x]]
             if not zs:

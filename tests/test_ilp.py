@@ -226,3 +226,23 @@ def test_reported_bound_is_never_below_the_compute_time():
     b = budgets(p, [0.4])[0]
     s = get_solver("ilp_pulp_highs")(p, b, **{**EXACT, "time_limit_s": 10})
     assert s.bound is not None and p.total_compute_s - 1e-12 <= s.bound <= s.objective
+
+
+def test_a_faster_start_plan_outside_the_model_is_kept():
+    """A start plan the model's conservative chain rows exclude, but that fits under simulate and is
+    faster than the model's optimum, is returned (FEASIBLE, with only the compute-time bound)."""
+    from solvers.ilp import _no_worse_than_start
+
+    p = chain(12)
+    b = budgets(p, [0.5])[0]
+    start = get_solver("mutwo_greedy")(p, b, mode="recompute")
+    t = simulate(p, start).time_s
+    slower = Schedule.keep_all(p, solver="ilp_cpsat", status=Status.OPTIMAL, budget_bytes=b, objective=2 * t,
+                               bound=1.9 * t, message="model optimum")
+    kept = _no_worse_than_start(p, b, slower, start, "mutwo_greedy", time.perf_counter())
+    assert kept.status is Status.FEASIBLE and kept.decisions.tolist() == start.decisions.tolist()
+    assert kept.objective == pytest.approx(t) and kept.bound == pytest.approx(p.total_compute_s)
+    assert "outside the model" in kept.message and "model optimum" in kept.message
+    # a model answer at least as fast stays
+    faster = dataclasses.replace(slower, objective=t)
+    assert _no_worse_than_start(p, b, faster, start, "mutwo_greedy", time.perf_counter()) is faster
