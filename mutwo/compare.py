@@ -44,7 +44,7 @@ from mutwo import report
 from mutwo.scenario import Budget, Scenario, ScenarioError, SolverSpec, load_scenario, resolve_device
 from mutwo.schedule import Schedule
 
-__all__ = ["main", "build_parser", "run_scenario", "peak_floor", "COLUMNS"]
+__all__ = ["main", "build_parser", "run_scenario", "COLUMNS"]
 
 COLUMNS = ["scenario", "model", "batch_size", "device", "solver", "solver_name", "solver_options", "budget",
            "budget_bytes", "budget_fraction", "status", "solve_time_s", "predicted_peak_bytes",
@@ -235,41 +235,17 @@ class Batch:
     info: dict = field(default_factory=dict)  # keep_all.json: reference figures, measured ones included
     measured: dict[bytes, tuple[dict, str]] = field(default_factory=dict)  # plan -> (measurement, who)
     oom: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # plan -> (why, who): ran out of memory
-    floor: tuple[int, int] = (0, 0)  # peak_floor(problem)
+    floor: tuple[int, int] = (0, 0)  # problem.peak_floor()
 
     def __post_init__(self) -> None:
         if self.floor == (0, 0) and self.problem is not None:
-            self.floor = peak_floor(self.problem)
+            self.floor = self.problem.peak_floor()
 
 
 def _measurement(res) -> dict:
     return {"measured_peak_bytes": int(res.measured_peak_bytes), "measured_time_s": float(res.iteration_time_s),
             "max_rel_diff": float(res.max_rel_diff), "bitwise_equal": bool(getattr(res, "bitwise_equal", False)),
             "emulated_swap": bool(res.emulated_swap)}
-
-
-def peak_floor(problem) -> tuple[int, int]:
-    """(bytes, op): a lower bound on the peak of every plan, and the op where it is reached.
-
-    Whatever is decided, at op ``t`` the Problem's fixed memory, the op's transient memory and every
-    activation in use there are resident: under KEEP, RECOMPUTE and SWAP alike an activation is on the
-    device from its creation to its last forward use and from its first to its last backward use, and
-    in between too when it may be neither recomputed nor swapped. A budget below this cannot be met.
-    """
-    n = problem.n_ops
-    if n == 0:
-        return 0, 0
-    fixed = ~(problem.recomputable | problem.swappable)
-    starts = np.concatenate([problem.created, problem.first_bwd_use, problem.last_fwd_use[fixed] + 1])
-    stops = np.concatenate([problem.last_fwd_use, problem.last_bwd_use, problem.first_bwd_use[fixed] - 1])
-    w = np.concatenate([problem.act_bytes, problem.act_bytes, problem.act_bytes[fixed]]).astype(np.int64)
-    keep = starts <= stops  # the in-between range is empty when the uses touch
-    diff = np.zeros(n + 1, np.int64)
-    np.add.at(diff, starts[keep], w[keep])
-    np.add.at(diff, stops[keep] + 1, -w[keep])
-    floor = problem.fixed_bytes + problem.op_transient_bytes + np.cumsum(diff[:n])
-    t = int(np.argmax(floor))
-    return int(floor[t]), t
 
 
 def _floor_note(batch: Batch, budget_bytes: int) -> str:
@@ -368,7 +344,7 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
     old = json.loads(info_path.read_text()) if info_path.exists() else {}
     info = {"batch_size": batch_size, "keep_all_peak_bytes": sim.peak_bytes, "keep_all_time_s": sim.time_s,
             "fixed_peak_bytes": int(problem.fixed_bytes.max()), "act_bytes_total": int(problem.act_bytes.sum()),
-            "floor_bytes": peak_floor(problem)[0],
+            "floor_bytes": problem.peak_floor()[0],
             **{k: v for k, v in problem.summary().items() if k.startswith("n_")},
             "capture_s": capture_s, "profile_s": prof.profile_time_s,
             "profile_measured_peak_bytes": prof.measured_peak_bytes,

@@ -253,6 +253,30 @@ class Problem:
                 device=meta["device"], notes=meta["notes"],
                 op_output_bytes=z.get("op_output_bytes"), **{k: z.get(k) for k in cls._DATAFLOW})
 
+    def peak_floor(self, movable: np.ndarray | None = None) -> tuple[int, int]:
+        """(bytes, op): a lower bound on the peak of every plan, and the op where it is reached.
+
+        Whatever is decided, at op ``t`` the fixed memory, the op's transient memory and every activation
+        in use there are resident: under KEEP, RECOMPUTE and SWAP alike an activation is on the device
+        from its creation to its last forward use and from its first to its last backward use, and in
+        between too when it may not leave (``movable`` false; default: neither recomputable nor
+        swappable). A budget below this cannot be met.
+        """
+        n = self.n_ops
+        if n == 0:
+            return 0, 0
+        stays = ~((self.recomputable | self.swappable) if movable is None else np.asarray(movable, bool))
+        starts = np.concatenate([self.created, self.first_bwd_use, self.last_fwd_use[stays] + 1])
+        stops = np.concatenate([self.last_fwd_use, self.last_bwd_use, self.first_bwd_use[stays] - 1])
+        w = np.concatenate([self.act_bytes, self.act_bytes, self.act_bytes[stays]]).astype(np.int64)
+        keep = starts <= stops  # the in-between range is empty when the uses touch
+        diff = np.zeros(n + 1, np.int64)
+        np.add.at(diff, starts[keep], w[keep])
+        np.add.at(diff, stops[keep] + 1, -w[keep])
+        floor = self.fixed_bytes + self.op_transient_bytes + np.cumsum(diff[:n])
+        t = int(np.argmax(floor))
+        return int(floor[t]), t
+
     def summary(self) -> dict:
         return {"name": self.name, "n_ops": self.n_ops, "n_act": self.n_act,
                 "act_bytes_total": int(self.act_bytes.sum()), "fixed_peak_bytes": int(self.fixed_bytes.max()),

@@ -257,12 +257,10 @@ def build(problem: Problem, budget: int, *, mode: str = "full", max_chain_depth:
 
     # --- quick infeasibility: what every plan holds -------------------------------------------------
     free = can_r | can_s
-    must = base + _range_add(n, created, lfu, nbytes.astype(float)) + _range_add(n, fbu, lbu, nbytes.astype(float))
-    must += _range_add(n, (lfu + 1)[~free], (fbu - 1)[~free], nbytes[~free].astype(float))
-    floor_t = int(np.argmax(must))
-    if must[floor_t] > budget:
+    floor, floor_t = p.peak_floor(movable=free)
+    if floor > budget:
         F.infeasible = (f"budget {budget} B is below what every plan holds at op {floor_t} "
-                        f"({p.op_names[floor_t]!r}): {int(must[floor_t])} B (fixed + transient + activations "
+                        f"({p.op_names[floor_t]!r}): {floor} B (fixed + transient + activations "
                         f"in use there)")
         F.free = np.zeros(m, bool)
         return F

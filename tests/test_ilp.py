@@ -21,21 +21,8 @@ BACKENDS = ["ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs"]
 EXACT = {"rel_gap": 1e-7, "warm_start": None, "time_limit_s": 30}
 
 
-def floor_peak(p: Problem) -> int:
-    """Peak when every activation that may leave the device is gone for its whole gap (no plan is lower)."""
-    pos = np.arange(p.n_ops)
-    mem = (p.fixed_bytes + p.op_transient_bytes).astype(np.int64)
-    movable = p.recomputable | p.swappable
-    for a in range(p.n_act):
-        live = (p.created[a] <= pos) & (pos <= p.last_bwd_use[a])
-        if movable[a]:
-            live &= ~((p.last_fwd_use[a] < pos) & (pos < p.first_bwd_use[a]))
-        mem += live * p.act_bytes[a]
-    return int(mem.max())
-
-
 def budgets(p: Problem, fractions) -> list[int]:
-    lo, hi = floor_peak(p), simulate(p, Schedule.keep_all(p)).peak_bytes
+    lo, hi = p.peak_floor()[0], simulate(p, Schedule.keep_all(p)).peak_bytes
     return [int(lo + f * (hi - lo)) for f in fractions]
 
 

@@ -1,7 +1,7 @@
 """Property tests: whatever the Problem and the budget, a registered solver's answer is honest.
 
 Problems come from mutwo.synthetic (chains, residual stacks, random DAGs, small), budgets from anywhere
-between below the floor (``mutwo.compare.peak_floor``) and above keep-all. For every answer: the
+between below the floor (``Problem.peak_floor``) and above keep-all. For every answer: the
 schedule validates; if the solver calls it feasible its simulated peak is within the budget (a budget
 below the floor is never called feasible); and it survives a JSON round trip unchanged (decisions,
 prefetch points, recompute points, status, and the simulated peak).
@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mutwo.compare import peak_floor
 from mutwo.problem import Problem
 from mutwo.registry import get_solver
 from mutwo.schedule import Schedule, validate
@@ -33,7 +32,7 @@ def _problems(max_chain: int, max_blocks: int, max_dag: int) -> st.SearchStrateg
 def _cases(draw, problems: st.SearchStrategy[Problem]) -> tuple[Problem, int]:
     """A Problem and a budget from 10% of the way below its floor to 10% above its keep-all peak."""
     p = draw(problems)
-    floor, _ = peak_floor(p)
+    floor, _ = p.peak_floor()
     keep = simulate(p, Schedule.keep_all(p)).peak_bytes
     frac = draw(st.floats(-0.1, 1.1, allow_nan=False))
     return p, max(1, int(floor + frac * (keep - floor)))
@@ -44,7 +43,7 @@ def _check(p: Problem, budget: int, s: Schedule) -> None:
     sim = simulate(p, s)
     if s.feasible:
         assert sim.peak_bytes <= budget, f"{s.solver} says {s.status.value} at {sim.peak_bytes} > {budget} B"
-    if budget < peak_floor(p)[0]:
+    if budget < p.peak_floor()[0]:
         assert not s.feasible, "no plan fits below the floor"
     back = Schedule.from_json(s.to_json())
     assert np.array_equal(back.decisions, s.decisions) and back.decisions.dtype == s.decisions.dtype
@@ -85,5 +84,5 @@ def test_exact_solvers_are_honest_and_round_trip(name, options, case):
 def test_checkmate_below_the_floor_says_infeasible():
     """Found by the property test above: checkmate_exact used to build an empty row that cannot hold."""
     p = chain(3)
-    s = get_solver("checkmate_exact")(p, peak_floor(p)[0] - 1, time_limit_s=2)
+    s = get_solver("checkmate_exact")(p, p.peak_floor()[0] - 1, time_limit_s=2)
     assert s.status.value == "infeasible"

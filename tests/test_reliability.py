@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from mutwo.compare import COLUMNS, main, peak_floor
+from mutwo.compare import COLUMNS, main
 from mutwo.memory import LiveStorageTracker, MemoryLimitExceeded, memory_limit
 from mutwo.problem import Problem
 from mutwo.registry import SolverProcessError, SolverTimeout, register_solver, run_solver
@@ -293,7 +293,7 @@ def test_faults_are_rows_and_the_run_goes_on(tmp_path):
     assert failed_low["message"].str.contains("the solver did not say so: its call (?:timed out|raised)").all()
     # the budget below the floor: every solver that answered says infeasible and names the floor
     problem = Problem.load(tmp_path / "rel/r/batch256/problem.npz")
-    floor, _ = peak_floor(problem)
+    floor, _ = problem.peak_floor()
     low = df[df["budget"] == "1KiB"]
     assert (low["status"] == "infeasible").all()
     assert low["message"].str.contains(f"no plan can peak below {floor} B").all()
@@ -307,14 +307,14 @@ def test_budget_below_the_floor_is_infeasible_for_every_builtin_solver(tmp_path)
     from mutwo.scenario import Budget, validate_scenario
 
     problem = residual(4, seed=1)
-    floor, _ = peak_floor(problem)
+    floor, _ = problem.peak_floor()
     keep = simulate(problem, Schedule.keep_all(problem))
     names = ["keep_all", "recompute_all", "chen_sqrt", "largest_first", "knapsack", "swap_hidden", "mutwo_greedy",
              "ilp_cpsat", "checkmate_exact"]
     sc = validate_scenario({"name": "f", "model": "mlp", "batch_size": 1, "budgets": [1.0], "solvers": names,
                             "solve": {"timeout_s": None}})
     batch = Batch(1, problem, keep.peak_bytes, keep.time_s, tmp_path, info={})
-    assert batch.floor == peak_floor(problem)
+    assert batch.floor == problem.peak_floor()
     for spec in sc.solvers:
         if spec.name.startswith(("ilp", "checkmate")):
             spec.options = {"time_limit_s": 5}
@@ -329,7 +329,7 @@ def test_floor_is_a_lower_bound_on_every_plan(make):
     rng = np.random.default_rng(0)
     for seed in range(3):
         problem = make(seed)
-        floor, t = peak_floor(problem)
+        floor, t = problem.peak_floor()
         assert problem.fixed_bytes.max() <= floor <= simulate(problem, Schedule.keep_all(problem)).peak_bytes
         for _ in range(20):
             d = rng.integers(0, 3, problem.n_act).astype(np.int8)
