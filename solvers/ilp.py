@@ -21,7 +21,7 @@ import numpy as np
 
 import solvers.brute_force  # noqa: F401  registers "brute_force" (the registry loads this module)
 from mutwo.problem import Problem
-from mutwo.registry import get_solver, register_solver
+from mutwo.registry import get_solver, register_solver, solver_options
 from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_prefetch
 from mutwo.simulate import SimResult, simulate
 from solvers.ilp_backends import BACKENDS, BackendResult
@@ -57,11 +57,10 @@ def _warm_start(problem: Problem, budget: int, warm, mode: str, seed: int) -> tu
         if warm is _DEFAULT:
             return None, ""
         raise
-    greedy_mode = {"full": "both"}.get(mode, mode)
-    try:
-        sched = fn(problem, budget, mode=greedy_mode, seed=seed)
-    except TypeError:
-        sched = fn(problem, budget)
+    # pass the mode and seed to a start solver that takes them (a TypeError from inside it is its own)
+    accepted = solver_options(name)
+    wanted = {"mode": {"full": "both"}.get(mode, mode), "seed": seed}
+    sched = fn(problem, budget, **{k: v for k, v in wanted.items() if accepted is None or k in accepted})
     if not sched.feasible:
         return None, f"{name} found no plan"
     return sched, name

@@ -233,3 +233,11 @@ def test_a_faster_start_plan_outside_the_model_is_kept():
     # a model answer at least as fast stays
     faster = dataclasses.replace(slower, objective=t)
     assert _no_worse_than_start(p, b, faster, start, "mutwo_greedy", time.perf_counter()) is faster
+
+
+def test_warm_start_from_a_solver_without_mode_or_seed_options():
+    """The start solver gets only the options it declares (knapsack takes none): no retry on TypeError."""
+    p = random_dag(30, 1)
+    b = budgets(p, [0.6])[0]
+    s = get_solver("ilp_pulp_highs")(p, b, warm_start="knapsack", time_limit_s=10)
+    assert s.feasible and s.options["warm_start"].startswith("knapsack")
