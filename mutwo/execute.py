@@ -6,8 +6,8 @@
   ``a``'s anchor (its first backward use, or the schedule's earlier ``recompute_at``), and every
   backward use of ``a``'s storage (its producer and any forward view of it) reads the copies instead.
   Nothing after forward reads the original any more, so the generated code frees it after its last
-  forward use. Batch norm is re-run without running
-  statistics (it must not update them twice); random ops are never recomputed.
+  forward use. Batch norm is re-run without running statistics (it must not update them twice);
+  random ops are never recomputed.
 * SWAP ``a``: ``swap_out`` after its last forward use copies the storage to the host, ``swap_in`` at
   ``prefetch_at`` starts the copy back, ``swap_wait`` before its first backward use waits for it; the
   backward uses read the waited value. On CUDA the copies run on two side streams (one per direction,
