@@ -31,7 +31,7 @@ import numpy as np
 from mutwo.problem import Problem
 
 __all__ = ["Decision", "Status", "Schedule", "ScheduleError", "RecomputeChain", "resolve_recompute",
-           "recompute_anchors", "chain_peak", "member_peaks", "default_prefetch", "validate"]
+           "recompute_anchors", "chain_peak", "member_peaks", "default_prefetch", "check_points", "validate"]
 
 
 class Decision(enum.IntEnum):
@@ -201,8 +201,8 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray,
     keep, recompute = int(Decision.KEEP), int(Decision.RECOMPUTE)
     back = first  # where each activation is back on the device for backward: its anchor if recomputed
     if recompute_at is not None:
-        back = [r if r >= 0 and d == recompute else f
-                for r, d, f in zip(np.asarray(recompute_at).tolist(), dec, first, strict=True)]
+        at = recompute_anchors(problem, np.asarray(dec, np.int64), recompute_at)
+        back = np.where(at >= 0, at, problem.first_bwd_use).tolist()
     chains: dict[int, RecomputeChain] = {}
     for a in (i for i, d in enumerate(dec) if d == recompute):
         t = back[a]
@@ -330,15 +330,31 @@ def default_prefetch(problem: Problem) -> np.ndarray:
     return np.clip(t, problem.fwd_end + 1, problem.first_bwd_use).astype(np.int64)
 
 
+def check_points(problem: Problem, schedule: Schedule) -> None:
+    """Each SWAP's prefetch point, and each RECOMPUTE's recompute point where set, lies in the backward
+    pass and no later than the activation's first backward use (what `simulate` needs to price them;
+    it calls this too). Assumes one decision and one point of each kind per activation."""
+    d = np.asarray(schedule.decisions)
+    for code, points, verb, unset in ((Decision.SWAP, schedule.prefetch_at, "prefetched", False),
+                                      (Decision.RECOMPUTE, schedule.recompute_at, "recomputed", True)):
+        given = (d == code) & ((points >= 0) if unset else True)
+        bad = np.flatnonzero(given & ((points <= problem.fwd_end) | (points > problem.first_bwd_use)))
+        if len(bad):
+            a = int(bad[0])
+            raise ScheduleError(
+                f"activation {problem.act_names[a]!r} (index {a}) is {verb} at op {points[a]}, which must lie "
+                f"in the backward pass and no later than its first backward use {problem.first_bwd_use[a]}")
+
+
 def validate(problem: Problem, schedule: Schedule) -> None:
     """Raise ScheduleError (naming the activation) unless the schedule can be simulated and executed."""
     d = schedule.decisions
     if len(d) != problem.n_act:
         raise ScheduleError(f"schedule has {len(d)} decisions for {problem.n_act} activations: every "
                             f"activation needs exactly one")
-    if len(schedule.prefetch_at) != problem.n_act:
-        raise ScheduleError(f"schedule has {len(schedule.prefetch_at)} prefetch points for "
-                            f"{problem.n_act} activations")
+    for points, kind in ((schedule.prefetch_at, "prefetch"), (schedule.recompute_at, "recompute")):
+        if len(points) != problem.n_act:
+            raise ScheduleError(f"schedule has {len(points)} {kind} points for {problem.n_act} activations")
     bad = np.flatnonzero(~np.isin(d, [int(x) for x in Decision]))
     if len(bad):
         a = int(bad[0])
@@ -350,27 +366,11 @@ def validate(problem: Problem, schedule: Schedule) -> None:
         if len(bad):
             a = int(bad[0])
             raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) may not be {verb}")
-    swaps = np.flatnonzero(d == Decision.SWAP)
-    pf = schedule.prefetch_at[swaps]
-    bad = swaps[(pf <= problem.fwd_end) | (pf > problem.first_bwd_use[swaps])]
-    if len(bad):
-        a = int(bad[0])
-        raise ScheduleError(
-            f"activation {problem.act_names[a]!r} (index {a}) is prefetched at op {schedule.prefetch_at[a]},"
-            f" which must lie in the backward pass and no later than its first backward use "
-            f"{problem.first_bwd_use[a]}")
     ra = schedule.recompute_at
-    if len(ra) != problem.n_act:
-        raise ScheduleError(f"schedule has {len(ra)} recompute points for {problem.n_act} activations")
     bad = np.flatnonzero((ra >= 0) & (d != Decision.RECOMPUTE))
     if len(bad):
         a = int(bad[0])
         raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) has recompute_at {ra[a]} but is "
                             f"{Decision(int(d[a])).name}; only RECOMPUTE activations take one (-1 otherwise)")
-    bad = np.flatnonzero((ra >= 0) & ((ra <= problem.fwd_end) | (ra > problem.first_bwd_use)))
-    if len(bad):
-        a = int(bad[0])
-        raise ScheduleError(
-            f"activation {problem.act_names[a]!r} (index {a}) is recomputed at op {ra[a]}, which must lie in "
-            f"the backward pass and no later than its first backward use {problem.first_bwd_use[a]}")
+    check_points(problem, schedule)
     resolve_recompute(problem, d, ra)

@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 
 from mutwo.problem import Problem
-from mutwo.schedule import Decision, Schedule, ScheduleError, recompute_anchors, resolve_recompute
+from mutwo.schedule import (
+    Decision,
+    Schedule,
+    ScheduleError,
+    check_points,
+    recompute_anchors,
+    resolve_recompute,
+)
 
 __all__ = ["SimResult", "simulate", "memory_timeline_frame"]
 
@@ -52,30 +59,16 @@ class SimResult:
 def _check_shape(problem: Problem, schedule: Schedule) -> np.ndarray:
     # Only what would silently corrupt the arithmetic; `validate` does the full job.
     d = np.asarray(schedule.decisions)
-    if len(d) != problem.n_act or len(schedule.prefetch_at) != problem.n_act:
-        raise ScheduleError(f"schedule has {len(d)} decisions / {len(schedule.prefetch_at)} prefetch points "
-                            f"for {problem.n_act} activations")
+    if len(d) != problem.n_act or len(schedule.prefetch_at) != problem.n_act or \
+            len(schedule.recompute_at) != problem.n_act:
+        raise ScheduleError(f"schedule has {len(d)} decisions / {len(schedule.prefetch_at)} prefetch / "
+                            f"{len(schedule.recompute_at)} recompute points for {problem.n_act} activations")
     bad = np.flatnonzero((d < Decision.KEEP) | (d > Decision.SWAP))
     if len(bad):
         a = int(bad[0])
         raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) is undecided "
                             f"(decision code {int(d[a])})")
-    swaps = d == Decision.SWAP
-    pf = schedule.prefetch_at
-    bad = np.flatnonzero(swaps & ((pf <= problem.fwd_end) | (pf > problem.first_bwd_use)))
-    if len(bad):
-        a = int(bad[0])
-        raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) is prefetched at op {pf[a]}, "
-                            f"outside ({problem.fwd_end}, {problem.first_bwd_use[a]}]")
-    ra = schedule.recompute_at
-    if len(ra) != problem.n_act:
-        raise ScheduleError(f"schedule has {len(ra)} recompute points for {problem.n_act} activations")
-    bad = np.flatnonzero((d == Decision.RECOMPUTE) & (ra >= 0)
-                         & ((ra <= problem.fwd_end) | (ra > problem.first_bwd_use)))
-    if len(bad):
-        a = int(bad[0])
-        raise ScheduleError(f"activation {problem.act_names[a]!r} (index {a}) is recomputed at op {ra[a]}, "
-                            f"outside ({problem.fwd_end}, {problem.first_bwd_use[a]}]")
+    check_points(problem, schedule)
     return d
 
 
