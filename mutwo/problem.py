@@ -223,17 +223,18 @@ class Problem:
         meta = {"name": self.name, "fwd_end": self.fwd_end, "device": self.device,
                 "host_bandwidth_bytes_per_s": self.host_bandwidth_bytes_per_s, "notes": self.notes,
                 "op_names": self.op_names, "act_names": self.act_names}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(
-            tmp, meta=np.array(json.dumps(meta)), op_time_s=self.op_time_s,
-            op_transient_bytes=self.op_transient_bytes, fixed_bytes=self.fixed_bytes,
-            act_bytes=self.act_bytes, created=self.created, last_fwd_use=self.last_fwd_use,
-            first_bwd_use=self.first_bwd_use, last_bwd_use=self.last_bwd_use,
-            recomputable=self.recomputable, swappable=self.swappable, ro_off=ro_off, ro_flat=ro_flat,
-            rs_off=rs_off, rs_flat=rs_flat, recompute_temp_bytes=self.recompute_temp_bytes,
-            op_output_bytes=self.op_output_bytes,
-            **{k: getattr(self, k) for k in self._DATAFLOW if getattr(self, k) is not None})
-        tmp.replace(path)
+        from mutwo.files import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+            np.savez_compressed(
+                f, meta=np.array(json.dumps(meta)), op_time_s=self.op_time_s,
+                op_transient_bytes=self.op_transient_bytes, fixed_bytes=self.fixed_bytes,
+                act_bytes=self.act_bytes, created=self.created, last_fwd_use=self.last_fwd_use,
+                first_bwd_use=self.first_bwd_use, last_bwd_use=self.last_bwd_use,
+                recomputable=self.recomputable, swappable=self.swappable, ro_off=ro_off, ro_flat=ro_flat,
+                rs_off=rs_off, rs_flat=rs_flat, recompute_temp_bytes=self.recompute_temp_bytes,
+                op_output_bytes=self.op_output_bytes,
+                **{k: getattr(self, k) for k in self._DATAFLOW if getattr(self, k) is not None})
         return path
 
     @classmethod

@@ -165,11 +165,9 @@ class Schedule:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        from mutwo.files import write_text
+
+        return write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:
