@@ -1,5 +1,6 @@
 """Seaborn figures of a comparison run. Each function writes one PNG (atomically, via
-`mutwo.plots.save`) and returns its path, so report.md can embed whatever was made."""
+`mutwo.plots.save`) and returns its path, so report.md can embed whatever was made; `run_figures`
+makes every figure of a run."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from mutwo import plots, report  # noqa: E402
+from mutwo.cell import FEASIBLE  # noqa: E402
 from mutwo.problem import Problem  # noqa: E402
 from mutwo.schedule import Schedule  # noqa: E402
 from mutwo.simulate import simulate  # noqa: E402
 
-__all__ = ["overhead_vs_peak", "plan_timelines", "solve_times", "batch_scaling", "largest_batch", "unit_for"]
-
-FEASIBLE = ("optimal", "feasible")
+__all__ = ["overhead_vs_peak", "plan_timelines", "solve_times", "batch_scaling", "largest_batch", "unit_for",
+           "timeline_budget", "run_figures"]
 
 
 def unit_for(nbytes: float) -> tuple[str, float]:
@@ -172,3 +173,49 @@ def largest_batch(df: pd.DataFrame, path: str | Path, keep_all: dict[int, dict] 
     fig.suptitle(f"largest of the batch sizes tried ({', '.join(map(str, sizes))}) that fits each device memory",
                  y=1.02)
     return plots.save(fig, path)
+
+
+def timeline_budget(cells: pd.DataFrame) -> str:
+    """The budget whose plans are most worth seeing: the tightest at which some solver other than
+    keep-all found a plan (memory pressure shows differences); else the tightest with any plan."""
+    ok = cells[cells["status"].isin(FEASIBLE)]
+    for pool in (ok[ok["n_recompute"].fillna(0) + ok["n_swap"].fillna(0) > 0], ok, cells):
+        if len(pool):
+            return pool.sort_values("budget_bytes")["budget"].iloc[0]
+    return cells["budget"].iloc[0]
+
+
+def _timeline(df: pd.DataFrame, bs: int, problem: Problem, run_dir: Path) -> Path | None:
+    """The plans of one batch size at `timeline_budget` (invalid ones left out), or None."""
+    cells = df[(df["batch_size"] == bs) & df["schedule_file"].notna()]
+    if cells.empty:
+        return None
+    budget = timeline_budget(cells)
+    chosen = cells[(cells["budget"] == budget) & (cells["status"] != "invalid")]
+    schedules = {}
+    for r in chosen.itertuples():
+        label = r.solver if r.status in FEASIBLE else f"{r.solver} ({r.status})"
+        schedules[label] = Schedule.load(run_dir / r.schedule_file)
+    if not schedules:
+        return None
+    budget_bytes = int(chosen["budget_bytes"].iloc[0])
+    return plan_timelines(problem, schedules, budget_bytes, run_dir / "plots" / f"timeline_b{bs}.png",
+                          title=f"batch {bs}, budget {budget} ({report.fmt_bytes(budget_bytes)}): simulated memory")
+
+
+def run_figures(df: pd.DataFrame, problems: dict[int, Problem], keep_all: dict[int, dict], run_dir: Path) -> list[Path]:
+    """Every figure of a run into ``run_dir/plots`` (``problems`` and ``keep_all``: each batch size's
+    Problem and keep_all.json); returns the files made."""
+    out = run_dir / "plots"
+    made = [overhead_vs_peak(df, out / "overhead_vs_peak.png"), solve_times(df, out / "solve_times.png")]
+    for bs, problem in sorted(problems.items()):
+        path = _timeline(df, bs, problem, run_dir)
+        if path is not None:
+            made.append(path)
+    if len(problems) > 1:
+        keep = pd.DataFrame([{**keep_all[bs], "batch_size": bs} for bs in sorted(problems)])
+        made.append(batch_scaling(df, keep, out / "batch_scaling.png"))
+    largest = largest_batch(df, out / "largest_batch.png", keep_all)
+    if largest is not None:
+        made.append(largest)
+    return made

@@ -1,12 +1,8 @@
-"""Files of a comparison run: atomic writers and the report.md that sums a run up.
-
-Every file is written to a temporary name and renamed into place, so an interrupted run never leaves
-a half-written CSV or JSON behind (``--resume`` trusts what it finds).
-"""
+"""report.md, which sums a comparison run up, and the tables it shows (written atomically, by
+`mutwo.files`)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -15,75 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_text", "write_json", "write_csv", "append_jsonl", "read_jsonl", "markdown_table",
-           "best_per_budget", "summary_frame", "write_report", "fmt_bytes", "jsonable", "fixed_budgets",
+from mutwo.cell import FEASIBLE
+from mutwo.files import write_text
+
+__all__ = ["markdown_table", "best_per_budget", "summary_frame", "write_report", "fmt_bytes", "fixed_budgets",
            "largest_batch_skip_reason", "largest_batch_frame", "KEEP_ALL_BAR", "NO_FIT"]
 
-FEASIBLE = ("optimal", "feasible")
 KEEP_ALL_BAR = "keep-all (unmodified step)"
 NO_FIT = "fits at no batch size tried"
-
-
-# ---------------------------------------------------------------------- atomic files
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-def jsonable(x):
-    """numpy scalars / arrays and NaN -> plain JSON values (NaN becomes null)."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return None if math.isnan(float(x)) else float(x)
-    return x
-
-
-def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(jsonable(obj), indent=1) + "\n")
-
-
-def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
-
-
-def append_jsonl(path: str | Path, row: dict) -> None:
-    """One finished cell per line, flushed to disk before the next cell starts."""
-    with open(path, "a") as f:
-        f.write(json.dumps(jsonable(row)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a cells.jsonl; a torn last line (the run was killed mid-write) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 # ---------------------------------------------------------------------- formatting

@@ -171,7 +171,8 @@ def test_execution_guard_and_plans_measured_once(tmp_path):
     """run_cell skips plans predicted to be far slower than keep-all, and runs each distinct plan once."""
     from types import SimpleNamespace
 
-    from mutwo.compare import Batch, run_cell
+    from mutwo.cell import CellContext, PlanMemo, run_cell
+    from mutwo.pipeline import Prepared
     from mutwo.scenario import validate_scenario
     from mutwo.synthetic import chain
 
@@ -188,19 +189,19 @@ def test_execution_guard_and_plans_measured_once(tmp_path):
         sc = validate_scenario({"name": "g", "model": "mlp", "batch_size": 1, "budgets": ["1TiB"],
                                 "solvers": [{"name": "recompute_all", "label": label}],
                                 "execute": {"max_slowdown": max_slowdown}})
-        batch = Batch(1, problem, keep.peak_bytes, keep.time_s, tmp_path, graph=object(), flat=[],
-                      info={"measured_time_s": 1.0})
-        batch.measured = shared
-        return run_cell(sc, batch, sc.solvers[0], sc.budgets[0], "cpu", tmp_path, fake_execute, "executed")
+        batch = Prepared(1, problem, keep.peak_bytes, keep.time_s, graph=object(), flat=[],
+                         info={"measured_time_s": 1.0})
+        ctx = CellContext(sc, "cpu", tmp_path, fake_execute, "executed")
+        return run_cell(ctx, batch, shared, sc.solvers[0], sc.budgets[0])
 
-    shared: dict = {}
+    shared = PlanMemo()
     row = cell(1.01, "a")
-    assert row["status"] == "feasible" and row["predicted_time_s"] > 1.01 * keep.time_s
-    assert not row["executed"] and "max_slowdown" in row["execute_note"] and not calls
+    assert row.status == "feasible" and row.predicted_time_s > 1.01 * keep.time_s
+    assert not row.executed and "max_slowdown" in row.execute_note and not calls
     row = cell(None, "b")
-    assert row["executed"] and row["measured_overhead_pct"] == 100.0 and len(calls) == 1
+    assert row.executed and row.measured_overhead_pct == 100.0 and len(calls) == 1
     row = cell(None, "c")  # the same plan again: measured once
-    assert row["executed"] and "same plan as b @ 1TiB" in row["execute_note"] and len(calls) == 1
+    assert row.executed and "same plan as b @ 1TiB" in row.execute_note and len(calls) == 1
 
 
 def mutwo_simulate(problem):

@@ -303,7 +303,8 @@ def test_faults_are_rows_and_the_run_goes_on(tmp_path):
 
 def test_budget_below_the_floor_is_infeasible_for_every_builtin_solver(tmp_path):
     """The built-in solvers (fast ones) say infeasible just below the floor, and the row names it."""
-    from mutwo.compare import Batch, run_cell
+    from mutwo.cell import CellContext, PlanMemo, run_cell
+    from mutwo.pipeline import Prepared
     from mutwo.scenario import Budget, validate_scenario
 
     problem = residual(4, seed=1)
@@ -313,14 +314,15 @@ def test_budget_below_the_floor_is_infeasible_for_every_builtin_solver(tmp_path)
              "ilp_cpsat", "checkmate_exact"]
     sc = validate_scenario({"name": "f", "model": "mlp", "batch_size": 1, "budgets": [1.0], "solvers": names,
                             "solve": {"timeout_s": None}})
-    batch = Batch(1, problem, keep.peak_bytes, keep.time_s, tmp_path, info={})
+    batch = Prepared(1, problem, keep.peak_bytes, keep.time_s, info={})
     assert batch.floor == problem.peak_floor()
     for spec in sc.solvers:
         if spec.name.startswith(("ilp", "checkmate")):
             spec.options = {"time_limit_s": 5}
-        row = run_cell(sc, batch, spec, Budget(nbytes=floor - 1), "cpu", tmp_path, None, "not executed")
-        assert row["status"] == "infeasible", (spec.name, row["message"])
-        assert f"no plan can peak below {floor} B" in row["message"], spec.name
+        ctx = CellContext(sc, "cpu", tmp_path, None, "not executed")
+        row = run_cell(ctx, batch, PlanMemo(), spec, Budget(nbytes=floor - 1))
+        assert row.status == "infeasible", (spec.name, row.message)
+        assert f"no plan can peak below {floor} B" in row.message, spec.name
 
 
 @pytest.mark.parametrize("make", [lambda s: chain(6 + s), lambda s: residual(3, seed=s),

@@ -1,0 +1,157 @@
+"""Prepare one batch size: build the workload, capture the training step, profile it, build the
+Problem and simulate keep-all (what fractional budgets are fractions of).
+
+`prepare` is the one capture -> profile -> Problem sequence; the comparison (`prepare_scenario`),
+the benchmarks and the optimizer call it. `reload` is the way back from a run folder on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mutwo import files
+
+if TYPE_CHECKING:
+    from mutwo.capture import OptimizerConfig, Workload
+    from mutwo.problem import Problem
+    from mutwo.scenario import Scenario
+
+__all__ = ["Prepared", "prepare", "prepare_scenario", "keep_all_info", "save_tables", "reload", "seed_everything",
+           "build", "target_device", "PROBLEM_FILE", "KEEP_ALL_FILE"]
+
+PROBLEM_FILE = "problem.npz"
+KEEP_ALL_FILE = "keep_all.json"
+Status = Callable[[str], None]
+
+
+def _silent(text: str) -> None:
+    return None
+
+
+@dataclass
+class Prepared:
+    """One captured, profiled batch size and its Problem: everything its cells share. ``graph``,
+    ``flat`` and ``profile`` are None when the Problem was reloaded from a run folder."""
+
+    batch_size: int
+    problem: Problem
+    keep_all_peak_bytes: int  # simulated keep-all peak: budgets are fractions of it
+    keep_all_time_s: float
+    graph: Any = None  # TrainGraph, needed to execute
+    flat: list | None = None  # the graph's inputs (parameters, buffers, optimizer state, batch)
+    profile: Any = None  # mutwo.profile.Profile
+    capture_s: float = 0.0
+    info: dict = field(default_factory=dict)  # keep_all.json: reference figures, measured ones included
+    floor: tuple[int, int] = (0, 0)  # problem.peak_floor(): no plan peaks below it
+
+    def __post_init__(self) -> None:
+        if self.floor == (0, 0) and self.problem is not None:
+            self.floor = self.problem.peak_floor()
+
+    def release(self) -> None:
+        """Drop the model and its state (before the next batch size is built)."""
+        self.graph = self.flat = None
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def target_device(scenario: Scenario) -> str:
+    """The device a scenario runs on (``auto`` resolved)."""
+    from mutwo.scenario import resolve_device
+
+    return resolve_device(scenario.device)
+
+
+def build(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>") -> Workload:
+    """The scenario's workload at one batch size (a user builder is checked to return a Workload)."""
+    from mutwo.scenario import call_builder
+
+    return call_builder(scenario, batch_size, device, source)
+
+
+def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, runs: int = 3, warmup: int = 1,
+            cache: bool = True, name: str | None = None, progress: bool = False,
+            status: Status = _silent) -> Prepared:
+    """Capture ``workload``'s training step, profile it (``runs`` after ``warmup``; ``cache``: reuse the
+    disk cache), build its Problem and simulate keep-all."""
+    from mutwo.capture import capture, flat_state
+    from mutwo.problem_build import build_problem
+    from mutwo.profile import profile
+    from mutwo.schedule import Schedule
+    from mutwo.simulate import simulate
+
+    status(f"b{batch_size}: capture")
+    t0 = time.perf_counter()
+    graph = capture(workload, optimizer)
+    capture_s = time.perf_counter() - t0
+    flat, _, _ = flat_state(workload, optimizer)
+    status(f"b{batch_size}: profile")
+    prof = profile(graph, flat, runs=runs, warmup=warmup, cache=cache, progress=progress)
+    problem = build_problem(graph, prof, name=name)
+    keep = simulate(problem, Schedule.keep_all(problem, solver="keep_all"))
+    return Prepared(batch_size, problem, keep.peak_bytes, keep.time_s, graph, flat, prof, capture_s)
+
+
+def prepare_scenario(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>",
+                     status: Status = _silent) -> Prepared:
+    """`prepare` one batch size of a scenario (seeded first), with its keep-all figures in ``info``."""
+    from mutwo.capture import OptimizerConfig
+
+    seed_everything(scenario.seed)
+    status(f"b{batch_size}: build {scenario.model}")
+    workload = build(scenario, batch_size, device, source)
+    opt = OptimizerConfig(scenario.optimizer.name, dict(scenario.optimizer.options))
+    prep = prepare(workload, opt, batch_size=batch_size, runs=scenario.profile.runs, warmup=scenario.profile.warmup,
+                   name=f"{scenario.name}-b{batch_size}", status=status)
+    prep.problem.notes.update({"scenario": scenario.name, "batch_size": batch_size})
+    prep.info = keep_all_info(prep)
+    return prep
+
+
+def keep_all_info(prep: Prepared) -> dict:
+    """keep_all.json before keep-all is executed: predicted figures, the floor, capture and profile."""
+    problem, prof = prep.problem, prep.profile
+    return {"batch_size": prep.batch_size, "keep_all_peak_bytes": prep.keep_all_peak_bytes,
+            "keep_all_time_s": prep.keep_all_time_s, "fixed_peak_bytes": int(problem.fixed_bytes.max()),
+            "act_bytes_total": int(problem.act_bytes.sum()), "floor_bytes": prep.floor[0],
+            **{k: v for k, v in problem.summary().items() if k.startswith("n_")},
+            "capture_s": prep.capture_s, "profile_s": prof.profile_time_s,
+            "profile_measured_peak_bytes": prof.measured_peak_bytes,
+            "profile_iteration_time_s": prof.iteration_time_s, "peak_method": prof.peak_method,
+            "bandwidth_bytes_per_s": prof.host_bandwidth_bytes_per_s, "bandwidth_source": prof.bandwidth_source}
+
+
+def save_tables(prep: Prepared, folder: Path) -> None:
+    """ops.csv, activations.csv and the Problem, into a batch folder of a run."""
+    from mutwo.problem_build import activation_table
+
+    files.write_csv(folder / "ops.csv", prep.profile.ops_frame(prep.graph))
+    files.write_csv(folder / "activations.csv", activation_table(prep.problem))
+    prep.problem.save(folder / PROBLEM_FILE)
+
+
+def reload(folder: Path, batch_size: int) -> Prepared | None:
+    """A batch size as a finished run left it (its Problem and keep_all.json; no graph: nothing can be
+    executed), or None when the folder does not hold both."""
+    from mutwo.problem import Problem
+
+    info_path = folder / KEEP_ALL_FILE
+    if not ((folder / PROBLEM_FILE).exists() and info_path.exists()):
+        return None
+    info = json.loads(info_path.read_text())
+    return Prepared(batch_size, Problem.load(folder / PROBLEM_FILE), info["keep_all_peak_bytes"],
+                    info["keep_all_time_s"], info=info)

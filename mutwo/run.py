@@ -1,0 +1,213 @@
+"""The grid of one comparison: every batch size x solver x budget of a scenario, into its run folder.
+
+Cells are appended to cells.jsonl as they finish and every other file is written atomically, so a run
+killed at any moment continues with ``--resume`` (docs/compare.md).
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mutwo import cell, files, pipeline, report, run_folder
+from mutwo.cell import CellContext, PlanMemo, Row
+from mutwo.pipeline import Prepared
+from mutwo.scenario import Scenario
+
+__all__ = ["RunOptions", "RunContext", "run_scenario", "versions"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a scenario (the command line's options)."""
+
+    out: Path = Path("results")
+    run_id: str | None = None
+    resume: bool = False
+    no_plots: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+
+@dataclass
+class RunContext:
+    """One run: the scenario, where it runs, its folder and options, and what its cells share."""
+
+    scenario: Scenario
+    source: str  # the scenario file, as given (error messages name it)
+    command: str  # the command line, for run.json
+    device: str
+    run_dir: Path
+    options: RunOptions
+    cell: CellContext
+    bar: Any = None  # tqdm progress bar
+    done: dict[str, Row] = field(default_factory=dict)  # finished cells of a resumed run, by Row.key
+    rows: list[Row] = field(default_factory=list)
+    batches: dict[int, Prepared] = field(default_factory=dict)
+
+    def status(self, text: str) -> None:
+        self.bar.set_postfix_str(text, refresh=True)
+
+    def write_results(self) -> pd.DataFrame:
+        df = cell.results_frame(self.rows)
+        files.write_csv(self.run_dir / "results.csv", df)
+        return df
+
+
+def versions() -> dict[str, str]:
+    """Python, the platform, and the versions of mutwo and the libraries its results depend on."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("mutwo", "torch", "torchvision", "transformers", "numpy", "pandas", "ortools", "pulp",
+                "highspy", "pydantic"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def run_scenario(scenario: Scenario, options: RunOptions, argv: list[str],
+                 source: str | Path) -> tuple[Path, pd.DataFrame]:
+    """Run (or resume) the whole grid; returns the run folder and the results table.
+
+    Everything that can refuse (an existing run without --resume, a resume under changed settings, a
+    folder another process holds) is checked before any model is built. A failure or Ctrl-C on the way
+    is recorded in run.json (status ``failed`` / ``interrupted``) and re-raised; finished cells stay in
+    cells.jsonl for --resume.
+    """
+    source = str(source)
+    device = pipeline.target_device(scenario)
+    run_dir, previous = run_folder.open_run(scenario, device, options.out, options.run_id, options.resume, source)
+    with run_folder.locked(run_dir):
+        execute_fn, execute_note = cell.executor(scenario.execute.enabled)
+        ctx = RunContext(scenario, source, "python -m mutwo.compare " + shlex.join(argv), device, run_dir, options,
+                         CellContext(scenario, device, run_dir, execute_fn, execute_note, options.debug))
+        if options.resume:
+            ctx.done = run_folder.finished_cells(run_dir)
+        return _run_grid(ctx, previous)
+
+
+def _run_info(ctx: RunContext, previous: dict) -> dict:
+    """run.json as the run starts."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    return {"run_id": ctx.run_dir.name, "scenario": ctx.scenario.model_dump(), "scenario_file": ctx.source,
+            "device": ctx.device, "seed": ctx.scenario.seed, "command": ctx.command,
+            "started": previous.get("started", started), "resumed": ctx.options.resume and bool(ctx.done),
+            "versions": versions(), "execution_note": ctx.cell.execute_note, "status": "running"}
+
+
+def _run_grid(ctx: RunContext, previous: dict) -> tuple[Path, pd.DataFrame]:
+    from tqdm.auto import tqdm
+
+    sc, run_json = ctx.scenario, ctx.run_dir / run_folder.RUN_FILE
+    run_info = _run_info(ctx, previous)
+    files.write_json(run_json, run_info)
+    files.write_text(ctx.run_dir / "scenario.yaml", Path(ctx.source).read_text())
+    n_cells = len(sc.batch_size) * len(sc.solvers) * len(sc.budgets)
+    t_start = time.perf_counter()
+    ctx.bar = tqdm(total=n_cells, desc=sc.name, unit="cell", disable=ctx.options.quiet, dynamic_ncols=True)
+    try:
+        for bs in sc.batch_size:
+            _run_batch(ctx, bs)
+    except BaseException as exc:  # Ctrl-C or a bug: say so in run.json, keep what is done, re-raise
+        ctx.bar.close()
+        ctx.write_results()
+        run_info.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                         "error": f"{type(exc).__name__}: {exc}".strip(), "cells": len(ctx.rows),
+                         "stopped": time.strftime("%Y-%m-%d %H:%M:%S")})
+        files.write_json(run_json, run_info)
+        raise
+    ctx.bar.close()
+
+    df = ctx.write_results()
+    keep_all = {bs: b.info for bs, b in ctx.batches.items()}
+    plots = [] if ctx.options.no_plots else _figures(ctx, df, keep_all)
+    run_info.update({"status": "finished", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "wall_time_s": time.perf_counter() - t_start, "cells": len(ctx.rows),
+                     "cells_resumed": sum(r.key in ctx.done for r in ctx.rows)})
+    files.write_json(run_json, run_info)
+    report.write_report(ctx.run_dir / "report.md", df, run_info, plots, keep_all)
+    return ctx.run_dir, df
+
+
+def _figures(ctx: RunContext, df: pd.DataFrame, keep_all: dict[int, dict]) -> list[Path]:
+    from mutwo import compare_plots
+
+    problems = {bs: b.problem for bs, b in ctx.batches.items()}
+    return compare_plots.run_figures(df, problems, keep_all, ctx.run_dir)
+
+
+def prepare_batch(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Prepared, PlanMemo]:
+    """Capture, profile and build the Problem of one batch size (or reload it, when resuming a batch
+    whose cells are all done), write its tables, and measure keep-all (once per run folder)."""
+    folder = ctx.run_dir / f"batch{bs}"
+    if not capture_graph:
+        reloaded = pipeline.reload(folder, bs)
+        if reloaded is not None:
+            return reloaded, PlanMemo()
+    prep = pipeline.prepare_scenario(ctx.scenario, bs, ctx.device, ctx.source, status=ctx.status)
+    pipeline.save_tables(prep, folder)
+    old = run_folder.read_json(folder / pipeline.KEEP_ALL_FILE)
+    if "measured" in old:  # resuming: the keep-all execution is already done
+        prep.info["measured"] = old["measured"]
+    elif ctx.cell.execute_fn is not None:
+        ctx.status(f"b{bs}: execute keep-all")
+        cell.measure_reference(ctx.cell, prep)
+    if "measured" in prep.info:
+        prep.info.update({k: prep.info["measured"][k] for k in ("measured_peak_bytes", "measured_time_s")})
+    files.write_json(folder / pipeline.KEEP_ALL_FILE, prep.info)
+    return prep, PlanMemo.from_reference(prep.problem, prep.info)
+
+
+def _prepare_or_oom(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[PlanMemo | None, str | None]:
+    """`prepare_batch` into ``ctx.batches``; a batch size that runs out of memory while it is captured or
+    profiled gives (None, why) instead."""
+    try:
+        prep, memo = prepare_batch(ctx, bs, capture_graph)
+    except Exception as exc:
+        if not cell.is_oom(exc):
+            raise
+        if ctx.options.debug:
+            traceback.print_exc()
+        why = f"{type(exc).__name__}: {exc}".strip()
+        cell.release_memory(ctx.device)
+        return None, why
+    ctx.batches[bs] = prep
+    return memo, None
+
+
+def _run_batch(ctx: RunContext, bs: int) -> None:
+    """Every cell of one batch size; the oom rows of a batch size that did not fit, and the run goes on."""
+    cells = [(spec, b) for spec in ctx.scenario.solvers for b in ctx.scenario.budgets]
+    keys = [cell.cell_key(bs, spec.label, b.label) for spec, b in cells]
+    todo = [k for k in keys if k not in ctx.done]
+    if not todo and not (ctx.run_dir / f"batch{bs}" / pipeline.PROBLEM_FILE).exists():  # done without a Problem
+        ctx.rows.extend(ctx.done[k] for k in keys)
+        ctx.bar.update(len(cells))
+        return
+    memo, why = _prepare_or_oom(ctx, bs, capture_graph=bool(todo))
+    for (spec, budget), key in zip(cells, keys):
+        if key in ctx.done:
+            ctx.rows.append(ctx.done[key])
+            ctx.bar.update()
+            continue
+        ctx.status(f"b{bs} {spec.label} @ {budget.label}")
+        if why is not None:
+            row = cell.batch_oom_row(ctx.cell, bs, spec, budget, why)
+        else:
+            row = cell.run_cell(ctx.cell, ctx.batches[bs], memo, spec, budget)
+        run_folder.append_cell(ctx.run_dir, row)
+        ctx.rows.append(row)
+        ctx.bar.update()
+    ctx.write_results()
+    if bs in ctx.batches:
+        ctx.batches[bs].release()  # free the model before the next batch size
