@@ -1,14 +1,23 @@
-"""Shared pieces of the benchmark scripts: the model configurations they agree on, atomic output files
-and a note of how busy the machine was (timings on a shared CPU mean little without it)."""
+"""Shared pieces of the benchmark scripts: the model configurations they agree on, the command-line
+flags they share, their output files and a note of how busy the machine was (timings on a shared CPU
+mean little without it)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+from mutwo import files
+from mutwo.timing import set_threads
+
+__all__ = ["RESULTS", "MODELS", "ModelConfig", "model_config", "machine", "set_threads", "write_csv", "markdown",
+           "parser", "labels"]
 
 RESULTS = Path("results/benchmarks")
 
@@ -74,24 +83,41 @@ def machine() -> dict:
             "load_avg_1min": round(load1, 2)}
 
 
-def set_threads(n: int | None) -> None:
-    """Pin torch's intra-op threads. On a shared, oversubscribed CPU a 2-thread OpenMP region waits for
-    its second thread to be scheduled (measured here: a 32x128 @ 128x128 mm took 32 ms with 2 threads
-    and 0.02 ms with 1 while other jobs ran), so timings are only meaningful with 1 thread there."""
-    import torch
-
-    if n:
-        torch.set_num_threads(int(n))
-
-
 def write_csv(df: pd.DataFrame, name: str, out: Path = RESULTS) -> Path:
-    """Write ``out/name`` atomically (temp file, then rename): readers never see half a table."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    """Write ``out/name`` atomically: readers never see half a table."""
+    return files.write_csv(out / name, df)
+
+
+# flags several scripts take, with the defaults they share (a script may override any keyword)
+FLAGS: dict[str, dict[str, Any]] = {
+    "models": {"nargs": "+", "default": ["resnet18", "bert-tiny"],
+               "help": f"keys of {sorted(MODELS)} or zoo:batch[:key=value,...]"},
+    "fractions": {"type": float, "nargs": "+", "default": None,
+                  "help": "budgets as fractions of the keep-all peak (default: each model's own grid)"},
+    "ilps": {"default": "distinct", "choices": ["distinct", "all", "none"]},
+    "solvers": {"default": None, "help": "comma-separated labels, e.g. mutwo_greedy,recompute_all"},
+    "time-limit": {"type": float, "default": 60.0},
+    "threads": {"type": int, "default": 2},
+    "iterations": {"type": int, "default": 5},
+    "warmup": {"type": int, "default": 1},
+    "torch-threads": {"type": int, "default": None, "help": "torch intra-op threads (default: torch's)"},
+    "no-plot": {"action": "store_true"},
+}
+
+
+def parser(doc: str, *flags: str, **overrides: dict[str, Any]) -> argparse.ArgumentParser:
+    """An argument parser described by the first line of ``doc``, with the shared ``flags`` (names of
+    `FLAGS`); ``overrides`` change a flag's keywords, e.g. ``warmup={"default": 2}`` (``time_limit``
+    for ``--time-limit``)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name in flags:
+        ap.add_argument(f"--{name}", **{**FLAGS[name], **overrides.get(name.replace("-", "_"), {})})
+    return ap
+
+
+def labels(text: str | None) -> list[str] | None:
+    """A comma-separated ``--solvers`` value as a list (None: not given)."""
+    return text.split(",") if text else None
 
 
 def markdown(df: pd.DataFrame, floatfmt: str = ".3g") -> str:

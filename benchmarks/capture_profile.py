@@ -12,14 +12,12 @@ Writes ``results/benchmarks/capture_profile.csv``.
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 
-from mutwo.capture import OptimizerConfig, capture, flat_state
-from mutwo.problem_build import build_problem
-from mutwo.profile import profile
+from benchmarks._common import RESULTS, write_csv
+from mutwo.capture import OptimizerConfig
+from mutwo.pipeline import prepare
 from mutwo.zoo import build_workload
 
 DEFAULT = ["resnet152:2", "bert-base:2"]
@@ -31,22 +29,16 @@ def measure(spec: str) -> dict:
     optimizer = rest[0] if rest else "adam"
     wl = build_workload(name, int(batch))
     opt = OptimizerConfig(optimizer, {"momentum": 0.0} if optimizer == "sgd" else {})
-    t0 = time.perf_counter()
-    tg = capture(wl, opt)
-    capture_s = time.perf_counter() - t0
-    flat, _, _ = flat_state(wl, opt)
-    prof = profile(tg, flat, runs=3, warmup=1, cache=False)
-    problem = build_problem(tg, prof)
+    prep = prepare(wl, opt, batch_size=int(batch), runs=3, warmup=1, cache=False, progress=True)
+    tg, prof, problem = prep.graph, prep.profile, prep.problem
     estimate = int((tg.live_bytes() + prof.op_transient_bytes).max())
     s = tg.summary()
-    folder = Path("results/benchmarks/problems")
-    folder.mkdir(parents=True, exist_ok=True)
-    problem.save(folder / f"{name}-b{batch}-{optimizer}.npz")
+    problem.save(RESULTS / "problems" / f"{name}-b{batch}-{optimizer}.npz")
     return {
         "model": name, "batch": int(batch), "optimizer": optimizer, "n_ops": s["n_ops"],
         "n_forward_ops": s["fwd_end"] + 1, "n_activations": s["n_activations"],
         "activation_MiB": s["activation_bytes"] / 2**20, "param_MiB": s["param_bytes"] / 2**20,
-        "n_recomputable": int(problem.recomputable.sum()), "capture_s": capture_s,
+        "n_recomputable": int(problem.recomputable.sum()), "capture_s": prep.capture_s,
         "profile_s": prof.profile_time_s, "iteration_s": prof.iteration_time_s,
         "liveness_peak_MiB": estimate / 2**20, "measured_peak_MiB": prof.measured_peak_bytes / 2**20,
         "peak_diff_pct": 100 * (estimate - prof.measured_peak_bytes) / prof.measured_peak_bytes,
@@ -57,11 +49,7 @@ def measure(spec: str) -> dict:
 def main(argv: list[str]) -> None:
     rows = [measure(spec) for spec in (argv or DEFAULT)]
     df = pd.DataFrame(rows)
-    out = Path("results/benchmarks")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "capture_profile.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(out / "capture_profile.csv")
+    write_csv(df, "capture_profile.csv")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.round(2).T.to_string())
 

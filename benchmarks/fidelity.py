@@ -21,14 +21,22 @@ Writes ``results/benchmarks/fidelity.csv`` (per distinct plan, with errors), ``f
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks._common import RESULTS, machine, markdown, model_config, set_threads, write_csv
+from benchmarks._common import (
+    RESULTS,
+    labels,
+    machine,
+    markdown,
+    model_config,
+    parser,
+    set_threads,
+    write_csv,
+)
 from benchmarks._sweep import default_solvers, prepare, sweep
 
 __all__ = ["PEAK_TARGET", "TIME_TARGET", "errors", "summarize", "cause", "run_fidelity", "main"]
@@ -122,7 +130,7 @@ def run_fidelity(models: Sequence[str], fractions: Sequence[float] | None = None
         prep = prepare(cfg)
         use = "none" if prep.problem.n_act > 300 else ilps
         grid = cfg.fractions if fractions is None else fractions
-        frames.append(sweep(prep, default_solvers(prep.problem.n_act, ilps=use, only=solvers), grid,
+        frames.append(sweep(cfg, prep, default_solvers(prep.problem.n_act, ilps=use, only=solvers), grid,
                             iterations=iterations, warmup=warmup, time_limit=time_limit, progress=progress))
     return pd.concat(frames, ignore_index=True)
 
@@ -156,20 +164,10 @@ def plot(err: pd.DataFrame, path: Path = RESULTS / "fidelity.png") -> Path:
 
 
 def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.DataFrame]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18", "bert-tiny"])
+    ap = parser(__doc__, "models", "fractions", "ilps", "solvers", "time-limit", "iterations", "warmup", "torch-threads", "no-plot")
     ap.add_argument("--resnet152", action="store_true", help="also ResNet-152 at batch 2 (slow)")
-    ap.add_argument("--fractions", type=float, nargs="+", default=None,
-                    help="budgets as fractions of the keep-all peak (default: each model's own grid)")
-    ap.add_argument("--ilps", default="distinct", choices=["distinct", "all", "none"])
-    ap.add_argument("--solvers", default=None, help="comma-separated labels, e.g. mutwo_greedy,recompute_all")
-    ap.add_argument("--time-limit", type=float, default=60.0)
-    ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--torch-threads", type=int, default=None)
     ap.add_argument("--from-csv", type=Path, nargs="*", default=None,
                     help="analyse plans already executed (e.g. quality_plans.csv) instead of running")
-    ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     set_threads(args.torch_threads)
     start = machine()
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.Dat
         todo = models if not args.from_csv else ["resnet152"]
         print(f"machine: {start}")
         runs = run_fidelity(todo, args.fractions, ilps=args.ilps, time_limit=args.time_limit,
-                            solvers=args.solvers.split(",") if args.solvers else None,
+                            solvers=labels(args.solvers),
                             iterations=args.iterations, warmup=args.warmup)
         runs["load_avg_start"], runs["load_avg_end"] = start["load_avg_1min"], machine()["load_avg_1min"]
         runs["torch_threads"] = start["torch_threads"]

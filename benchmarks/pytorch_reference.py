@@ -30,7 +30,6 @@ Writes ``results/benchmarks/pytorch_reference.csv`` and ``pytorch_reference.png`
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
@@ -41,12 +40,12 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from benchmarks._common import (
-    MODELS,
     RESULTS,
     ModelConfig,
     machine,
     markdown,
     model_config,
+    parser,
     set_threads,
     write_csv,
 )
@@ -296,17 +295,11 @@ def plot(df: pd.DataFrame, path=RESULTS / "pytorch_reference.png"):
 
 
 def main(argv: list[str] | None = None, out=RESULTS) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18", "bert-tiny"],
-                    help=f"keys of {sorted(MODELS)} or zoo:batch[:key=value,...]")
+    ap = parser(__doc__, "models", "iterations", "warmup", "torch-threads", "no-plot", warmup={"default": 2})
     ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     ap.add_argument("--backends", nargs="+", default=["aot_eager", "aot_eager_decomp_partition"],
                     choices=["aot_eager", "aot_eager_decomp_partition", "inductor"])
-    ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-checkpoint", action="store_true")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args(argv)
     set_threads(args.torch_threads)
     start = machine()

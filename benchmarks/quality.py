@@ -28,14 +28,22 @@ and each model's Problem as problems/<model>-b<batch>-sgd.npz, for ``benchmarks.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks._common import RESULTS, machine, markdown, model_config, set_threads, write_csv
+from benchmarks._common import (
+    RESULTS,
+    labels,
+    machine,
+    markdown,
+    model_config,
+    parser,
+    set_threads,
+    write_csv,
+)
 from benchmarks._sweep import default_solvers, prepare, sweep
 from benchmarks.pytorch_reference import BUDGETS, run_reference
 
@@ -154,8 +162,8 @@ def run_quality(models: Sequence[str], fractions: Sequence[float] | None = None,
         if save_problems is not None:
             save_problems.mkdir(parents=True, exist_ok=True)
             prep.problem.save(save_problems / f"{cfg.zoo}-b{cfg.batch}-sgd.npz")
-        df = sweep(prep, default_solvers(prep.problem.n_act, ilps=ilps, only=solvers), fr, iterations=iterations, warmup=warmup, time_limit=time_limit,
-                   progress=progress)
+        df = sweep(cfg, prep, default_solvers(prep.problem.n_act, ilps=ilps, only=solvers), fr,
+                   iterations=iterations, warmup=warmup, time_limit=time_limit, progress=progress)
         df["pytorch_level"] = df.budget_fraction.round(4).isin(levels)
         plans.append(df)
     return pd.concat(plans, ignore_index=True), pd.concat(refs, ignore_index=True)
@@ -205,21 +213,11 @@ def plot(plans: pd.DataFrame, reference: pd.DataFrame, path: Path = RESULTS / "q
 
 
 def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.DataFrame]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet18", "bert-tiny"])
-    ap.add_argument("--fractions", type=float, nargs="+", default=None,
-                    help="budgets as fractions of the keep-all peak (default: each model's own grid)")
+    ap = parser(__doc__, "models", "fractions", "ilps", "solvers", "time-limit", "iterations", "warmup", "torch-threads", "no-plot")
     ap.add_argument("--budgets", type=float, nargs="*", default=list(BUDGETS),
                     help="PyTorch activation_memory_budget values (none: eager and checkpoint only)")
     ap.add_argument("--backends", nargs="+", default=["aot_eager"],
                     choices=["aot_eager", "aot_eager_decomp_partition"])
-    ap.add_argument("--ilps", default="distinct", choices=["distinct", "all", "none"])
-    ap.add_argument("--solvers", default=None, help="comma-separated labels, e.g. mutwo_greedy,recompute_all")
-    ap.add_argument("--time-limit", type=float, default=60.0)
-    ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--torch-threads", type=int, default=None)
-    ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--reanalyze", action="store_true",
                     help="no new runs: recompute the comparison, gap and plot from quality_plans.csv and "
                          "quality_pytorch.csv")
@@ -231,7 +229,7 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.Dat
     start = machine()
     print(f"machine: {start}")
     plans, ref = run_quality(args.models, args.fractions, ilps=args.ilps, time_limit=args.time_limit,
-                             solvers=args.solvers.split(",") if args.solvers else None,
+                             solvers=labels(args.solvers),
                              iterations=args.iterations, warmup=args.warmup, budgets=args.budgets,
                              backends=args.backends, save_problems=out / "problems")
     end = machine()

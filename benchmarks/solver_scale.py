@@ -26,7 +26,6 @@ Writes ``results/benchmarks/solver_scale.csv`` and ``solver_scale.png`` (log-log
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Sequence
@@ -34,9 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks._common import RESULTS, machine, markdown, write_csv
+from benchmarks._common import RESULTS, labels, machine, markdown, parser, write_csv
+from mutwo.cell import solve
 from mutwo.problem import Problem
-from mutwo.registry import available_solvers, get_solver
+from mutwo.registry import available_solvers
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
 from mutwo.synthetic import random_dag
@@ -69,12 +69,11 @@ def solve_row(problem: Problem, name: str, budget: int, *, time_limit: float, th
               keep_peak: int, keep_time: float) -> dict:
     """Solve once (three times if under a second, median) and describe the plan by `simulate`."""
     opts = {"time_limit_s": time_limit, "threads": threads} if _is_ilp(name) else {}
-    solver = get_solver(name)
     times: list[float] = []
     sched: Schedule | None = None
     for _ in range(3):
         t0 = time.perf_counter()
-        sched = solver(problem, budget, **opts)
+        sched = solve(name, problem, budget, opts)
         times.append(time.perf_counter() - t0)
         if times[-1] > 1.0:
             break
@@ -195,23 +194,20 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "fractions", "time-limit", "threads", "solvers", "no-plot",
+                fractions={"default": list(FRACTIONS), "help": None},
+                solvers={"help": "comma-separated (default: every registered solver)"})
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    ap.add_argument("--time-limit", type=float, default=60.0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--solvers", default=None, help="comma-separated (default: every registered solver)")
     ap.add_argument("--problems", type=Path, nargs="*", default=None,
                     help=f"saved Problems (default: {PROBLEMS}/*.npz if any)")
     ap.add_argument("--max-total-s", type=float, default=3600.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     problems = args.problems if args.problems is not None else sorted(PROBLEMS.glob("*.npz"))
     info = machine()
     print(f"machine: {info}")
     df = run_scale(args.sizes, args.fractions, args.time_limit, args.threads,
-                   args.solvers.split(",") if args.solvers else None, args.seed, problems, args.max_total_s)
+                   labels(args.solvers), args.seed, problems, args.max_total_s)
     df["load_avg_start"] = info["load_avg_1min"]
     df["load_avg_end"] = machine()["load_avg_1min"]
     write_csv(df, "solver_scale.csv", out)

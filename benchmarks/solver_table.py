@@ -10,15 +10,16 @@ Prints the simulate() time on the Problem, then one row per solver x budget: sta
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks._common import labels, parser, write_csv
 from benchmarks.simulate_speed import median_ms
+from mutwo.cell import solve
 from mutwo.problem import Problem
-from mutwo.registry import available_solvers, get_solver
+from mutwo.registry import available_solvers
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
 
@@ -26,18 +27,17 @@ SKIP_BY_DEFAULT = {"brute_force", "checkmate_exact"}  # exponential / small-grap
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, "solvers", "time-limit", solvers={"help": None},
+                time_limit={"help": "for ILP solvers (seconds)"})
     ap.add_argument("problem", type=Path)
-    ap.add_argument("--solvers", default=None)
     ap.add_argument("--budgets", default="0.9,0.7,0.5,0.3")
-    ap.add_argument("--time-limit", type=float, default=60.0, help="for ILP solvers (seconds)")
     args = ap.parse_args()
     problem = Problem.load(args.problem)
     keep = simulate(problem, Schedule.keep_all(problem))
     print(f"{problem.name}: {problem.n_ops} ops, {problem.n_act} activations, keep-all peak "
           f"{keep.peak_bytes / 2**20:.1f} MiB (fixed memory alone {problem.fixed_bytes.max() / 2**20:.1f} MiB), "
           f"time {keep.time_s:.3f} s; simulate() keep-all median {median_ms(problem, Schedule.keep_all(problem), 20):.2f} ms")
-    names = args.solvers.split(",") if args.solvers else [s for s in available_solvers() if s not in SKIP_BY_DEFAULT]
+    names = labels(args.solvers) or [s for s in available_solvers() if s not in SKIP_BY_DEFAULT]
     rows = []
     for frac in [float(x) for x in args.budgets.split(",")]:
         budget = int(frac * keep.peak_bytes)
@@ -45,7 +45,7 @@ def main() -> None:
             opts = {"time_limit_s": args.time_limit} if name.startswith("ilp") else {}
             t0 = time.perf_counter()
             try:
-                sched = get_solver(name)(problem, budget, **opts)
+                sched = solve(name, problem, budget, opts)
             except Exception as exc:  # noqa: BLE001 - a failing solver is a row, not the end of the table
                 rows.append({"budget_fraction": frac, "solver": name, "status": "error", "message": str(exc)[:80]})
                 continue
@@ -56,11 +56,7 @@ def main() -> None:
                          "overhead_pct": 100 * (sim.time_s / keep.time_s - 1), "solve_s": wall,
                          "simulate_ms": median_ms(problem, sched, 5), **sched.counts()})
     df = pd.DataFrame(rows)
-    out = Path("results/benchmarks")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"solver_table_{args.problem.stem}.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(out / f"solver_table_{args.problem.stem}.csv")
+    write_csv(df, f"solver_table_{args.problem.stem}.csv")
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(df.round(3).to_string(index=False))
 
