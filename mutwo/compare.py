@@ -95,6 +95,7 @@ def load(args: argparse.Namespace) -> Scenario:
 
 
 def options(args: argparse.Namespace) -> RunOptions:
+    """How to run, from the parsed command line."""
     return RunOptions(out=args.out, run_id=args.run_id, resume=args.resume, no_plots=args.no_plots,
                       quiet=args.quiet, debug=args.debug)
 

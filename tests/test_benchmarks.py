@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import fidelity, ilp_speed, pytorch_reference, quality, solver_scale, tables
-from benchmarks._common import markdown, model_config
+from benchmarks._common import labels, markdown, model_config, parser
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,3 +131,8 @@ def test_common_helpers():
     cfg = model_config("resnet18:4:image_size=32")
     assert cfg.batch == 4 and cfg.options == {"image_size": 32}
     assert markdown(pd.DataFrame({"a": [1.23456], "b": ["x"]})).splitlines()[2] == "| 1.23 | x |"
+    args = parser("first line\nmore", "warmup", "solvers", "time-limit", warmup={"default": 2}).parse_args(
+        ["--solvers", "a,b"])
+    assert (args.warmup, args.time_limit, labels(args.solvers), labels(None)) == (2, 60.0, ["a", "b"], None)
+    with pytest.raises(KeyError):
+        parser("doc", "no-such-flag")
