@@ -380,7 +380,7 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
 def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget, device: str, run_dir: Path,
              execute_fn, execute_note: str, debug: bool = False) -> dict:
     """Solve, validate, simulate and (if feasible and enabled) execute one solver at one budget."""
-    from mutwo.registry import SolverProcessError, SolverTimeout, run_solver
+    from mutwo.sandbox import SolverProcessError, SolverTimeout, run_solver
     from mutwo.schedule import ScheduleError, validate
     from mutwo.simulate import simulate
 
