@@ -41,8 +41,9 @@ import numpy as np
 import pandas as pd
 
 from mutwo import report
-from mutwo.scenario import Budget, Scenario, ScenarioError, SolverSpec, load_scenario, resolve_device
+from mutwo.scenario import Budget, Scenario, ScenarioError, SolverSpec, load_scenario
 from mutwo.schedule import Schedule
+from mutwo.workload import resolve_device
 
 __all__ = ["main", "build_parser", "run_scenario", "COLUMNS"]
 
@@ -320,7 +321,7 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
     from mutwo.capture import OptimizerConfig, capture, flat_state
     from mutwo.problem_build import activation_table, build_problem
     from mutwo.profile import profile
-    from mutwo.scenario import call_builder
+    from mutwo.zoo import call_builder
 
     _seed(scenario.seed)
     status(f"b{batch_size}: build {scenario.model}")
@@ -590,7 +591,10 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, argv: list[str]) 
     cells.jsonl for --resume.
     """
     source = str(args.scenario)
-    device = resolve_device(scenario.device)
+    try:
+        device = resolve_device(scenario.device)
+    except ValueError as exc:  # device: cuda without a GPU, worded like the file's other errors
+        raise ScenarioError(f"{source}: field 'device': {exc}") from None
     run_dir = _run_folder(scenario, args)
     previous = _read_json(run_dir / "run.json")
     cells_path = run_dir / "cells.jsonl"
