@@ -46,6 +46,7 @@ class Prepared:
     keep_peak: int  # simulated keep-all peak (bytes): budgets are fractions of it
     keep_time: float
     info: dict
+    binding: object = None  # StorageBinding of problem to graph (execute needs it)
 
 
 def prepare(cfg: ModelConfig, runs: int = 3, warmup: int = 1) -> Prepared:
@@ -65,14 +66,14 @@ def prepare(cfg: ModelConfig, runs: int = 3, warmup: int = 1) -> Prepared:
     capture_s = time.perf_counter() - t0
     flat, _, _ = flat_state(wl, opt)
     prof = profile(graph, flat, runs=runs, warmup=warmup, cache=False, progress=False)
-    problem = build_problem(graph, prof, name=cfg.key)
+    problem, binding = build_problem(graph, prof, name=cfg.key)
     keep = simulate(problem, Schedule.keep_all(problem))
     info = {"capture_s": capture_s, "profile_s": prof.profile_time_s, "n_ops": problem.n_ops,
             "n_act": problem.n_act, "act_MiB": float(np.sum(problem.act_bytes)) / 2**20,
             "fixed_peak_MiB": float(problem.fixed_bytes.max()) / 2**20,
             "profile_measured_peak_bytes": prof.measured_peak_bytes,
             "profile_iteration_time_s": prof.iteration_time_s, "profile_op_sum_s": float(prof.op_time_s.sum())}
-    return Prepared(cfg, graph, flat, problem, keep.peak_bytes, keep.time_s, info)
+    return Prepared(cfg, graph, flat, problem, keep.peak_bytes, keep.time_s, info, binding)
 
 
 def default_solvers(n_act: int, ilps: str = "distinct", recompute_variants: bool = True,
@@ -150,7 +151,8 @@ def sweep(prep: Prepared, solvers: Sequence[SolverRun], fractions: Sequence[floa
         while attempt < max_attempts:
             attempt += 1
             before = [] if unmodified else time_unmodified(prep, iterations)
-            res = run_schedule(prep.graph, p, schedule, prep.flat, iterations=iterations, warmup=warmup)
+            res = run_schedule(prep.graph, p, schedule, prep.flat, iterations=iterations, warmup=warmup,
+                               binding=prep.binding)
             times = list(getattr(res, "iteration_times_s", []) or [res.iteration_time_s])
             after = [] if unmodified else time_unmodified(prep, iterations)
             base = before + after or times  # the unmodified graph is its own baseline (ratio 1)

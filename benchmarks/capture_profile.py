@@ -36,7 +36,7 @@ def measure(spec: str) -> dict:
     capture_s = time.perf_counter() - t0
     flat, _, _ = flat_state(wl, opt)
     prof = profile(tg, flat, runs=3, warmup=1, cache=False)
-    problem = build_problem(tg, prof)
+    problem, _ = build_problem(tg, prof)
     estimate = int((tg.live_bytes() + prof.op_transient_bytes).max())
     s = tg.summary()
     folder = Path("results/benchmarks/problems")

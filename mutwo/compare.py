@@ -237,6 +237,7 @@ class Batch:
     measured: dict[bytes, tuple[dict, str]] = field(default_factory=dict)  # plan -> (measurement, who)
     oom: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # plan -> (why, who): ran out of memory
     floor: tuple[int, int] = (0, 0)  # problem.peak_floor()
+    binding: Any = None  # mutwo.problem_build.StorageBinding of problem to graph (needed to execute)
 
     def __post_init__(self) -> None:
         if self.floor == (0, 0) and self.problem is not None:
@@ -334,7 +335,7 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
     flat, _, _ = flat_state(workload, opt)
     status(f"b{batch_size}: profile")
     prof = profile(graph, flat, runs=scenario.profile.runs, warmup=scenario.profile.warmup, progress=False)
-    problem = build_problem(graph, prof, name=f"{scenario.name}-b{batch_size}")
+    problem, binding = build_problem(graph, prof, name=f"{scenario.name}-b{batch_size}")
     problem.notes.update({"scenario": scenario.name, "batch_size": batch_size})
     report.write_csv(folder / "ops.csv", prof.ops_frame(graph))
     report.write_csv(folder / "activations.csv", activation_table(problem))
@@ -358,7 +359,7 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
         try:
             res, oom = _execute_guarded(execute_fn, scenario, device, graph, problem, keep, flat,
                                         iterations=scenario.execute.iterations, warmup=scenario.execute.warmup,
-                                        seed=scenario.seed)
+                                        seed=scenario.seed, binding=binding)
             if oom is None:
                 info["measured"] = _measurement(res)
             else:
@@ -368,7 +369,7 @@ def prepare_batch(scenario: Scenario, batch_size: int, device: str, run_dir: Pat
     if "measured" in info:
         info.update({k: info["measured"][k] for k in ("measured_peak_bytes", "measured_time_s")})
     report.write_json(info_path, info)
-    batch = Batch(batch_size, problem, sim.peak_bytes, sim.time_s, folder, graph, flat, info)
+    batch = Batch(batch_size, problem, sim.peak_bytes, sim.time_s, folder, graph, flat, info, binding=binding)
     if "measured" in info:
         batch.measured[keep.plan_key()] = (info["measured"], "the keep-all reference")
     elif info.get("execute_error", "").startswith("out of memory"):
@@ -460,7 +461,7 @@ def run_cell(scenario: Scenario, batch: Batch, spec: SolverSpec, budget: Budget,
         try:
             res, oom = _execute_guarded(execute_fn, scenario, device, batch.graph, problem, schedule, batch.flat,
                                         iterations=scenario.execute.iterations, warmup=scenario.execute.warmup,
-                                        seed=scenario.seed)
+                                        seed=scenario.seed, binding=batch.binding)
         except Exception as exc:
             if debug:
                 traceback.print_exc()
