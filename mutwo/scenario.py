@@ -20,11 +20,11 @@ Schema (defaults in brackets)::
     seed: 0
 
 This module is the schema and its error messages only. Everything a file can get wrong is checked when
-it is loaded, before any model is built or profiled, without torch: a builder's name, signature and
-return annotation (`mutwo.zoo`), optimizer option names (`mutwo.workload`), solver option names (what
-each solver declares, `mutwo.registry`). Two checks need the run itself: whether ``device: cuda`` has
-a GPU (`mutwo.workload.resolve_device`, when the run starts) and what an unannotated builder returns
-(`mutwo.zoo.call_builder`, on its first call).
+it is loaded, before any model is built or profiled, without importing torch (a user's builder module
+may): a builder's name, signature and return annotation (`mutwo.zoo`), optimizer option names
+(`mutwo.workload`), solver option names (what each solver declares, `mutwo.registry`). Two checks need
+the run itself: whether ``device: cuda`` has a GPU (`mutwo.workload.resolve_device`, when the run
+starts) and what an unannotated builder returns (`mutwo.zoo.call_builder`, on its first call).
 """
 
 from __future__ import annotations
