@@ -15,11 +15,13 @@ import functools
 import importlib.metadata
 import inspect
 import re
+import sys
 import threading
 import time
 import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mutwo.schedule import Schedule
@@ -190,10 +192,18 @@ def register_solver(name: str, options: OptionsSpec | None = None) -> Callable[[
     return decorator
 
 
-_NOT_INSTALLED = ("no built-in solvers: mutwo declares them as 'mutwo.solvers' entry points in its "
-                  "pyproject.toml, and the installed package metadata has none (this checkout was not "
-                  "pip-installed, or was installed before they were declared); run `pip install -e .` in the "
-                  "mutwo checkout")
+def _not_installed_message() -> str:
+    """Why there are no built-ins and what to do. A ``mutwo.egg-info`` folder without them on the path
+    (an older install's, left in the checkout) is found before the installed metadata and hides it;
+    reinstalling does not rewrite it, so the message names it."""
+    stale = [folder.resolve() for folder in (Path(entry or ".") / "mutwo.egg-info" for entry in sys.path)
+             if folder.is_dir()
+             and not importlib.metadata.Distribution.at(folder).entry_points.select(group=ENTRY_POINT_GROUP)]
+    hint = (f"; {stale[0]} (an older install's metadata) is found first and hides the installed one: "
+            f"delete it" if stale else "")
+    return ("no built-in solvers: mutwo declares them as 'mutwo.solvers' entry points in its pyproject.toml, "
+            "and the installed package metadata has none (this checkout was not pip-installed, or was "
+            f"installed before they were declared); run `pip install -e .` in the mutwo checkout{hint}")
 
 
 def _entry_points() -> list:
@@ -226,7 +236,7 @@ def _load_builtins() -> None:
             return
         builtin = [ep for ep in _entry_points() if _is_builtin(ep)]
         if not builtin:
-            raise NotInstalledError(_NOT_INSTALLED)
+            raise NotInstalledError(_not_installed_message())
         for ep in builtin:
             try:
                 obj = ep.load()

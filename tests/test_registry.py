@@ -121,7 +121,7 @@ def test_builtin_module_missing_from_the_checkout_says_reinstall(clean_registry,
         clean_registry.available_solvers()
 
 
-def test_no_builtin_entry_points_is_an_error_not_an_empty_registry(clean_registry, monkeypatch):
+def test_no_builtin_entry_points_is_an_error_not_an_empty_registry(clean_registry, monkeypatch, tmp_path):
     """A source checkout that was never pip-installed (or installed before the built-ins were declared)
     has no mutwo entry points: every lookup says how to fix it, even with plug-ins installed."""
     plugin = _EP("plugin", lambda: _plan, dist="some-other-package")
@@ -131,6 +131,19 @@ def test_no_builtin_entry_points_is_an_error_not_an_empty_registry(clean_registr
         with pytest.raises(registry.NotInstalledError) as info:
             lookup()
         assert "`pip install -e .`" in str(info.value) and "'mutwo.solvers' entry points" in str(info.value)
+    # an older install's mutwo.egg-info in the checkout is found before the installed metadata and
+    # hides it (pip install -e . does not rewrite it): the message names it
+    stale = tmp_path / "mutwo.egg-info"
+    stale.mkdir()
+    (stale / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: mutwo\nVersion: 0.1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(registry.NotInstalledError, match=f"{re.escape(str(stale.resolve()))} .* hides the installed one: "
+                                                         f"delete it"):
+        clean_registry.available_solvers()
+    (stale / "entry_points.txt").write_text("[mutwo.solvers]\nsolvers.baselines = solvers.baselines\n")
+    with pytest.raises(registry.NotInstalledError) as info:
+        clean_registry.available_solvers()
+    assert "delete it" not in str(info.value)  # a current egg-info is not blamed
     # the distribution is told by its normalised name (pip may write MuTwo or mutwo)
     monkeypatch.setattr(registry, "_entry_points", lambda: [_EP("x", _EMPTY_BUILTIN.load, dist="MuTwo")])
     assert clean_registry.available_solvers() == []
