@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mutwo.capture import OptimizerConfig, capture, flat_state
+from mutwo.capture import capture, flat_state
 from mutwo.execute import ExecuteError, apply, execute, reference
 from mutwo.graph import Role, is_random_op
 from mutwo.problem import Problem
@@ -24,6 +24,7 @@ from mutwo.problem_build import StorageBinding, build_problem
 from mutwo.profile import Profile
 from mutwo.schedule import Decision, Schedule, ScheduleError, resolve_recompute
 from mutwo.simulate import simulate
+from mutwo.workload import OptimizerConfig
 from mutwo.zoo import build_workload, resnet, toy_mlp
 from solvers.baselines import chen_sqrt
 

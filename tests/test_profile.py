@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from mutwo import plots
-from mutwo.capture import OptimizerConfig, capture, flat_state
+from mutwo.capture import capture, flat_state
 from mutwo.memory import LiveStorageTracker
 from mutwo.problem import Problem
 from mutwo.problem_build import activation_table, build_problem
 from mutwo.profile import Profile, profile
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
+from mutwo.workload import OptimizerConfig
 from mutwo.zoo import build_workload
 
 
