@@ -31,8 +31,8 @@ def recompute_only(spec: SolverSpec) -> bool:
 def prepare(cfg: ModelConfig, runs: int = 3, warmup: int = 1) -> Prepared:
     """Capture one training step (plain SGD: no optimizer state, so activations set the peak) and
     profile it afresh (no disk cache: the profile must see the machine as it is during the run)."""
-    from mutwo.capture import OptimizerConfig
     from mutwo.pipeline import prepare as prepare_step
+    from mutwo.workload import OptimizerConfig
     from mutwo.zoo import build_workload
 
     wl = build_workload(cfg.zoo, cfg.batch, **cfg.options)

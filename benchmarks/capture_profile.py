@@ -16,8 +16,8 @@ import sys
 import pandas as pd
 
 from benchmarks._common import RESULTS, write_csv
-from mutwo.capture import OptimizerConfig
 from mutwo.pipeline import prepare
+from mutwo.workload import OptimizerConfig
 from mutwo.zoo import build_workload
 
 DEFAULT = ["resnet152:2", "bert-base:2"]

@@ -49,8 +49,8 @@ from benchmarks._common import (
     set_threads,
     write_csv,
 )
-from mutwo.capture import Workload
 from mutwo.memory import LiveStorageTracker, measure_peak
+from mutwo.workload import Workload
 from mutwo.zoo import build_workload
 
 __all__ = ["run_reference", "main", "BUDGETS", "BLOCK_TYPES"]

@@ -12,8 +12,7 @@ end of the step. Two identity ops mark the forward/backward boundary.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
@@ -25,6 +24,7 @@ from torch.optim.adamw import adamw as _adamw_update
 from torch.optim.sgd import sgd as _sgd_update
 
 from mutwo.graph import Role, TrainGraph
+from mutwo.workload import OptimizerConfig, Workload  # defined there (torch-free); still importable here
 
 __all__ = ["Workload", "OptimizerConfig", "CaptureError", "capture", "fwd_end", "flat_state",
            "eager_optimizer"]
@@ -56,46 +56,9 @@ def _bwd_start_fake(x: torch.Tensor) -> torch.Tensor:
 fwd_end.register_autograd(lambda ctx, grad: bwd_start(grad))
 
 
-# ---------------------------------------------------------------------- user-facing types
+# ---------------------------------------------------------------------- errors, eager reference, state
 class CaptureError(RuntimeError):
     """The model cannot be captured as one static graph; the message names the op or line."""
-
-
-@dataclass
-class Workload:
-    """A model, one example batch and ``loss_fn(model, *inputs) -> scalar``."""
-
-    model: torch.nn.Module
-    inputs: tuple
-    loss_fn: Callable[..., torch.Tensor]
-    name: str = "workload"
-
-
-@dataclass
-class OptimizerConfig:
-    """``name`` in sgd / adam / adamw, with torch.optim's keyword options."""
-
-    name: str = "adam"
-    options: dict = field(default_factory=dict)
-
-    def resolved(self) -> dict:
-        defaults = {
-            "sgd": {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.0, "dampening": 0.0, "nesterov": False},
-            "adam": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-            "adamw": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
-        }
-        if self.name not in defaults:
-            raise ValueError(f"optimizer.name={self.name!r} is not supported; use one of {sorted(defaults)}")
-        unknown = set(self.options) - set(defaults[self.name])
-        if unknown:
-            raise ValueError(f"optimizer.options has unknown keys {sorted(unknown)} for {self.name}; "
-                             f"known: {sorted(defaults[self.name])}")
-        return {**defaults[self.name], **self.options}
-
-    def state_names(self) -> list[str]:
-        if self.name == "sgd":
-            return ["momentum_buffer"] if self.resolved()["momentum"] else []
-        return ["exp_avg", "exp_avg_sq", "step"]
 
 
 def eager_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:

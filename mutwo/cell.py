@@ -194,8 +194,8 @@ class PlanMemo:
 def solve(name: str, problem: Problem, budget_bytes: int, options: dict | None = None, *,
           timeout_s: float | None = None) -> Schedule:
     """The solver's Schedule (with ``timeout_s``: in a forked child killed at the limit; it raises
-    `mutwo.registry.SolverTimeout` then, and the solver's exception when it raised)."""
-    from mutwo.registry import run_solver
+    `mutwo.sandbox.SolverTimeout` then, and the solver's exception when it raised)."""
+    from mutwo.sandbox import run_solver
 
     return run_solver(name, problem, budget_bytes, options, timeout_s=timeout_s)
 
@@ -225,13 +225,13 @@ def executor(enabled: bool) -> tuple[ExecuteFn | None, str]:
 def execute_plan(execute_fn: ExecuteFn, batch: Prepared, schedule: Schedule, *, iterations: int, warmup: int,
                  seed: int = 0) -> Any:
     """Run ``schedule`` on the batch's captured step for real (``execute_fn``: `executor`'s)."""
-    return execute_fn(batch.graph, batch.problem, schedule, batch.flat, iterations=iterations, warmup=warmup,
-                      seed=seed)
+    return execute_fn(batch.graph, batch.problem, schedule, batch.flat, binding=batch.binding,
+                      iterations=iterations, warmup=warmup, seed=seed)
 
 
 def error_text(exc: BaseException) -> str:
     """``Type: message`` of a solver's exception (the child's type when it raised in a forked child)."""
-    from mutwo.registry import SolverProcessError
+    from mutwo.sandbox import SolverProcessError
 
     name = exc.type_name if isinstance(exc, SolverProcessError) else type(exc).__name__
     return f"{name}: {exc}".strip()
@@ -352,7 +352,7 @@ def _oom_row(row: Row, why: str, same: str = "") -> Row:
 
 def _solve_cell(ctx: CellContext, batch: Prepared, spec: SolverSpec, row: Row, floor_note: str) -> Schedule | None:
     """The solver's plan, or None with the row finished (timeout, error, not a Schedule)."""
-    from mutwo.registry import SolverTimeout
+    from mutwo.sandbox import SolverTimeout
 
     try:
         schedule = solve(spec.name, batch.problem, row.budget_bytes, spec.options,

@@ -52,7 +52,7 @@ from torch.utils._pytree import tree_flatten
 from mutwo.graph import Role, TrainGraph, is_random_op, mutated_args
 from mutwo.memory import device_of, measure_peak, sync
 from mutwo.problem import Problem
-from mutwo.problem_build import STATE_UPDATING_OPS
+from mutwo.problem_build import STATE_UPDATING_OPS, StorageBinding
 from mutwo.schedule import Decision, Schedule, resolve_recompute, validate
 
 __all__ = ["ExecResult", "ExecuteError", "Reference", "apply", "reference", "run", "execute", "swap_out",
@@ -268,15 +268,17 @@ def _after_op(node: fx.Node) -> fx.Node:
     return cur
 
 
-def apply(train_graph: TrainGraph, problem: Problem, schedule: Schedule) -> fx.GraphModule:
-    """A new GraphModule that runs ``schedule`` (the TrainGraph is not modified).
+def apply(train_graph: TrainGraph, problem: Problem, schedule: Schedule, *,
+          binding: StorageBinding) -> fx.GraphModule:
+    """A new GraphModule that runs ``schedule`` (the TrainGraph is not modified); ``binding`` (from
+    `build_problem`) says which of the graph's storages each activation of ``problem`` is.
 
     ``module.meta["mutwo"]`` records the counts of recomputed / swapped activations and any place
     where the rewrite holds memory the cost model does not see.
     """
     tg = train_graph
     validate(problem, schedule)
-    sids = list(problem.notes.get("storage_ids", []))
+    sids = list(binding.storage_ids)
     if len(sids) != problem.n_act or [o.name for o in tg.ops] != list(problem.op_names):
         raise ExecuteError("the Problem was not built from this TrainGraph (ops or activations differ)")
     d = np.asarray(schedule.decisions).copy()
@@ -487,7 +489,8 @@ def run(train_graph: TrainGraph, module: fx.GraphModule, flat_inputs: Sequence[t
 
 
 def execute(train_graph: TrainGraph, problem: Problem, schedule: Schedule, flat_inputs: Sequence[torch.Tensor],
-            iterations: int = 3, warmup: int = 1, seed: int = 0, ref: Reference | None = None) -> ExecResult:
+            iterations: int = 3, warmup: int = 1, seed: int = 0, ref: Reference | None = None, *,
+            binding: StorageBinding) -> ExecResult:
     """Apply ``schedule`` to the graph and run it for real (the only place a schedule is run)."""
-    module = apply(train_graph, problem, schedule)
+    module = apply(train_graph, problem, schedule, binding=binding)
     return run(train_graph, module, flat_inputs, iterations=iterations, warmup=warmup, seed=seed, ref=ref)

@@ -20,9 +20,10 @@ import numpy as np
 from mutwo import files
 
 if TYPE_CHECKING:
-    from mutwo.capture import OptimizerConfig, Workload
     from mutwo.problem import Problem
+    from mutwo.problem_build import StorageBinding
     from mutwo.scenario import Scenario
+    from mutwo.workload import OptimizerConfig, Workload
 
 __all__ = ["Prepared", "prepare", "prepare_scenario", "keep_all_info", "save_tables", "reload", "seed_everything",
            "build", "target_device", "PROBLEM_FILE", "KEEP_ALL_FILE"]
@@ -50,6 +51,7 @@ class Prepared:
     profile: Any = None  # mutwo.profile.Profile
     capture_s: float = 0.0
     info: dict = field(default_factory=dict)  # keep_all.json: reference figures, measured ones included
+    binding: StorageBinding | None = None  # activation -> graph storage, needed to execute
     floor: tuple[int, int] = (0, 0)  # problem.peak_floor(): no plan peaks below it
 
     def __post_init__(self) -> None:
@@ -58,7 +60,7 @@ class Prepared:
 
     def release(self) -> None:
         """Drop the model and its state (before the next batch size is built)."""
-        self.graph = self.flat = None
+        self.graph = self.flat = self.binding = None
 
 
 def seed_everything(seed: int) -> None:
@@ -69,16 +71,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def target_device(scenario: Scenario) -> str:
-    """The device a scenario runs on (``auto`` resolved)."""
-    from mutwo.scenario import resolve_device
+def target_device(scenario: Scenario, source: str = "<scenario>") -> str:
+    """The device a scenario runs on (``auto`` resolved); ScenarioError when it is not present."""
+    from mutwo.scenario import ScenarioError
+    from mutwo.workload import resolve_device
 
-    return resolve_device(scenario.device)
+    try:
+        return resolve_device(scenario.device)
+    except ValueError as exc:  # device: cuda without a GPU, worded like the file's other errors
+        raise ScenarioError(f"{source}: field 'device': {exc}") from None
 
 
 def build(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>") -> Workload:
     """The scenario's workload at one batch size (a user builder is checked to return a Workload)."""
-    from mutwo.scenario import call_builder
+    from mutwo.zoo import call_builder
 
     return call_builder(scenario, batch_size, device, source)
 
@@ -101,15 +107,16 @@ def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, 
     flat, _, _ = flat_state(workload, optimizer)
     status(f"b{batch_size}: profile")
     prof = profile(graph, flat, runs=runs, warmup=warmup, cache=cache, progress=progress)
-    problem = build_problem(graph, prof, name=name)
+    problem, binding = build_problem(graph, prof, name=name)
     keep = simulate(problem, Schedule.keep_all(problem, solver="keep_all"))
-    return Prepared(batch_size, problem, keep.peak_bytes, keep.time_s, graph, flat, prof, capture_s)
+    return Prepared(batch_size, problem, keep.peak_bytes, keep.time_s, graph, flat, prof, capture_s,
+                    binding=binding)
 
 
 def prepare_scenario(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>",
                      status: Status = _silent) -> Prepared:
     """`prepare` one batch size of a scenario (seeded first), with its keep-all figures in ``info``."""
-    from mutwo.capture import OptimizerConfig
+    from mutwo.workload import OptimizerConfig
 
     seed_everything(scenario.seed)
     status(f"b{batch_size}: build {scenario.model}")

@@ -1,65 +1,45 @@
-"""Solver registry: names -> functions ``fn(problem, budget_bytes, **options) -> Schedule``.
+"""Solver registry: names -> functions ``fn(problem, budget_bytes, **options) -> Schedule``, with the
+options each one declares.
 
-A registry (instead of if/else over names) lets the comparison driver, the CLI and third-party
-packages treat every solver alike. Built-in solver modules are imported lazily, on the first lookup,
-so importing ``mutwo`` stays cheap and a missing optional solver family does not break the others.
-Third-party solvers announce themselves through the ``mutwo.solvers`` entry-point group; each entry
-point names a module (importing it runs its ``@register_solver`` decorators) or a solver function
-(registered under the entry point's name unless it registered itself).
-
-Every solver says which options it takes (`solver_options`): those given to ``register_solver(name,
-options=...)``, else the keyword parameters of its signature after ``problem, budget_bytes`` when it has
-no ``**kwargs``. A solver that takes ``**kwargs`` and declares nothing accepts any option (third-party
-solvers written before declarations existed keep working). The wrapper refuses an option a solver does
-not take with a TypeError naming it and the accepted ones, and `mutwo.scenario` checks scenario options
-against the same declaration when the file is loaded, before any model is built.
-
-`run_solver` is how the comparison driver calls a solver: under a hard wall-clock limit, in a forked
-child process that is killed (with any helper processes it started, e.g. a CBC binary) when the limit
-passes, so a solver that hangs costs one ``timeout`` row instead of the run. Fork shares the parent's
-memory (the Problem is not copied or pickled, and solvers a test registered are there too); only the
-Schedule, or the exception, travels back through a pipe.
+Every solver, built-in or not, arrives through the ``mutwo.solvers`` entry-point group, loaded on the
+first lookup: importing ``mutwo`` stays cheap and the driver, the CLI and third-party packages treat all
+solvers alike. A source checkout that was never pip-installed has no entry points; that is an error
+saying so, not an empty registry. The rules (module vs function entry points, option declarations)
+are in docs/compare.md, "Adding a solver". Running a call under a time limit is `mutwo.sandbox`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import difflib
 import functools
-import gc
-import importlib
 import importlib.metadata
 import inspect
-import multiprocessing
-import os
-import pickle
-import signal
+import re
+import sys
 import threading
 import time
-import traceback
 import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mutwo.schedule import Schedule
 
-__all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "SolverFn", "UnknownSolverError", "DuplicateSolverError",
-           "SolverTimeout", "SolverProcessError", "register_solver", "get_solver", "available_solvers",
-           "run_solver", "solver_options", "solver_option_defaults", "unknown_option_message", "NO_DEFAULT"]
+__all__ = ["ENTRY_POINT_GROUP", "DISTRIBUTION", "SolverFn", "UnknownSolverError", "DuplicateSolverError",
+           "NotInstalledError", "register_solver", "get_solver", "available_solvers", "solver_options",
+           "solver_option_defaults", "unknown_option_message", "NO_DEFAULT"]
 
 SolverFn = Callable[..., Schedule]
 
-BUILTIN_MODULES: tuple[str, ...] = ("solvers.baselines", "solvers.mutwo_greedy", "solvers.ilp",
-                                    "solvers.checkmate", "solvers.brute_force")
 ENTRY_POINT_GROUP = "mutwo.solvers"
+DISTRIBUTION = "mutwo"  # entry points of this distribution are the built-in solvers
 
 _lock = threading.RLock()
 _wrapped: dict[str, SolverFn] = {}  # name -> timing wrapper (what callers get)
 _original: dict[str, SolverFn] = {}  # name -> the function as written (for duplicate detection)
 _builtins_loaded = False
-_entry_points_loaded = False
+_plugins_loaded = False
 
 
 class UnknownSolverError(KeyError):
@@ -73,28 +53,9 @@ class DuplicateSolverError(ValueError):
     """Two different functions were registered under one name."""
 
 
-class SolverTimeout(TimeoutError):
-    """The solver ran past its hard wall-clock limit and was killed."""
-
-    def __init__(self, name: str, timeout_s: float) -> None:
-        super().__init__(f"solver {name!r} ran past its hard time limit of {timeout_s:g} s and was killed")
-        self.name, self.timeout_s = name, timeout_s
-
-    def __reduce__(self):
-        return (type(self), (self.name, self.timeout_s))
-
-
-class SolverProcessError(RuntimeError):
-    """The solver's child process failed in a way that cannot be re-raised as is: it died (a signal, a
-    crash in native code), or raised an exception that does not survive pickling. ``type_name`` is the
-    original exception's type when there was one."""
-
-    def __init__(self, message: str, type_name: str = "SolverProcessError", child_traceback: str = "") -> None:
-        super().__init__(message)
-        self.type_name, self.child_traceback = type_name, child_traceback
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.type_name, self.child_traceback))
+class NotInstalledError(RuntimeError):
+    """The installed package metadata declares no built-in solvers (the checkout was not pip-installed,
+    or was installed before they were declared), or declares a module the checkout does not have."""
 
 
 def _same_function(a: Callable, b: Callable) -> bool:
@@ -231,50 +192,87 @@ def register_solver(name: str, options: OptionsSpec | None = None) -> Callable[[
     return decorator
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    with _lock:
-        if _builtins_loaded:
-            return
-        for module in BUILTIN_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                # Skip only a solver family that is not written yet; a missing dependency *inside*
-                # an existing module is a real error the user must see.
-                if exc.name != module:
-                    raise
-        _builtins_loaded = True
+def _not_installed_message() -> str:
+    """Why there are no built-ins and what to do. A ``mutwo.egg-info`` folder without them on the path
+    (an older install's, left in the checkout) is found before the installed metadata and hides it;
+    reinstalling does not rewrite it, so the message names it."""
+    stale = [folder.resolve() for folder in (Path(entry or ".") / "mutwo.egg-info" for entry in sys.path)
+             if folder.is_dir()
+             and not importlib.metadata.Distribution.at(folder).entry_points.select(group=ENTRY_POINT_GROUP)]
+    hint = (f"; {stale[0]} (an older install's metadata) is found first and hides the installed one: "
+            f"delete it" if stale else "")
+    return ("no built-in solvers: mutwo declares them as 'mutwo.solvers' entry points in its pyproject.toml, "
+            "and the installed package metadata has none (this checkout was not pip-installed, or was "
+            f"installed before they were declared); run `pip install -e .` in the mutwo checkout{hint}")
 
 
 def _entry_points() -> list:
     return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
+def _is_builtin(ep) -> bool:
+    """Declared by mutwo's own pyproject.toml (its installed metadata), not by another package."""
+    dist = getattr(ep, "dist", None)
+    return dist is not None and re.sub(r"[-_.]+", "-", dist.name).lower() == DISTRIBUTION
+
+
+def _register_entry(ep, obj: Any) -> None:
+    """A module registered its solvers when it was imported; a function is registered under the entry
+    point's name, unless it is a decorated solver (it registered itself on import)."""
+    if isinstance(obj, types.ModuleType) or not callable(obj):
+        return
+    inner = getattr(obj, "__wrapped__", obj)
+    if any(_same_function(inner, f) for f in _original.values()):
+        return
+    register_solver(ep.name)(obj)
+
+
+def _load_builtins() -> None:
+    """Load mutwo's own entry points. Unlike a plug-in's, a failure propagates: a missing dependency
+    (ortools, pulp) is the user's to see, and no built-ins at all means a checkout never installed."""
+    global _builtins_loaded
     with _lock:
-        if _entry_points_loaded:
+        if _builtins_loaded:
             return
-        _entry_points_loaded = True
-        for ep in _entry_points():
+        builtin = [ep for ep in _entry_points() if _is_builtin(ep)]
+        if not builtin:
+            raise NotInstalledError(_not_installed_message())
+        for ep in builtin:
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin must not take the built-in solvers down
+            except ModuleNotFoundError as exc:
+                module = ep.value.partition(":")[0].strip()
+                if not exc.name or not (module == exc.name or module.startswith(exc.name + ".")):
+                    raise  # a dependency inside the module
+                raise NotInstalledError(f"the installed metadata declares the built-in solver module "
+                                        f"{module!r}, which this checkout does not have (a stale install); "
+                                        f"run `pip install -e .` in the mutwo checkout") from exc
+            _register_entry(ep, obj)
+        _builtins_loaded = True
+
+
+def _load_plugins() -> None:
+    """Load other packages' entry points; a broken one is a warning, not the end of the built-ins."""
+    global _plugins_loaded
+    with _lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True
+        for ep in _entry_points():
+            if _is_builtin(ep):
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:
                 warnings.warn(f"mutwo.solvers entry point {ep.name!r} ({ep.value}) failed to load: {exc!r}",
                               RuntimeWarning, stacklevel=3)
                 continue
-            if isinstance(obj, types.ModuleType) or not callable(obj):
-                continue  # importing the module ran its @register_solver decorators
-            inner = getattr(obj, "__wrapped__", obj)
-            if any(_same_function(inner, f) for f in _original.values()):
-                continue  # a decorated function: it registered itself on import
-            register_solver(ep.name)(obj)
+            _register_entry(ep, obj)
 
 
 def _load_all() -> None:
     _load_builtins()
-    _load_entry_points()
+    _load_plugins()
 
 
 def get_solver(name: str) -> SolverFn:
@@ -313,105 +311,9 @@ def solver_option_defaults(name: str) -> dict[str, Any] | None:
     return None if declared is None else dict(declared)
 
 
-# ---------------------------------------------------------------------- calls under a time limit
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` itself when it survives a pickle round trip with its type and message, else a
-    SolverProcessError carrying both as text. SystemExit / KeyboardInterrupt raised inside a solver are
-    the solver's failure, not a request to stop the parent: they come back as SolverProcessError."""
-    if not isinstance(exc, Exception):
-        return SolverProcessError(f"the solver raised {type(exc).__name__}({exc})", type(exc).__name__)
-    try:
-        back = pickle.loads(pickle.dumps(exc))
-        if type(back) is type(exc) and str(back) == str(exc):
-            return exc
-    except Exception:
-        pass
-    return SolverProcessError(str(exc), type(exc).__name__)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: SIGKILL this process when the driver dies (a SIGKILLed run leaves no solver running)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the parent's kill on timeout still applies
-        return
-    if os.getppid() != parent:  # it died before the request took effect
-        os._exit(1)
-
-
-def _child(conn, fn: SolverFn, problem, budget_bytes: int, options: dict, parent: int) -> None:
-    os.setpgid(0, 0)  # a process group of its own: the parent kills helpers the solver starts with it
-    _die_with_parent(parent)
-    gc.freeze()  # the inherited heap is never collected here: no copy-on-write of every page by the gc
-    try:
-        out: tuple = ("ok", fn(problem, budget_bytes, **options))
-    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent, SystemExit included
-        out = ("raise", _portable(exc), traceback.format_exc())
-    try:
-        conn.send(out)
-    except Exception as exc:  # a result that cannot be pickled
-        conn.send(("raise", SolverProcessError(f"the solver's result could not be sent back: {exc}",
-                                               type(exc).__name__), traceback.format_exc()))
-    conn.close()
-
-
-def _kill_group(pid: int) -> None:
-    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-        try:
-            kill()
-            return
-        except (ProcessLookupError, PermissionError):
-            continue
-
-
-def run_solver(name: str, problem: Any, budget_bytes: int, options: dict | None = None, *,
-               timeout_s: float | None = None) -> Schedule:
-    """Call solver ``name``; with ``timeout_s`` in a forked child, killed when the limit passes.
-
-    Raises `SolverTimeout` on the limit, the solver's own exception (same type and message) when it
-    raised, and `SolverProcessError` when the child died or its exception could not be sent back. The
-    Schedule's ``solve_time_s`` is measured inside the child, around the solver call only. Without
-    ``timeout_s`` (or where fork does not exist) the call runs in this process.
-    """
-    fn = get_solver(name)
-    options = dict(options or {})
-    if timeout_s is None or "fork" not in multiprocessing.get_all_start_methods():
-        return fn(problem, budget_bytes, **options)
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, fn, problem, budget_bytes, options, os.getpid()), daemon=True,
-                       name=f"mutwo-solver-{name}")
-    proc.start()
-    send.close()
-    try:
-        if not recv.poll(timeout_s):
-            raise SolverTimeout(name, timeout_s)
-        try:
-            message = recv.recv()
-        except EOFError:  # the child died without a word
-            proc.join(5)
-            code = proc.exitcode
-            how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-            raise SolverProcessError(f"the solver process died ({how}) before it returned; it may have run "
-                                     f"out of memory or crashed in native code") from None
-    finally:
-        recv.close()
-        _kill_group(proc.pid)  # on a timeout, and any helper the solver left behind
-        # not waiting for the exit (tearing down a copy of a large process takes tens of ms): the
-        # zombie is reaped by multiprocessing on the next start, or at exit
-        proc.join(0)
-    if message[0] == "ok":
-        return message[1]
-    exc, child_tb = message[1], message[2]
-    with contextlib.suppress(AttributeError):  # a few built-in exception types take no attributes
-        exc.child_traceback = child_tb
-    raise exc
-
-
 def _reset_for_tests() -> None:
     """Forget plugin loading so a test can load entry points again (registered names stay)."""
-    global _entry_points_loaded, _builtins_loaded
+    global _plugins_loaded, _builtins_loaded
     with _lock:
-        _entry_points_loaded = False
+        _plugins_loaded = False
         _builtins_loaded = False

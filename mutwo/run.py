@@ -85,7 +85,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, argv: list[str],
     cells.jsonl for --resume.
     """
     source = str(source)
-    device = pipeline.target_device(scenario)
+    device = pipeline.target_device(scenario, source)
     run_dir, previous = run_folder.open_run(scenario, device, options.out, options.run_id, options.resume, source)
     with run_folder.locked(run_dir):
         execute_fn, execute_note = cell.executor(scenario.execute.enabled)

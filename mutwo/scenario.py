@@ -19,21 +19,19 @@ Schema (defaults in brackets)::
     execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null}
     seed: 0
 
-Everything a scenario can get wrong is checked here, before any model is built or profiled; the one
-exception is what a user builder returns, which is checked on its first call (`call_builder`). Solver
-options are checked against what each solver declares (`mutwo.registry.solver_options`); a solver
-taking ``**options`` without declaring them is not checked.
+This module is the schema and its error messages only. Everything a file can get wrong is checked when
+it is loaded, before any model is built or profiled, without importing torch (a user's builder module
+may): a builder's name, signature and return annotation (`mutwo.zoo`), optimizer option names
+(`mutwo.workload`), solver option names (what each solver declares, `mutwo.registry`). Two checks need
+the run itself: whether ``device: cuda`` has a GPU (`mutwo.workload.resolve_device`, when the run
+starts) and what an unannotated builder returns (`mutwo.zoo.call_builder`, on its first call).
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
 import re
-import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,8 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
-           "ExecuteSpec", "SolveSpec", "load_scenario", "parse_size", "resolve_builder", "resolve_device",
-           "DEFAULT_TIMEOUT_S"]
+           "ExecuteSpec", "SolveSpec", "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
 
@@ -128,7 +125,7 @@ class OptimizerSpec(BaseModel):
     @classmethod
     def _known_options(cls, v: dict[str, Any], info) -> dict[str, Any]:
         """Option names and value types are those of torch.optim's own defaults for this optimizer."""
-        from mutwo.capture import OptimizerConfig
+        from mutwo.workload import OptimizerConfig
 
         name = info.data.get("name")
         if name is None:  # the name itself was wrong; that error is enough
@@ -250,7 +247,7 @@ class SolveSpec(BaseModel):
 
 
 class Scenario(BaseModel):
-    """A validated scenario. ``path`` is the file it came from (for messages and the run record)."""
+    """A validated scenario (the file it came from is the ``source`` its errors name)."""
 
     model_config = _STRICT
     name: str
@@ -305,15 +302,11 @@ class Scenario(BaseModel):
             raise ValueError(f"batch sizes must be > 0, got {bad}")
         return v
 
-    @field_validator("device")
-    @classmethod
-    def _device_present(cls, v: str) -> str:
-        resolve_device(v)
-        return v
-
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
+        from mutwo.zoo import resolve_builder
+
         resolve_builder(v)
         return v
 
@@ -321,6 +314,8 @@ class Scenario(BaseModel):
     @classmethod
     def _builder_takes_them(cls, v: dict[str, Any], info) -> dict[str, Any]:
         """Option names the builder does not take are caught here, not after the run has started."""
+        from mutwo.zoo import check_builder_options, resolve_builder
+
         model = info.data.get("model")  # absent when 'model' itself failed
         if model is not None:
             check_builder_options(resolve_builder(model), model, v)
@@ -369,93 +364,6 @@ class Scenario(BaseModel):
     def timeout_s(self, spec: SolverSpec) -> float | None:
         """The hard wall-clock limit of one call of ``spec`` (None: in-process, unlimited)."""
         return spec.timeout_s if spec.timeout_s is not None else self.solve.timeout_s
-
-
-# ---------------------------------------------------------------------- builders and devices
-def resolve_builder(model: str) -> Callable[..., Any]:
-    """The workload builder a ``model`` value names: a zoo key or an importable ``module:function``."""
-    if ":" in model:
-        module_name, _, fn_name = model.partition(":")
-        if not module_name or not fn_name:
-            raise ValueError(f"{model!r} is not 'module:function' (e.g. 'mypkg.models:build')")
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise ValueError(f"cannot import module {module_name!r} for model {model!r}: "
-                             f"{type(exc).__name__}: {exc} (is it on PYTHONPATH?)") from exc
-        fn = getattr(module, fn_name, None)
-        if fn is None:
-            public = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
-            close = difflib.get_close_matches(fn_name, public, n=3)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"module {module_name!r} has no function {fn_name!r}{hint}")
-        if not callable(fn) or isinstance(fn, (types.ModuleType, type)):
-            raise ValueError(f"{model!r} is not a function; it must be "
-                             f"function(batch_size, **model_options) -> Workload")
-        returns = _return_annotation(fn)
-        if returns is not None:
-            from mutwo.capture import Workload
-
-            if not (isinstance(returns, type) and issubclass(returns, Workload)):
-                shown = getattr(returns, "__name__", None) or str(returns)
-                raise ValueError(f"{model!r} is annotated to return {shown}; a builder must return "
-                                 f"mutwo.capture.Workload(model, inputs, loss_fn, name)")
-        return fn
-    from mutwo.zoo import ZOO
-
-    if model not in ZOO:
-        close = difflib.get_close_matches(model, list(ZOO), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        raise ValueError(f"unknown model {model!r}; {hint}zoo: {', '.join(sorted(ZOO))}; or name your own "
-                         f"builder as 'module:function'")
-    return ZOO[model]
-
-
-def _return_annotation(fn: Callable) -> Any:
-    """The builder's declared return type, resolved; None when absent or not a plain class (Any, a
-    string that does not resolve, a generic): only a definite wrong type is an error."""
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:
-        return None
-    returns = hints.get("return")
-    return returns if isinstance(returns, type) and returns is not type(None) else None
-
-
-def check_builder_options(fn: Callable, model: str, options: dict[str, Any]) -> None:
-    """Raise ValueError naming an option ``fn(batch_size, **options)`` would not accept (with the
-    closest parameter). Builders taking ``**kwargs`` are checked when they are called instead."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    first = next(iter(params), None)  # batch_size, passed by position
-    takes = [n for n in names if n not in (first, "device")]
-    for key in options:
-        if key not in takes:
-            close = difflib.get_close_matches(key, takes, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"{key!r} is not a parameter of {model!r}; {hint}it takes: "
-                             f"{', '.join(takes) or '(no options)'}")
-    try:
-        inspect.signature(fn).bind(1, **options)
-    except TypeError as exc:
-        raise ValueError(f"{model!r} cannot be called as {model}(batch_size, **model_options): {exc}") from None
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when available, else cpu. Asking for cuda without one is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False; "
-                         "use device: auto or cpu")
-    return device
 
 
 # ---------------------------------------------------------------------- loading
@@ -555,32 +463,8 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
 
 
 def validate_scenario(data: dict, source: str = "<scenario>") -> Scenario:
+    """Validate already-parsed scenario data; errors name ``source`` as a file's would."""
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_describe(exc.errors(include_url=False), source)) from None
-
-
-def call_builder(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>"):
-    """Build the workload for one batch size, checking a user builder returns a Workload."""
-    from mutwo.capture import Workload
-
-    fn = resolve_builder(scenario.model)
-    kwargs = dict(scenario.model_options)
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "device" in params:
-        kwargs["device"] = device
-    try:
-        workload = fn(batch_size, **kwargs)
-    except TypeError as exc:
-        raise ScenarioError(f"{source}: field 'model_options' does not fit {scenario.model!r}: {exc}") from exc
-    if not isinstance(workload, Workload):
-        raise ScenarioError(f"{source}: field 'model': {scenario.model!r} returned {type(workload).__name__}, "
-                            f"expected mutwo.capture.Workload(model, inputs, loss_fn, name)")
-    if "device" not in params:
-        workload.model.to(device)
-        workload.inputs = tuple(x.to(device) if hasattr(x, "to") else x for x in workload.inputs)
-    return workload

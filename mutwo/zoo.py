@@ -1,28 +1,39 @@
-"""Built-in workloads, made from code or configs with random weights (nothing is downloaded).
+"""Where workload builders live: the built-in ones (made from code or configs with random weights,
+nothing is downloaded) and a scenario's own ``module:function``, resolved, checked and called here.
 
 Each builder is ``builder(batch_size, device="cpu", **options) -> Workload``; scenarios name them by
 key (``resnet152``, ``bert-base``, ...) or point to a user's own ``module:function`` of the same shape.
+Importing this module does not import torch (the builders do, when called), so a scenario's model and
+options are checked at load without it.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import inspect
+import types
+import typing
 from collections.abc import Callable
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+from mutwo.scenario import Scenario, ScenarioError
+from mutwo.workload import Workload
 
-from mutwo.capture import Workload
-
-__all__ = ["ZOO", "build_workload", "toy_mlp", "resnet", "bert"]
+__all__ = ["ZOO", "build_workload", "toy_mlp", "resnet", "bert", "resolve_builder", "check_builder_options",
+           "call_builder"]
 
 
 def _classification_loss(model, x, y):
+    import torch.nn.functional as F
+
     return F.cross_entropy(model(x), y)
 
 
 def toy_mlp(batch_size: int, device: str = "cpu", width: int = 64, depth: int = 4, classes: int = 10,
             seed: int = 0) -> Workload:
+    import torch
+
     torch.manual_seed(seed)
     layers: list[torch.nn.Module] = []
     for i in range(depth):
@@ -35,6 +46,7 @@ def toy_mlp(batch_size: int, device: str = "cpu", width: int = 64, depth: int = 
 
 def resnet(batch_size: int, device: str = "cpu", depth: int = 18, image_size: int = 224,
            num_classes: int = 1000, seed: int = 0) -> Workload:
+    import torch
     import torchvision
 
     torch.manual_seed(seed)
@@ -57,6 +69,7 @@ def bert(batch_size: int, device: str = "cpu", seq_len: int = 128, hidden_size: 
          vocab_size: int = 30522, dropout: float = 0.1, seed: int = 0) -> Workload:
     """BertForMaskedLM from a config. Eager attention and an explicit attention mask avoid the
     data-dependent checks (``aten._local_scalar_dense``) that break tracing of SDPA / mask-free BERT."""
+    import torch
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
@@ -97,8 +110,106 @@ ZOO: dict[str, Callable[..., Workload]] = {
 
 def build_workload(name: str, batch_size: int, device: str = "cpu", **options) -> Workload:
     if name not in ZOO:
-        import difflib
-
         close = difflib.get_close_matches(name, ZOO, n=3)
         raise KeyError(f"unknown model {name!r}; did you mean {close}? available: {sorted(ZOO)}")
     return ZOO[name](batch_size, device=device, **options)
+
+
+# ---------------------------------------------------------------------- a scenario's builder
+def resolve_builder(model: str) -> Callable[..., Any]:
+    """The workload builder a ``model`` value names: a zoo key or an importable ``module:function``.
+    Raises ValueError saying what is wrong (the scenario names the field)."""
+    if ":" in model:
+        return _user_builder(model)
+    if model not in ZOO:
+        close = difflib.get_close_matches(model, list(ZOO), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise ValueError(f"unknown model {model!r}; {hint}zoo: {', '.join(sorted(ZOO))}; or name your own "
+                         f"builder as 'module:function'")
+    return ZOO[model]
+
+
+def _user_builder(model: str) -> Callable[..., Any]:
+    """Import ``module:function``; refuse what is not a function, or is annotated to return something
+    other than a Workload (an unannotated builder is checked on its first call)."""
+    module_name, _, fn_name = model.partition(":")
+    if not module_name or not fn_name:
+        raise ValueError(f"{model!r} is not 'module:function' (e.g. 'mypkg.models:build')")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"cannot import module {module_name!r} for model {model!r}: "
+                         f"{type(exc).__name__}: {exc} (is it on PYTHONPATH?)") from exc
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        public = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(fn_name, public, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"module {module_name!r} has no function {fn_name!r}{hint}")
+    if not callable(fn) or isinstance(fn, (types.ModuleType, type)):
+        raise ValueError(f"{model!r} is not a function; it must be "
+                         f"function(batch_size, **model_options) -> Workload")
+    returns = _return_annotation(fn)
+    if returns is not None and not (isinstance(returns, type) and issubclass(returns, Workload)):
+        shown = getattr(returns, "__name__", None) or str(returns)
+        raise ValueError(f"{model!r} is annotated to return {shown}; a builder must return "
+                         f"mutwo.capture.Workload(model, inputs, loss_fn, name)")
+    return fn
+
+
+def _return_annotation(fn: Callable) -> Any:
+    """The builder's declared return type, resolved; None when absent or not a plain class (Any, a
+    string that does not resolve, a generic): only a definite wrong type is an error."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None
+    returns = hints.get("return")
+    return returns if isinstance(returns, type) and returns is not type(None) else None
+
+
+def check_builder_options(fn: Callable, model: str, options: dict[str, Any]) -> None:
+    """Raise ValueError naming an option ``fn(batch_size, **options)`` would not accept (with the
+    closest parameter). Builders taking ``**kwargs`` are checked when they are called instead."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    first = next(iter(params), None)  # batch_size, passed by position
+    takes = [n for n in names if n not in (first, "device")]
+    for key in options:
+        if key not in takes:
+            close = difflib.get_close_matches(key, takes, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{key!r} is not a parameter of {model!r}; {hint}it takes: "
+                             f"{', '.join(takes) or '(no options)'}")
+    try:
+        inspect.signature(fn).bind(1, **options)
+    except TypeError as exc:
+        raise ValueError(f"{model!r} cannot be called as {model}(batch_size, **model_options): {exc}") from None
+
+
+def call_builder(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>") -> Workload:
+    """Build the workload for one batch size, checking a user builder returns a Workload."""
+    fn = resolve_builder(scenario.model)
+    kwargs = dict(scenario.model_options)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "device" in params:
+        kwargs["device"] = device
+    try:
+        workload = fn(batch_size, **kwargs)
+    except TypeError as exc:
+        raise ScenarioError(f"{source}: field 'model_options' does not fit {scenario.model!r}: {exc}") from exc
+    if not isinstance(workload, Workload):
+        raise ScenarioError(f"{source}: field 'model': {scenario.model!r} returned {type(workload).__name__}, "
+                            f"expected mutwo.capture.Workload(model, inputs, loss_fn, name)")
+    if "device" not in params:
+        workload.model.to(device)
+        workload.inputs = tuple(x.to(device) if hasattr(x, "to") else x for x in workload.inputs)
+    return workload

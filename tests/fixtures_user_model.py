@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mutwo.capture import Workload
+from mutwo.workload import Workload
 
 
 def _loss(model, x, y):

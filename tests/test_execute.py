@@ -16,14 +16,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mutwo.capture import OptimizerConfig, capture, flat_state
+from mutwo.capture import capture, flat_state
 from mutwo.execute import ExecuteError, apply, execute, reference
-from mutwo.graph import is_random_op
+from mutwo.graph import Role, is_random_op
 from mutwo.problem import Problem
-from mutwo.problem_build import build_problem
+from mutwo.problem_build import StorageBinding, build_problem
 from mutwo.profile import Profile
 from mutwo.schedule import Decision, Schedule, ScheduleError, resolve_recompute
 from mutwo.simulate import simulate
+from mutwo.workload import OptimizerConfig
 from mutwo.zoo import build_workload, resnet, toy_mlp
 from solvers.baselines import chen_sqrt
 
@@ -105,7 +106,7 @@ class _Case:
         wl = _workload(name)
         self.graph = capture(wl, SGD)
         self.flat = flat_state(wl, SGD)[0]
-        self.problem = build_problem(self.graph, _uniform_profile(len(self.graph.ops)), name=name)
+        self.problem, self.binding = build_problem(self.graph, _uniform_profile(len(self.graph.ops)), name=name)
         self.schedules = _schedules(self.problem)
         self.iterations = ITERATIONS[name]
         self.ref = reference(self.graph, self.flat, 1 + self.iterations)
@@ -114,7 +115,8 @@ class _Case:
     def result(self, schedule: str):
         if schedule not in self.results:
             self.results[schedule] = execute(self.graph, self.problem, self.schedules[schedule], self.flat,
-                                             iterations=self.iterations, warmup=1, ref=self.ref)
+                                             iterations=self.iterations, warmup=1, ref=self.ref,
+                                             binding=self.binding)
         return self.results[schedule]
 
 
@@ -195,10 +197,32 @@ def mlp():
 
 def test_apply_leaves_the_train_graph_alone(mlp):
     code = mlp.graph.gm.code
-    gm = apply(mlp.graph, mlp.problem, mlp.schedules["mixed"])
+    gm = apply(mlp.graph, mlp.problem, mlp.schedules["mixed"], binding=mlp.binding)
     assert mlp.graph.gm.code == code
     assert gm.code != code
     assert gm.meta["mutwo"]["n_recompute"] > 0
+
+
+def test_the_binding_ties_each_activation_to_its_storage_and_is_checked(mlp, tmp_path):
+    """build_problem returns the activation -> storage binding beside the Problem (which stays plain
+    solver data); apply refuses a binding that is not this Problem's on this graph."""
+    p, binding = mlp.problem, mlp.binding
+    assert isinstance(binding, StorageBinding) and len(binding.storage_ids) == p.n_act
+    for a, sid in enumerate(binding.storage_ids):
+        info = mlp.graph.storages[sid]
+        assert info.role is Role.ACTIVATION and (info.created, info.nbytes) == (p.created[a], p.act_bytes[a])
+    assert "storage_ids" not in p.notes
+    # a Problem saved and loaded again executes with the binding of a fresh capture of the same step
+    again = Problem.load(p.save(tmp_path / "p.npz"))
+    gm = apply(mlp.graph, again, mlp.schedules["mixed"], binding=binding)
+    assert gm.code == apply(mlp.graph, p, mlp.schedules["mixed"], binding=binding).code
+    shuffled = StorageBinding(binding.storage_ids[1:] + binding.storage_ids[:1])
+    with pytest.raises(ExecuteError, match="does not match storage"):
+        apply(mlp.graph, p, mlp.schedules["mixed"], binding=shuffled)
+    with pytest.raises(ExecuteError, match="not built from this TrainGraph"):
+        apply(mlp.graph, p, mlp.schedules["mixed"], binding=StorageBinding(binding.storage_ids[:-1]))
+    with pytest.raises(TypeError, match="binding"):
+        apply(mlp.graph, p, mlp.schedules["mixed"])  # the binding is required, by keyword
 
 
 def test_times_the_iterations_after_the_measured_one(mlp):
@@ -212,7 +236,7 @@ def test_graph_output_is_not_an_activation(mlp):
     is no decidable activation, and swap-all moves everything else and trains identically."""
     outputs = {s.sid for s in mlp.graph.storages if s.is_output}
     assert outputs
-    assert not outputs & set(mlp.problem.notes["storage_ids"])
+    assert not outputs & set(mlp.binding.storage_ids)
     res = mlp.result("swap_all")
     assert not any("graph output" in w for w in res.notes["warnings"])
     assert res.bitwise_equal
@@ -248,4 +272,4 @@ def test_random_ops_are_never_recomputed(cases):
     d = np.zeros(p.n_act, np.int8)
     d[a] = Decision.RECOMPUTE
     with pytest.raises(ExecuteError, match="random op"):
-        apply(case.graph, forced, Schedule.from_decisions(forced, d))
+        apply(case.graph, forced, Schedule.from_decisions(forced, d), binding=case.binding)

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from mutwo import plots
-from mutwo.capture import OptimizerConfig, capture, flat_state
+from mutwo.capture import capture, flat_state
 from mutwo.memory import LiveStorageTracker
 from mutwo.problem import Problem
 from mutwo.problem_build import activation_table, build_problem
 from mutwo.profile import Profile, profile
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
+from mutwo.workload import OptimizerConfig
 from mutwo.zoo import build_workload
 
 
@@ -66,7 +67,7 @@ def test_profile_tables_cache_and_fidelity(resnet18_small, cache):
 def test_problem_from_real_graph(resnet18_small, cache, tmp_path):
     tg, flat = resnet18_small
     prof = profile(tg, flat, runs=1, warmup=0, progress=False)
-    problem = build_problem(tg, prof)
+    problem, _ = build_problem(tg, prof)
     assert problem.n_act == len(tg.activations) and problem.n_ops == len(tg.ops)
     # keep-all simulated peak equals the profile's liveness estimate
     keep = simulate(problem, Schedule.keep_all(problem))
@@ -88,14 +89,14 @@ def test_dropout_activations_are_not_recomputable(cache):
     opt = OptimizerConfig("adam")
     tg = capture(wl, opt)
     flat, _, _ = flat_state(wl, opt)
-    problem = build_problem(tg, profile(tg, flat, runs=1, warmup=0, progress=False))
+    problem, _ = build_problem(tg, profile(tg, flat, runs=1, warmup=0, progress=False))
     assert 0 < (~problem.recomputable).sum() < problem.n_act
 
 
 def test_profile_plots(resnet18_small, cache, tmp_path):
     tg, flat = resnet18_small
     prof = profile(tg, flat, runs=1, warmup=0, progress=False)
-    problem = build_problem(tg, prof)
+    problem, _ = build_problem(tg, prof)
     out = [
         plots.memory_timeline({"keep-all": tg.live_bytes()}, tg.fwd_end, tmp_path / "mem.png",
                               limit_bytes=0.8 * tg.live_bytes().max()),

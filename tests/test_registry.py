@@ -1,16 +1,34 @@
-"""Solver registry: registration, lookup, close-match errors, lazy built-ins and entry points."""
+"""Solver registry: registration, lookup, close-match errors, built-ins and plug-ins as entry points."""
 
 from __future__ import annotations
 
+import re
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from mutwo import registry
 from mutwo.schedule import Schedule, Status
 
+ROOT = Path(__file__).parent.parent
 _REAL_ENTRY_POINTS = registry._entry_points
+
+
+class _EP:
+    """Stands in for importlib.metadata.EntryPoint: a name, what ``load()`` does and, for a built-in,
+    the distribution that declared it."""
+
+    def __init__(self, name, loader, dist=None, value=None):
+        self.name, self.value, self.load = name, value or f"plugin:{name}", loader
+        self.dist = types.SimpleNamespace(name=dist) if dist else None
+
+
+# mutwo's own entry point for a solver module that registers nothing: the registry wants built-ins
+_EMPTY_BUILTIN = _EP("solvers.empty", lambda: types.ModuleType("solvers.empty"), dist="mutwo",
+                     value="solvers.empty")
 
 
 @pytest.fixture
@@ -18,10 +36,9 @@ def clean_registry(monkeypatch):
     """An empty registry with nothing to load, so tests do not see (or leak) real solvers."""
     monkeypatch.setattr(registry, "_wrapped", {})
     monkeypatch.setattr(registry, "_original", {})
-    monkeypatch.setattr(registry, "BUILTIN_MODULES", ())
     monkeypatch.setattr(registry, "_builtins_loaded", False)
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "_entry_points", lambda: [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "_entry_points", lambda: [_EMPTY_BUILTIN])
     return registry
 
 
@@ -80,43 +97,74 @@ def test_unknown_name_lists_close_matches_and_all(clean_registry):
     assert "available: keep_all, largest_first" in msg
 
 
-def test_builtin_missing_module_is_skipped_other_errors_propagate(clean_registry, monkeypatch):
-    monkeypatch.setattr(registry, "BUILTIN_MODULES", ("solvers._surely_not_written_yet",))
-    assert clean_registry.available_solvers() == []
-
-    monkeypatch.setattr(registry, "BUILTIN_MODULES", ("_mutwo_test_needs_dep",))
-    monkeypatch.setattr(registry, "_builtins_loaded", False)
-
-    def fake_import(name):
+def test_builtin_load_errors_propagate_plugin_ones_warn(clean_registry, monkeypatch):
+    """A missing dependency of a built-in module (ortools) is the user's to see; a broken plug-in only
+    warns, so it cannot take the built-ins down."""
+    def needs_ortools():
         raise ModuleNotFoundError("No module named 'ortools'", name="ortools")
 
-    monkeypatch.setattr(registry.importlib, "import_module", fake_import)
+    monkeypatch.setattr(registry, "_entry_points",
+                        lambda: [_EP("solvers.ilp", needs_ortools, dist="mutwo", value="solvers.ilp")])
     with pytest.raises(ModuleNotFoundError, match="ortools"):
         clean_registry.available_solvers()
+    with pytest.raises(ModuleNotFoundError, match="ortools"):  # not marked loaded: it says so again
+        clean_registry.get_solver("keep_all")
+
+
+def test_builtin_module_missing_from_the_checkout_says_reinstall(clean_registry, monkeypatch):
+    def gone():
+        raise ModuleNotFoundError("No module named 'solvers.gone'", name="solvers.gone")
+
+    monkeypatch.setattr(registry, "_entry_points",
+                        lambda: [_EP("solvers.gone", gone, dist="mutwo", value="solvers.gone")])
+    with pytest.raises(registry.NotInstalledError, match=r"'solvers.gone'.*stale.*`pip install -e \.`"):
+        clean_registry.available_solvers()
+
+
+def test_no_builtin_entry_points_is_an_error_not_an_empty_registry(clean_registry, monkeypatch, tmp_path):
+    """A source checkout that was never pip-installed (or installed before the built-ins were declared)
+    has no mutwo entry points: every lookup says how to fix it, even with plug-ins installed."""
+    plugin = _EP("plugin", lambda: _plan, dist="some-other-package")
+    monkeypatch.setattr(registry, "_entry_points", lambda: [plugin])
+    for lookup in (clean_registry.available_solvers, lambda: clean_registry.get_solver("keep_all"),
+                   lambda: clean_registry.solver_options("keep_all")):
+        with pytest.raises(registry.NotInstalledError) as info:
+            lookup()
+        assert "`pip install -e .`" in str(info.value) and "'mutwo.solvers' entry points" in str(info.value)
+    # an older install's mutwo.egg-info in the checkout is found before the installed metadata and
+    # hides it (pip install -e . does not rewrite it): the message names it
+    stale = tmp_path / "mutwo.egg-info"
+    stale.mkdir()
+    (stale / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: mutwo\nVersion: 0.1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(registry.NotInstalledError, match=f"{re.escape(str(stale.resolve()))} .* hides the installed one: "
+                                                         f"delete it"):
+        clean_registry.available_solvers()
+    (stale / "entry_points.txt").write_text("[mutwo.solvers]\nsolvers.baselines = solvers.baselines\n")
+    with pytest.raises(registry.NotInstalledError) as info:
+        clean_registry.available_solvers()
+    assert "delete it" not in str(info.value)  # a current egg-info is not blamed
+    # the distribution is told by its normalised name (pip may write MuTwo or mutwo)
+    monkeypatch.setattr(registry, "_entry_points", lambda: [_EP("x", _EMPTY_BUILTIN.load, dist="MuTwo")])
+    assert clean_registry.available_solvers() == []
 
 
 def test_builtin_modules_are_imported_lazily(clean_registry, monkeypatch):
     module = types.ModuleType("_mutwo_test_builtin")
     imported = []
 
-    def fake_import(name):
-        imported.append(name)
+    def load():
+        imported.append("_mutwo_test_builtin")
         clean_registry.register_solver("lazy")(_plan)
         return module
 
-    monkeypatch.setattr(registry, "BUILTIN_MODULES", ("_mutwo_test_builtin",))
-    monkeypatch.setattr(registry.importlib, "import_module", fake_import)
+    monkeypatch.setattr(registry, "_entry_points",
+                        lambda: [_EP("_mutwo_test_builtin", load, dist="mutwo", value="_mutwo_test_builtin")])
     assert imported == []
     assert clean_registry.get_solver("lazy").solver_name == "lazy"
     clean_registry.get_solver("lazy")
+    clean_registry.available_solvers()
     assert imported == ["_mutwo_test_builtin"]
-
-
-class _EP:
-    """Stands in for importlib.metadata.EntryPoint: a name and what ``load()`` does."""
-
-    def __init__(self, name, loader):
-        self.name, self.value, self.load = name, f"plugin:{name}", loader
 
 
 def _raise(exc):
@@ -135,7 +183,7 @@ def test_entry_points_function_module_and_broken(clean_registry, monkeypatch):
 
     eps = [_EP("plugin_fn", lambda: plugin_fn), _EP("mod", load_module),
            _EP("broken", lambda: _raise(ImportError("nope")))]
-    monkeypatch.setattr(registry, "_entry_points", lambda: eps)
+    monkeypatch.setattr(registry, "_entry_points", lambda: [_EMPTY_BUILTIN, *eps])
     with pytest.warns(RuntimeWarning, match="broken"):
         names = clean_registry.available_solvers()
     assert names == ["from_module", "plugin_fn"]
@@ -144,7 +192,7 @@ def test_entry_points_function_module_and_broken(clean_registry, monkeypatch):
 
 def test_entry_point_with_decorated_function_is_not_registered_twice(clean_registry, monkeypatch):
     decorated = clean_registry.register_solver("self_named")(_plan)
-    monkeypatch.setattr(registry, "_entry_points", lambda: [_EP("alias", lambda: decorated)])
+    monkeypatch.setattr(registry, "_entry_points", lambda: [_EMPTY_BUILTIN, _EP("alias", lambda: decorated)])
     assert clean_registry.available_solvers() == ["self_named"]
 
 
@@ -154,7 +202,7 @@ def test_real_entry_points_api_is_used(clean_registry, monkeypatch):
 
     def fake_entry_points(**kw):
         seen.update(kw)
-        return [_EP("via_metadata", lambda: _plan)]
+        return [_EMPTY_BUILTIN, _EP("via_metadata", lambda: _plan)]
 
     monkeypatch.setattr(registry, "_entry_points", _REAL_ENTRY_POINTS)
     monkeypatch.setattr(registry.importlib.metadata, "entry_points", fake_entry_points)
@@ -240,7 +288,7 @@ def test_entry_point_function_and_re_registered_wrapper_keep_their_options(clean
     def plugin(problem, budget_bytes, *, depth=2):
         return _plan(problem, budget_bytes)
 
-    monkeypatch.setattr(registry, "_entry_points", lambda: [_EP("plugin", lambda: plugin)])
+    monkeypatch.setattr(registry, "_entry_points", lambda: [_EMPTY_BUILTIN, _EP("plugin", lambda: plugin)])
     assert clean_registry.solver_options("plugin") == {"depth"}
     with pytest.raises(TypeError, match="did you mean 'depth'"):
         clean_registry.get_solver("plugin")(_FakeProblem(), 1, deph=3)
@@ -293,3 +341,16 @@ def test_every_builtin_declares_its_options_and_refuses_others():
     assert registry.solver_options("checkmate_exact") == {"backend", "time_limit_s", "rel_gap", "threads", "seed",
                                                           "grid", "max_act", "mode", "warm_start"}
     assert registry.get_solver("chen_sqrt")(p, 10**12, segments=1, share=False).options["segments"] == 1
+
+
+def test_builtins_are_the_entry_points_pyproject_declares():
+    """Every solvers/ module that registers solvers is declared in pyproject.toml, and the installed
+    metadata the registry reads declares the same (a stale install would load other modules)."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["mutwo.solvers"]
+    registering = {f"solvers.{f.stem}" for f in (ROOT / "solvers").glob("*.py")
+                   if re.search(r"^@register_solver\(", f.read_text(), re.M)}
+    assert set(declared.values()) == registering
+    installed = {ep.value for ep in registry._entry_points() if registry._is_builtin(ep)}
+    assert installed == set(declared.values()), "reinstall: pip install -e ."
+    modules = {registry.get_solver(n).__wrapped__.__module__ for n in registry.available_solvers()}
+    assert registering <= modules

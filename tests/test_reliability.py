@@ -27,7 +27,8 @@ import yaml
 from mutwo.compare import COLUMNS, main
 from mutwo.memory import LiveStorageTracker, MemoryLimitExceeded, memory_limit
 from mutwo.problem import Problem
-from mutwo.registry import SolverProcessError, SolverTimeout, register_solver, run_solver
+from mutwo.registry import register_solver
+from mutwo.sandbox import SolverProcessError, SolverTimeout, run_solver
 from mutwo.scenario import ScenarioError, load_scenario
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
@@ -513,8 +514,8 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
 def test_solver_child_dies_with_a_killed_driver(tmp_path):
     """SIGKILL of the driver mid-solve leaves no solver running (the child asked for PDEATHSIG)."""
     pid_file = tmp_path / "pids"
-    script = ("import time, sys; from pathlib import Path; from mutwo.registry import register_solver, run_solver\n"
-              "from mutwo.synthetic import chain\n"
+    script = ("import time, sys; from pathlib import Path; from mutwo.registry import register_solver\n"
+              "from mutwo.sandbox import run_solver\nfrom mutwo.synthetic import chain\n"
               "@register_solver('hang_here')\n"
               "def hang(p, b, **o):\n"
               f"    import os; Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)\n"

@@ -8,7 +8,9 @@ import pytest
 import torch
 import yaml
 
-from mutwo.scenario import Budget, ScenarioError, call_builder, load_scenario, parse_size, validate_scenario
+from mutwo.scenario import Budget, ScenarioError, load_scenario, parse_size, validate_scenario
+from mutwo.workload import resolve_device
+from mutwo.zoo import call_builder
 
 TESTS = Path(__file__).parent
 SCENARIOS = TESTS.parent / "scenarios"
@@ -122,10 +124,14 @@ def test_optimizer_options_are_checked(tmp_path):
     assert "optimizer.name" in _error(tmp_path, optimizer={"name": "lion"})
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when there is no GPU")
-def test_cuda_without_gpu(tmp_path):
-    text = _error(tmp_path, device="cuda")
-    assert "'device'" in text and "auto or cpu" in text
+def test_cuda_without_gpu_is_refused_when_the_device_is_resolved(monkeypatch):
+    """Loading does not probe the device; resolving ``cuda`` without a GPU says what to write instead
+    (the CLI reports it as the file's 'device' field before any run folder: test_reliability)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert validate_scenario({**BASE, "device": "cuda"}).device == "cuda"
+    with pytest.raises(ValueError, match="device 'cuda' was asked for .* use device: auto or cpu"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
 
 
 def test_unsafe_yaml_is_refused(tmp_path):
