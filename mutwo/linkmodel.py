@@ -151,9 +151,10 @@ class PrefetchWalk:
 
     @classmethod
     def empty(cls, n_act: int) -> PrefetchWalk:
-        no_events = PrefetchEvents.of(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), n_act)
-        return cls(no_events, np.zeros(0), np.zeros(0), np.zeros(1), np.zeros(1), np.zeros(0), np.zeros(0),
-                   [float("nan")] * n_act)
+        """The walk before any swap: the link free, no delay."""
+        none = np.zeros(0, np.int64)
+        return cls(PrefetchEvents(none, none, none, none, n_act), np.zeros(0), np.zeros(0), np.zeros(1), np.zeros(1),
+                   np.zeros(0), np.zeros(0), [float("nan")] * n_act)
 
 
 def walk_prefetches(events: PrefetchEvents, reached_s: np.ndarray, swap_out_end_s: np.ndarray,
@@ -166,10 +167,13 @@ def walk_prefetches(events: PrefetchEvents, reached_s: np.ndarray, swap_out_end_
     resumes at the first event whose inputs changed and stops where the rest would repeat it; the
     answer is the same as a walk from scratch.
     """
-    previous = previous or PrefetchWalk.empty(events.n_act)
     reached = reached_s[events.op]
     ready = np.where(events.kind == ISSUE, swap_out_end_s[events.act], 0.0)
-    start, repeat_from, shift = _resume_point(events, reached, ready, previous)
+    if previous is None:  # from scratch: nothing to compare with
+        previous = PrefetchWalk.empty(events.n_act)
+        start, repeat_from, shift = 0, len(events.key) + 1, len(events.key)
+    else:
+        start, repeat_from, shift = _resume_point(events, reached, ready, previous)
     walked = _walk(events, reached, ready, transfer_s, previous, start, repeat_from, shift)
     return _splice(events, reached, ready, previous, start, shift, *walked)
 
@@ -199,22 +203,21 @@ def _walk(events: PrefetchEvents, reached: np.ndarray, ready: np.ndarray, transf
           previous: PrefetchWalk, start: int, repeat_from: int, shift: int) -> tuple:
     """The event loop from ``start``: stops at the first event from ``repeat_from`` on where the link,
     the delay and every copy still in flight are as in ``previous``. Returns the arrivals, the event
-    it stopped at and, per walked event, the link-free time and delay after it and the stall record."""
+    it stopped at, the link-free time and delay after each walked event, and the waits that stalled
+    (event, arrival, wait start)."""
     old_link_free, old_delay = previous.link_free_s, previous.delay_s
     link_free, delay = float(old_link_free[start]), float(old_delay[start])
     arrival = list(previous.arrival_s)
-    link_out, delay_out, arrival_out, since_out = [], [], [], []
+    link_out, delay_out, stalls = [], [], []
     pending = set()  # copies whose arrival changed in this walk and not yet waited for
-    e = start
     stop = len(events.key)
-    for reached_t, ready_t, kind, a in zip(reached[start:].tolist(), ready[start:].tolist(),
-                                           events.kind[start:].tolist(), events.act[start:].tolist(), strict=True):
+    for e, reached_t, ready_t, kind, a in zip(range(start, stop), reached[start:].tolist(), ready[start:].tolist(),
+                                              events.kind[start:].tolist(), events.act[start:].tolist(), strict=True):
         if (e >= repeat_from and not pending and link_free == old_link_free[e - shift]
                 and delay == old_delay[e - shift]):
             stop = e
             break
         now = reached_t + delay
-        stalled = False
         if kind == ISSUE:
             link_free = max(now, link_free, ready_t) + transfer_s[a]
             if link_free != arrival[a]:
@@ -223,26 +226,27 @@ def _walk(events: PrefetchEvents, reached: np.ndarray, ready: np.ndarray, transf
         else:
             pending.discard(a)
             if arrival[a] > now:
-                stalled = True
+                stalls.append((e, arrival[a], now))
                 delay += arrival[a] - now
         link_out.append(link_free)
         delay_out.append(delay)
-        arrival_out.append(arrival[a] if stalled else 0.0)
-        since_out.append(now if stalled else 0.0)
-        e += 1
-    return arrival, stop, link_out, delay_out, arrival_out, since_out
+    return arrival, stop, link_out, delay_out, stalls
 
 
 def _splice(events: PrefetchEvents, reached: np.ndarray, ready: np.ndarray, previous: PrefetchWalk, start: int,
             shift: int, arrival: list[float], stop: int, link_out: list[float], delay_out: list[float],
-            arrival_out: list[float], since_out: list[float]) -> PrefetchWalk:
+            stalls: list[tuple[int, float, float]]) -> PrefetchWalk:
     """The new walk: ``previous`` before ``start``, the walked events, ``previous`` again after ``stop``."""
     old = previous
     resume = stop - shift  # the old index of the first event not walked
+    stall_arrival, stall_from = np.zeros(stop - start), np.zeros(stop - start)
+    if stalls:
+        at, arrivals, since = zip(*stalls, strict=True)
+        stall_arrival[np.array(at) - start], stall_from[np.array(at) - start] = arrivals, since
     return PrefetchWalk(
         events, reached, ready,
         link_free_s=np.concatenate([old.link_free_s[:start + 1], link_out, old.link_free_s[resume + 1:]]),
         delay_s=np.concatenate([old.delay_s[:start + 1], delay_out, old.delay_s[resume + 1:]]),
-        stall_arrival_s=np.concatenate([old.stall_arrival_s[:start], arrival_out, old.stall_arrival_s[resume:]]),
-        stall_from_s=np.concatenate([old.stall_from_s[:start], since_out, old.stall_from_s[resume:]]),
+        stall_arrival_s=np.concatenate([old.stall_arrival_s[:start], stall_arrival, old.stall_arrival_s[resume:]]),
+        stall_from_s=np.concatenate([old.stall_from_s[:start], stall_from, old.stall_from_s[resume:]]),
         arrival_s=arrival, walked=range(start, stop))

@@ -241,13 +241,14 @@ def recompute_chain(problem: Problem, target: int, decisions: list[int], back: l
 
 
 def _chain_lists(problem: Problem) -> tuple[list[list[int]], list[int]]:
-    """Recompute sources and last backward uses as Python lists, cached on the Problem (see
-    ``recompute_chain``)."""
+    """Recompute sources and last backward uses as Python lists (see ``recompute_chain``), cached on
+    the Problem for as long as it holds the same arrays."""
     cached = problem.__dict__.get("_chain_lists")
-    if cached is None:
-        cached = ([s.tolist() for s in problem.recompute_sources], problem.last_bwd_use.tolist())
+    if cached is None or cached[0] is not problem.recompute_sources or cached[1] is not problem.last_bwd_use:
+        cached = (problem.recompute_sources, problem.last_bwd_use,
+                  [s.tolist() for s in problem.recompute_sources], problem.last_bwd_use.tolist())
         problem.__dict__["_chain_lists"] = cached
-    return cached
+    return cached[2], cached[3]
 
 
 def anchor_cost(problem: Problem, anchor: int, chains: Iterable[RecomputeChain]) -> tuple[float, int]:

@@ -170,6 +170,14 @@ def test_recompute_chain_of_one_target_is_the_chain_a_schedule_would_give_it():
         recompute_chain(p, 2, [S, R, K, K], back)  # a1's regeneration reads a0 while it is swapped out
 
 
+def test_chains_see_a_problem_whose_arrays_were_replaced():
+    p = _problem()
+    assert resolve_recompute(p, [K, R, R, K])[2].temporaries == [1]  # a1 not back at op 6
+    p.last_bwd_use = np.array([9, 8, 6, 5])
+    p.recompute_sources = [np.array([]), np.array([0]), np.array([0]), np.array([])]  # a2 reads a0 now
+    assert resolve_recompute(p, [K, R, R, K])[2].temporaries == [] and resolve_recompute(p, [K, R, R, K])[2].sources == [0]
+
+
 def test_anchor_cost_sums_times_and_stacks_chains_in_creation_order():
     # a1 regenerated early at op 6 (a2's first use) from kept a0: 2 s, holding 20 B + 2 B of
     # intermediates; then a2 from resident a1: 3 s, 30 B + 4 B on top of a1's 20 B
