@@ -114,7 +114,7 @@ def simulate(problem: Problem, schedule: Schedule) -> SimResult:
     pf_end = np.full(m, np.nan)
     stall_s = 0.0
     if len(swap_ids):
-        transfer = (problem.act_bytes / float(problem.host_bandwidth_bytes_per_s)).tolist()
+        transfer = problem.swap_time_s.tolist()
         # swap-outs are issued in forward, where nothing stalls: issue times are known up front
         order = swap_ids[np.lexsort((swap_ids, problem.last_fwd_use[swap_ids]))]
         issue = op_start[problem.last_fwd_use[order]] + op_time[problem.last_fwd_use[order]]
