@@ -243,10 +243,12 @@ def _splice(events: PrefetchEvents, reached: np.ndarray, ready: np.ndarray, prev
     if stalls:
         at, arrivals, since = zip(*stalls, strict=True)
         stall_arrival[np.array(at) - start], stall_from[np.array(at) - start] = arrivals, since
+    walked_link_free = np.fromiter(link_out, np.float64, len(link_out))  # faster than from a list
+    walked_delay = np.fromiter(delay_out, np.float64, len(delay_out))
     return PrefetchWalk(
         events, reached, ready,
-        link_free_s=np.concatenate([old.link_free_s[:start + 1], link_out, old.link_free_s[resume + 1:]]),
-        delay_s=np.concatenate([old.delay_s[:start + 1], delay_out, old.delay_s[resume + 1:]]),
+        link_free_s=np.concatenate([old.link_free_s[:start + 1], walked_link_free, old.link_free_s[resume + 1:]]),
+        delay_s=np.concatenate([old.delay_s[:start + 1], walked_delay, old.delay_s[resume + 1:]]),
         stall_arrival_s=np.concatenate([old.stall_arrival_s[:start], stall_arrival, old.stall_arrival_s[resume:]]),
         stall_from_s=np.concatenate([old.stall_from_s[:start], stall_from, old.stall_from_s[resume:]]),
         arrival_s=arrival, walked=range(start, stop))
