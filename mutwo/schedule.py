@@ -42,6 +42,9 @@ class Decision(enum.IntEnum):
     SWAP = 2
 
 
+_KEEP, _RECOMPUTE = int(Decision.KEEP), int(Decision.RECOMPUTE)  # plain ints for the chain walk's loop
+
+
 class Status(str, enum.Enum):
     OPTIMAL = "optimal"
     FEASIBLE = "feasible"
@@ -200,7 +203,8 @@ def resolve_recompute(problem: Problem, decisions: np.ndarray,
         at = recompute_anchors(problem, np.asarray(dec, np.int64), recompute_at)
         back = np.where(at >= 0, at, problem.first_bwd_use).tolist()
     recompute = int(Decision.RECOMPUTE)
-    return {a: recompute_chain(problem, a, dec, back) for a, d in enumerate(dec) if d == recompute}
+    sources_of, last = _as_lists(problem, "recompute_sources", "last_bwd_use")
+    return {a: _chain(problem, a, dec, back, sources_of, last) for a, d in enumerate(dec) if d == recompute}
 
 
 def recompute_chain(problem: Problem, target: int, decisions: list[int], back: list[int]) -> RecomputeChain:
@@ -212,8 +216,12 @@ def recompute_chain(problem: Problem, target: int, decisions: list[int], back: l
     numpy scalar comparison costs ~50x more per element. Raises ScheduleError when the chain would
     need a SWAP source that is not resident then.
     """
-    sources_of, last = _chain_lists(problem)
-    keep, recompute = int(Decision.KEEP), int(Decision.RECOMPUTE)
+    return _chain(problem, target, decisions, back, *_as_lists(problem, "recompute_sources", "last_bwd_use"))
+
+
+def _chain(problem: Problem, target: int, decisions: list[int], back: list[int], sources_of: list[list[int]],
+           last: list[int]) -> RecomputeChain:
+    keep, recompute = _KEEP, _RECOMPUTE
     t = back[target]
     op_parts, temporaries, sources = [], [], []
     seen = {target}
@@ -240,15 +248,18 @@ def recompute_chain(problem: Problem, target: int, decisions: list[int], back: l
                           chain_peak(problem, target, temporaries, ops))
 
 
-def _chain_lists(problem: Problem) -> tuple[list[list[int]], list[int]]:
-    """Recompute sources and last backward uses as Python lists (see ``recompute_chain``), cached on
-    the Problem for as long as it holds the same arrays."""
-    cached = problem.__dict__.get("_chain_lists")
-    if cached is None or cached[0] is not problem.recompute_sources or cached[1] is not problem.last_bwd_use:
-        cached = (problem.recompute_sources, problem.last_bwd_use,
-                  [s.tolist() for s in problem.recompute_sources], problem.last_bwd_use.tolist())
-        problem.__dict__["_chain_lists"] = cached
-    return cached[2], cached[3]
+def _as_lists(problem: Problem, *names: str) -> list[list]:
+    """Problem arrays as Python lists (solvers' inner loops index them one element at a time, where a
+    numpy scalar costs ~50x more), cached on the Problem for as long as it holds the same arrays."""
+    cache = problem.__dict__.setdefault("_as_lists", {})
+    out = []
+    for name in names:
+        array = getattr(problem, name)
+        hit = cache.get(name)
+        if hit is None or hit[0] is not array:
+            hit = cache[name] = (array, [x.tolist() for x in array] if isinstance(array, list) else array.tolist())
+        out.append(hit[1])
+    return out
 
 
 def anchor_cost(problem: Problem, anchor: int, chains: Iterable[RecomputeChain]) -> tuple[float, int]:
@@ -260,12 +271,18 @@ def anchor_cost(problem: Problem, anchor: int, chains: Iterable[RecomputeChain])
     creation order, each on top of the targets before it, before the op allocates its outputs and
     workspace). Times are summed in target index order, one float addition each.
     """
-    group = sorted(chains, key=lambda c: c.target)
+    group = list(chains)
+    several = len(group) > 1  # most anchors have one chain: no sorting then (simulate's inner loop)
+    if several:
+        group.sort(key=lambda c: c.target)
     time_s = 0.0
     for c in group:
         time_s += c.time_s
+    if several:
+        created = _as_lists(problem, "created")[0]
+        group.sort(key=lambda c: (created[c.target], c.target))
     done = most = 0
-    for c in sorted(group, key=lambda c: (int(problem.created[c.target]), c.target)):
+    for c in group:
         most = max(most, done + c.peak_bytes)
         done += int(problem.act_bytes[c.target])
     return time_s, most - done - int(problem.op_output_bytes[anchor]) - int(problem.op_transient_bytes[anchor])

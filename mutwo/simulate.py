@@ -121,7 +121,7 @@ def simulate(problem: Problem, schedule: Schedule) -> SimResult:
         out_end[order] = serve_in_order(issue.tolist(), [transfer[a] for a in order.tolist()])
         events = PrefetchEvents.of(swap_ids, schedule.prefetch_at[swap_ids], problem.first_bwd_use[swap_ids], m)
         walk = walk_prefetches(events, pre_begin, out_end, transfer)
-        pf_end[swap_ids] = np.array(walk.arrival_s)[swap_ids]
+        pf_end[swap_ids] = [walk.arrival_s[a] for a in swap_ids.tolist()]
         stall_s = walk.stall_s
         if stall_s > 0.0:
             op_start = op_start + np.cumsum(walk.stall_at_ops(n))
