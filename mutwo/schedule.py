@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,13 +32,17 @@ import numpy as np
 from mutwo.problem import Problem
 
 __all__ = ["Decision", "Status", "Schedule", "ScheduleError", "RecomputeChain", "resolve_recompute",
-           "recompute_anchors", "chain_peak", "member_peaks", "default_prefetch", "check_points", "validate"]
+           "recompute_chain", "recompute_anchors", "anchor_cost", "chain_peak", "member_peaks", "default_prefetch",
+           "latest_hiding_points", "check_points", "validate"]
 
 
 class Decision(enum.IntEnum):
     KEEP = 0
     RECOMPUTE = 1
     SWAP = 2
+
+
+_KEEP, _RECOMPUTE = int(Decision.KEEP), int(Decision.RECOMPUTE)  # plain ints for the chain walk's loop
 
 
 class Status(str, enum.Enum):
@@ -189,45 +194,96 @@ def recompute_anchors(problem: Problem, decisions: np.ndarray, recompute_at: np.
 def resolve_recompute(problem: Problem, decisions: np.ndarray,
                       recompute_at: np.ndarray | None = None) -> dict[int, RecomputeChain]:
     """Expand every RECOMPUTE activation into the chain of ops that regenerates it at its anchor (see
-    the module doc).
-
-    Raises ScheduleError when a chain would need a SWAP source that is not resident. Works on Python
-    ints: solvers call it in loops, and numpy scalar comparisons cost ~50x more per element.
-    """
+    the module doc). Raises ScheduleError when a chain would need a SWAP source that is not resident."""
     dec = np.asarray(decisions).tolist()
-    first, last = problem.first_bwd_use.tolist(), problem.last_bwd_use.tolist()
-    keep, recompute = int(Decision.KEEP), int(Decision.RECOMPUTE)
-    back = first  # where each activation is back on the device for backward: its anchor if recomputed
+    back = problem.first_bwd_use.tolist()  # where each activation is back for backward: its anchor if recomputed
     if recompute_at is not None:
         at = recompute_anchors(problem, np.asarray(dec, np.int64), recompute_at)
         back = np.where(at >= 0, at, problem.first_bwd_use).tolist()
-    chains: dict[int, RecomputeChain] = {}
-    for a in (i for i, d in enumerate(dec) if d == recompute):
-        t = back[a]
-        op_parts, temporaries, sources = [], [], []
-        seen = {a}
-        stack = [a]
-        while stack:
-            x = stack.pop()
-            op_parts.append(problem.recompute_ops[x])
-            for s in problem.recompute_sources[x].tolist():
-                if s in seen:
-                    continue
-                seen.add(s)
-                if dec[s] == keep or back[s] <= t <= last[s]:
-                    sources.append(s)
-                elif dec[s] == recompute:
-                    temporaries.append(s)
-                    stack.append(s)
-                else:
-                    raise ScheduleError(
-                        f"activation {problem.act_names[a]!r} (index {a}) is recomputed at op {t} from "
-                        f"{problem.act_names[s]!r} (index {s}), which is swapped out then; keep it, or "
-                        f"recompute it instead")
-        ops = op_parts[0] if len(op_parts) == 1 else np.unique(np.concatenate(op_parts))
-        chains[a] = RecomputeChain(a, t, ops, sorted(temporaries), sorted(sources),
-                                   float(problem.op_time_s[ops].sum()), chain_peak(problem, a, temporaries, ops))
-    return chains
+    recompute = int(Decision.RECOMPUTE)
+    sources_of, last = _as_lists(problem, "recompute_sources", "last_bwd_use")
+    return {a: _chain(problem, a, dec, back, sources_of, last) for a, d in enumerate(dec) if d == recompute}
+
+
+def recompute_chain(problem: Problem, target: int, decisions: list[int], back: list[int]) -> RecomputeChain:
+    """The chain that regenerates ``target`` at ``back[target]``, as if it were RECOMPUTE, under
+    ``decisions`` (the rule in the module doc).
+
+    ``back[x]`` is the op from which ``x`` is on the device again for backward: its anchor if it is
+    recomputed, else its first backward use. Both are Python lists: solvers call this in loops, and a
+    numpy scalar comparison costs ~50x more per element. Raises ScheduleError when the chain would
+    need a SWAP source that is not resident then.
+    """
+    return _chain(problem, target, decisions, back, *_as_lists(problem, "recompute_sources", "last_bwd_use"))
+
+
+def _chain(problem: Problem, target: int, decisions: list[int], back: list[int], sources_of: list[list[int]],
+           last: list[int]) -> RecomputeChain:
+    keep, recompute = _KEEP, _RECOMPUTE
+    t = back[target]
+    op_parts, temporaries, sources = [], [], []
+    seen = {target}
+    stack = [target]
+    while stack:
+        x = stack.pop()
+        op_parts.append(problem.recompute_ops[x])
+        for s in sources_of[x]:
+            if s in seen:
+                continue
+            seen.add(s)
+            if decisions[s] == keep or back[s] <= t <= last[s]:
+                sources.append(s)
+            elif decisions[s] == recompute:
+                temporaries.append(s)
+                stack.append(s)
+            else:
+                raise ScheduleError(
+                    f"activation {problem.act_names[target]!r} (index {target}) is recomputed at op {t} from "
+                    f"{problem.act_names[s]!r} (index {s}), which is swapped out then; keep it, or "
+                    f"recompute it instead")
+    ops = op_parts[0] if len(op_parts) == 1 else np.unique(np.concatenate(op_parts))
+    return RecomputeChain(target, t, ops, sorted(temporaries), sorted(sources), float(problem.op_time_s[ops].sum()),
+                          chain_peak(problem, target, temporaries, ops))
+
+
+def _as_lists(problem: Problem, *names: str) -> list[list]:
+    """Problem arrays as Python lists (solvers' inner loops index them one element at a time, where a
+    numpy scalar costs ~50x more), cached on the Problem for as long as it holds the same arrays."""
+    cache = problem.__dict__.setdefault("_as_lists", {})
+    out = []
+    for name in names:
+        array = getattr(problem, name)
+        hit = cache.get(name)
+        if hit is None or hit[0] is not array:
+            hit = cache[name] = (array, [x.tolist() for x in array] if isinstance(array, list) else array.tolist())
+        out.append(hit[1])
+    return out
+
+
+def anchor_cost(problem: Problem, anchor: int, chains: Iterable[RecomputeChain]) -> tuple[float, int]:
+    """What the chains anchored at op ``anchor`` cost there: their time, and how many bytes more than
+    the op's own memory they hold at their most (negative: fewer).
+
+    The second is ``chain_memory(t) - op_memory(t)`` of docs/cost_model.md: both count the fixed and
+    resident bytes, so the difference depends on these chains alone (chains run in their targets'
+    creation order, each on top of the targets before it, before the op allocates its outputs and
+    workspace). Times are summed in target index order, one float addition each.
+    """
+    group = list(chains)
+    several = len(group) > 1  # most anchors have one chain: no sorting then (simulate's inner loop)
+    if several:
+        group.sort(key=lambda c: c.target)
+    time_s = 0.0
+    for c in group:
+        time_s += c.time_s
+    if several:
+        created = _as_lists(problem, "created")[0]
+        group.sort(key=lambda c: (created[c.target], c.target))
+    done = most = 0
+    for c in group:
+        most = max(most, done + c.peak_bytes)
+        done += int(problem.act_bytes[c.target])
+    return time_s, most - done - int(problem.op_output_bytes[anchor]) - int(problem.op_transient_bytes[anchor])
 
 
 def chain_peak(problem: Problem, target: int, temporaries: list[int], ops: np.ndarray | None = None) -> int:
@@ -316,16 +372,25 @@ def _chain_peak_ops(problem: Problem, target_value: int, ops: np.ndarray) -> int
 
 
 def default_prefetch(problem: Problem) -> np.ndarray:
-    """For every activation, the latest backward op at which starting the copy back still hides it.
+    """For every activation, the latest backward op at which starting the copy back still hides it
+    behind profiled compute (``latest_hiding_points`` with no recompute time in backward). Ignores
+    link contention (the simulator accounts for that)."""
+    reached = np.concatenate([[0.0], np.cumsum(problem.op_time_s)[:-1]])  # when op t is reached
+    return latest_hiding_points(reached, problem.first_bwd_use, problem.swap_time_s, problem.fwd_end)
 
-    Walks back from the first backward use until the compute time in between covers the transfer; never
-    earlier than the first backward op. Ignores link contention (the simulator accounts for that).
+
+def latest_hiding_points(reached_s: np.ndarray, first_bwd_use: np.ndarray, transfer_s: np.ndarray,
+                         fwd_end: int) -> np.ndarray:
+    """Per activation, the latest op whose start leaves ``transfer_s`` seconds before its first
+    backward use is reached (``reached_s[t]``: when op ``t`` is reached); never before the first
+    backward op, never after the first backward use.
+
+    Walks back from the first backward use until the time in between covers the transfer. Solvers
+    that put recompute time in backward pass times that count it (μ-TWO's Algorithm C).
     """
-    cum = np.concatenate([[0.0], np.cumsum(problem.op_time_s)])  # cum[t] = start time of op t
-    need = cum[problem.first_bwd_use] - problem.swap_time_s
-    # latest t with cum[t] <= need, i.e. searchsorted(right) - 1
-    t = np.searchsorted(cum, need, side="right") - 1
-    return np.clip(t, problem.fwd_end + 1, problem.first_bwd_use).astype(np.int64)
+    need = reached_s[first_bwd_use] - transfer_s
+    t = np.searchsorted(reached_s, need, side="right") - 1  # latest t with reached_s[t] <= need
+    return np.clip(t, fwd_end + 1, first_bwd_use).astype(np.int64)
 
 
 def check_points(problem: Problem, schedule: Schedule) -> None:

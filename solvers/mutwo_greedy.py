@@ -1,66 +1,11 @@
 """μ-TWO Algorithm B: choose greedily between swapping and recomputing until the simulated peak fits.
 
-Reference: Purandare, Wasay, Idreos, Jain, "μ-TWO: 3× Faster Multi-Model Training with Orchestration
-and Memory Optimization", MLSys 2023 (appendix: B the scheduler, C swap overlap, E/F recompute source
-and count updates, G memory simulation). This is the project's reference solver, so every step is a
-definition the test oracle (``tests/mutwo_greedy_oracle.py``) re-derives from scratch each step.
-
-One step (repeated until the peak fits the budget, or no candidate can lower it: INFEASIBLE)
-  1. Peak op ``P`` = first argmax of the memory timeline; peak interval ``[P, Pe]`` = the run of ops
-     from ``P`` that sit at the peak value.
-  2. Swap candidate: the swappable KEEP activation with the largest inactive time (end of its last
-     forward use to the start of its first backward use) among those that would be off the device at
-     ``P`` (its swap-out, queued behind earlier ones on the link, ends before ``P`` starts; its first
-     backward use is after ``P``). Its prefetch point is the latest op that still hides the copy back
-     behind backward work (Algorithm C), but never inside the peak interval. Overhead = the stall its
-     copy back would cause, i.e. Algorithm C's cases: 0 when fully hidden; the uncovered part when
-     partly hidden (even the first backward op is too late, or the link is still busy with copies
-     issued before it) or when it must wait until after the peak interval.
-  3. Recompute candidate: the recomputable KEEP activation freed at ``P`` with the largest recompute
-     ratio ``bytes / total recompute time``; total recompute time = (time of its chain, running through
-     already recomputed sources that are not resident at its anchor) x (recompute count: 1 + the
-     chosen recomputes whose chains would have to regenerate it). That product is its overhead.
-  4. The cheaper of the two is applied (a tie goes to the swap: it costs no compute). Then: chains of
-     activations that read the new RECOMPUTE activation now run through it and need its sources
-     (Algorithm E); its sources count one more chain (Algorithm F); every prefetch point is moved to
-     the latest op that hides it given the recompute time now in backward; link queues, stalls and
-     the timeline are brought up to date (Algorithm G).
-
-Speed: the timeline is an int64 numpy array changed by slices (a recompute frees
-``[last_fwd_use+1, first_bwd_use-1]``, a swap ``[r+1, prefetch_at-1]``). At an anchor the timeline is
-``max(op memory, chain memory)``; both count the same fixed and resident bytes, so the chains add
-``max(0, chain memory - op memory)`` there, which depends only on the chains anchored at that op
-(their ``chain_peak``, the targets' bytes, the op's outputs and workspace) and is recomputed when one
-of them changes. Only chains that read the new RECOMPUTE activation are re-walked; candidate choice is
-a masked argmax. Link timing is one walk over prefetch events per decision, resumed from the first
-event whose inputs changed and stopped once it is back in step with the previous walk. It uses the
-same floating-point operations as ``mutwo.simulate``, so both give identical timelines (whether a
-swap-out ends "before" an op starts is a float comparison). ``verify=True`` (default) confirms the
-final answer with ``simulate``.
-
-Deviations from the paper, and why (the paper's appendix as the issue describes it)
-  * Budget-independent choices: the peak interval is the run at the peak value, not "ops over the
-    limit". Every budget then walks the same decision sequence and stops at the first state that fits,
-    so a smaller budget can never give a higher peak.
-  * Candidates must be freed at the current peak op (added here): a decision that cannot lower the
-    peak only adds overhead.
-  * Inactive time is measured on profiled compute (a fixed order, as profiled); the recompute time
-    already in backward is used for the prefetch points, where it gives room to hide copies.
-  * Chains follow our cost model exactly (``resolve_recompute``): a recomputed source is regenerated
-    only if it is not resident at the anchor, and chain ops run once. The paper's count x time
-    product is kept as the overhead (it ignores ops shared between chains).
-  * Swap overhead also counts the copies already queued on the link before this one (the overlap
-    cases look at compute only): with many swaps the link, not compute, is what stalls. The delay it
-    adds to copies queued after it is not counted; the simulated time includes it.
-  * A choice that would make the schedule invalid (a recompute chain reading a swapped-out source,
-    which our cost model forbids) is dropped; the algorithm as described has no rule for it.
-  * When the walk choosing both kinds finds no plan, the recompute-only and swap-only walks are run
-    too and the fastest plan that fits is returned (``options["walk"]`` says which). A swap taken early
-    at no cost can leave a later peak that only a recompute of that activation could lower; on
-    ResNet-18 (batch 32, 64x64) the walk choosing both stopped above 0.88 of the keep-all peak while the
-    recompute-only walk reached 0.83. ``algorithm_b`` is the walk alone.
-  * ``seed`` is accepted for a uniform solver interface; ties are broken by activation index, so the
-    result does not depend on it.
+The project's reference solver (Purandare et al., MLSys 2023, appendix B-G). Each step takes the
+cheaper of the best swap and the best recompute that move an activation off the current peak op.
+Its incremental state is built from the cost model's own pieces (``mutwo.schedule``'s chain rules,
+``mutwo.linkmodel``'s link queues), so its timeline equals ``simulate``'s bit for bit, and it stays
+fast (a ResNet-152 Problem in well under a second). The steps, how the state is kept and the
+deviations from the paper, with reasons: ``docs/mutwo_greedy.md``.
 """
 
 from __future__ import annotations
@@ -70,41 +15,41 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mutwo.linkmodel import PrefetchEvents, PrefetchWalk, SwapOutQueue, walk_prefetches
 from mutwo.problem import Problem
 from mutwo.registry import register_solver
-from mutwo.schedule import Decision, Schedule, Status, chain_peak
-from mutwo.simulate import simulate
+from mutwo.schedule import (
+    Decision,
+    RecomputeChain,
+    Schedule,
+    ScheduleError,
+    Status,
+    anchor_cost,
+    latest_hiding_points,
+    recompute_chain,
+)
+from mutwo.simulate import last_op_holding, simulate, stall_free_times
 
-__all__ = ["GreedyResult", "solve", "algorithm_b", "mutwo_greedy", "recompute_ratios", "hide_points", "swap_overhead",
+__all__ = ["GreedyResult", "solve", "algorithm_b", "mutwo_greedy", "recompute_ratios", "swap_overhead",
            "peak_run_end", "MODES"]
 
 MODES = ("both", "recompute", "swap")
 _KEEP, _REC, _SWAP = int(Decision.KEEP), int(Decision.RECOMPUTE), int(Decision.SWAP)
 
 
-# ---------------------------------------------------------------------- shared definitions
-def hide_points(pre: np.ndarray, fbu: np.ndarray, tau: np.ndarray, fwd_end: int) -> np.ndarray:
-    """Latest op whose start leaves ``tau`` seconds before the first backward use (Algorithm C).
-
-    ``pre[t]`` is when op ``t`` is reached, counting recompute but not stalls; never before the first
-    backward op, never after the first backward use.
-    """
-    need = pre[fbu] - tau
-    p = np.searchsorted(pre, need, side="right") - 1
-    return np.clip(p, fwd_end + 1, fbu).astype(np.int64)
-
-
-def swap_overhead(op_start: np.ndarray, op_time: np.ndarray, p: int, fbu: int, tau: float,
-                  link_free: float, out_end: float) -> float:
-    """Stall a copy back issued at op ``p`` would see at its first backward use (Algorithm C's cases).
+# ---------------------------------------------------------------------- definitions the oracle shares
+def swap_overhead(op_start_s: np.ndarray, op_time_s: np.ndarray, prefetch_op: int, first_bwd_use: int,
+                  transfer_s: float, link_free_s: float, swap_out_end_s: float) -> float:
+    """Stall a copy back issued at ``prefetch_op`` would see at its first backward use (Algorithm C's
+    cases).
 
     Zero when hidden; the uncovered part when partly hidden or held until after the peak interval.
-    It starts when op ``p`` is reached, its swap-out has ended and the copies issued before it
-    (``link_free``) have arrived; op start times already hold the current stalls.
+    It starts when the op is reached, its swap-out has ended and the copies issued before it
+    (``link_free_s``) have arrived; op start times already hold the current stalls.
     """
-    issue = op_start[p - 1] + op_time[p - 1]
-    arrive = max(issue, link_free, out_end) + tau
-    return max(0.0, float(arrive - (op_start[fbu - 1] + op_time[fbu - 1])))
+    issue = op_start_s[prefetch_op - 1] + op_time_s[prefetch_op - 1]
+    arrive = max(issue, link_free_s, swap_out_end_s) + transfer_s
+    return max(0.0, float(arrive - (op_start_s[first_bwd_use - 1] + op_time_s[first_bwd_use - 1])))
 
 
 def peak_run_end(timeline: np.ndarray, p: int) -> int:
@@ -113,8 +58,8 @@ def peak_run_end(timeline: np.ndarray, p: int) -> int:
     return int(p + np.argmax(off) - 1) if off.any() else len(timeline) - 1
 
 
-def _ratio(nbytes: int, rtime: float, cnt: int) -> float:
-    den = rtime * cnt
+def _ratio(nbytes: int, chain_time_s: float, count: int) -> float:
+    den = chain_time_s * count
     return nbytes / den if den > 0 else float("inf")
 
 
@@ -130,424 +75,274 @@ class GreedyResult:
     steps: list[tuple[str, int, float, int]] = field(default_factory=list)  # (kind, act, overhead, peak)
 
 
-@dataclass
-class _Chain:
-    ops: np.ndarray
-    srcs: list[int]
-    time_s: float
-    peak_bytes: int  # most it holds at once while it runs, its target included (``chain_peak``)
-    blocked: bool  # needs a SWAP source that is not resident at the anchor
-
-
 # ---------------------------------------------------------------------- the solver state
 class _Greedy:
+    """Decisions so far and everything Algorithm B reads, kept equal to ``simulate`` of them."""
+
     def __init__(self, problem: Problem, mode: str):
         p = self.problem = problem
-        n, m = p.n_ops, p.n_act
-        self.n, self.m, self.fwd_end = n, m, int(p.fwd_end)
-        self.op_time = p.op_time_s
-        self.nbytes = p.act_bytes
-        self.lfu, self.fbu, self.lbu = p.last_fwd_use, p.first_bwd_use, p.last_bwd_use
-        self.fbu_l, self.lbu_l = self.fbu.tolist(), self.lbu.tolist()
-        self.nbytes_l = self.nbytes.tolist()
-        self.tau = self.nbytes / float(p.host_bandwidth_bytes_per_s)
-        self.tau_l = self.tau.tolist()
-        self.rops = p.recompute_ops
-        self.rsrc = [s.tolist() for s in p.recompute_sources]
-        self.created_l = p.created.tolist()
-        # chain memory at anchor t minus op memory at t, less the chains' own term (docs/cost_model.md):
-        # the op's outputs and workspace are not allocated yet while its chains run
-        self.chain_base_l = (-p.op_output_bytes - p.op_transient_bytes).tolist()
-        self.compute_s = float(self.op_time.sum())
+        self.n_ops, self.n_act, self.fwd_end = p.n_ops, p.n_act, int(p.fwd_end)
+        self.op_time_s = p.op_time_s
+        self.act_bytes, self.act_bytes_list = p.act_bytes, p.act_bytes.tolist()
+        self.last_fwd_use, self.first_bwd_use = p.last_fwd_use, p.first_bwd_use
+        self.first_bwd_use_list, self.last_bwd_use_list = p.first_bwd_use.tolist(), p.last_bwd_use.tolist()
+        self.transfer_s = p.swap_time_s  # one way
+        self.transfer_s_list = self.transfer_s.tolist()
+        self.compute_s = float(self.op_time_s.sum())
+        self.decision = [_KEEP] * self.n_act
 
-        # keep-all timeline (Algorithm G's starting point)
-        diff = np.zeros(n + 1, np.int64)
-        np.add.at(diff, p.created, self.nbytes)
-        np.add.at(diff, self.lbu + 1, -self.nbytes)
-        self.floor = p.fixed_bytes + p.op_transient_bytes
-        self.timeline = self.floor + np.cumsum(diff[:n])
+        # memory: keep-all timeline (Algorithm G's starting point); what chains add at each anchor
+        self.timeline_bytes = simulate(p, Schedule.keep_all(p)).timeline_bytes.copy()
+        self.chosen_at_anchor: dict[int, list[int]] = {}  # chosen RECOMPUTE targets by anchor, by index
+        self.chain_extra_bytes: dict[int, int] = {}  # max(0, chain memory - op memory) at each anchor
 
-        # static times: forward never stalls or recomputes, so swap-out issue times are fixed
-        pre0 = np.concatenate([[0.0], np.cumsum(self.op_time)[:-1]])  # as simulate: cum[:-1]
-        self.issue_out = pre0[self.lfu] + self.op_time[self.lfu]
-        self.issue_out_l = self.issue_out.tolist()
-        inactive = pre0[self.fbu] - self.issue_out
-        order = np.lexsort((np.arange(m), -inactive))
-        self.rank = np.empty(m, np.int64)
-        self.rank[order] = np.arange(m)
+        # time: forward never stalls or recomputes, so swap-out issue times and inactive times are fixed
+        self.recompute_s_at = np.zeros(self.n_ops)
+        self.reached_s, self.op_start_s = stall_free_times(self.op_time_s, self.recompute_s_at)
+        self.stall_s = 0.0
+        self.swap_out_issue_s = self.op_start_s[self.last_fwd_use] + self.op_time_s[self.last_fwd_use]
+        inactive_s = self.reached_s[self.first_bwd_use] - self.swap_out_issue_s
+        self.swap_rank = np.empty(self.n_act, np.int64)  # by inactive time, longest first, then index
+        self.swap_rank[np.lexsort((np.arange(self.n_act), -inactive_s))] = np.arange(self.n_act)
 
-        self.d = [_KEEP] * m
-        self.rec_at = np.zeros(n)
-        self.anchor_members: dict[int, list[int]] = {}  # chosen targets by anchor, by index
-        self.anchor_extra: dict[int, int] = {}  # what the chains add to the timeline at each anchor
-        self.pre = pre0.copy()
-        self.op_start = pre0.copy()
-        self.delay = 0.0
+        useful = self.act_bytes > 0
+        self.recompute_candidate = p.recomputable & useful & (mode in ("both", "recompute"))
+        self.swap_candidate = p.swappable & useful & (mode in ("both", "swap"))
+        self._init_chains()
+        self._init_swaps()
 
-        # recompute candidates (Algorithms E/F state)
-        useful = self.nbytes > 0
-        self.rc_active = p.recomputable & useful & (mode in ("both", "recompute"))
-        self.sw_active = p.swappable & useful & (mode in ("both", "swap"))
-        self.chains: list[_Chain | None] = [None] * m
-        self.readers: list[set[int]] = [set() for _ in range(m)]
-        self.dep = np.zeros(m, np.int64)  # chosen chains that would regenerate it (count - 1)
-        self.rtime = np.zeros(m)
-        self.ratio = np.full(m, -np.inf)
-        for a in np.flatnonzero(self.rc_active).tolist():
-            self._set_chain(a, self._walk(a))
-        for a in np.flatnonzero(self.rc_active).tolist():
+    def _init_chains(self) -> None:
+        """Chains of every recompute candidate, with Algorithms E/F's counts and the ratios."""
+        m = self.n_act
+        self.chains: list[RecomputeChain | None] = [None] * m  # per candidate or chosen RECOMPUTE
+        self.chain_readers: list[set[int]] = [set() for _ in range(m)]  # whose chains read it
+        self.regenerated_by = np.zeros(m, np.int64)  # chosen chains that would regenerate it (count - 1)
+        self.chain_time_s = np.zeros(m)  # its own chain's time, as a candidate
+        self.recompute_ratio = np.full(m, -np.inf)
+        for a in np.flatnonzero(self.recompute_candidate).tolist():
+            self._set_chain(a, self._chain_for(a))
+        for a in np.flatnonzero(self.recompute_candidate).tolist():
             self._update_ratio(a)
 
-        # swaps
-        self.swaps: list[int] = []
-        self.lo = np.zeros(m, np.int64)
-        self.pf = np.full(m, -1, np.int64)
-        self.r = np.zeros(m, np.int64)
-        self.out_end = np.full(m, np.nan)
-        self.d2h_keys = np.zeros(0, np.int64)  # swap-out queue order (lfu, index), ids, end times
-        self.d2h_ids = np.zeros(0, np.int64)
-        self.d2h_ends = np.zeros(0)
-        self.arrive = [float("nan")] * m  # prefetch arrival per swapped activation
-        # last walk over prefetch events: key, pre, ready; link-free and delay before each event (one
-        # more entry: after the last); for a wait that stalled, the arrival and the wait start (else 0)
-        self.ev = (np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(1), np.zeros(1), np.zeros(0),
-                   np.zeros(0))
-        self.h2d_keys = np.zeros(0, np.int64)  # prefetch queue order (prefetch op, index) and the
-        self.h2d_free = np.zeros(0)  # link-free time after each (running max of arrivals)
+    def _init_swaps(self) -> None:
+        """No swaps yet: empty link queues."""
+        m = self.n_act
+        self.swapped: list[int] = []  # in the order chosen
+        self.prefetch_floor = np.zeros(m, np.int64)  # its copy back is issued no earlier (after the peak
+        # interval its swap was chosen to lower)
+        self.prefetch_at = np.full(m, -1, np.int64)
+        self.release_op = np.zeros(m, np.int64)  # last op holding it before its swap-out ends
+        self.swap_out_end_s = np.full(m, np.nan)
+        self.swap_out_link = SwapOutQueue(m, self.last_fwd_use, self.swap_out_issue_s.tolist(), self.transfer_s_list)
+        self.prefetch_walk = PrefetchWalk.empty(m)
 
     # ------------------------------------------------------------------ recompute chains
-    def _walk(self, a: int) -> _Chain:
-        """The chain ``resolve_recompute`` would give ``a`` (as RECOMPUTE) under the current decisions."""
-        t = self.fbu_l[a]
-        d = self.d
-        parts = [self.rops[a]]
-        temps: list[int] = []
-        srcs: list[int] = []
-        blocked = False
-        seen = {a}
-        stack = [a]
-        while stack:
-            x = stack.pop()
-            for s in self.rsrc[x]:
-                if s in seen:
-                    continue
-                seen.add(s)
-                if d[s] == _KEEP or self.fbu_l[s] <= t <= self.lbu_l[s]:
-                    srcs.append(s)
-                elif d[s] == _REC:
-                    parts.append(self.rops[s])
-                    temps.append(s)
-                    stack.append(s)
-                else:
-                    blocked = True
-                    srcs.append(s)
-        ops = np.unique(np.concatenate(parts)) if len(parts) > 1 else np.unique(parts[0])
-        return _Chain(ops, srcs, float(self.op_time[ops].sum()), chain_peak(self.problem, a, temps), blocked)
+    def _chain_for(self, a: int) -> RecomputeChain | None:
+        """``a``'s chain (as RECOMPUTE) under the current decisions; None if it would read a SWAP source
+        that is not resident at its anchor."""
+        try:
+            return recompute_chain(self.problem, a, self.decision, self.first_bwd_use_list)
+        except ScheduleError:
+            return None
 
-    def _set_chain(self, a: int, ch: _Chain | None) -> None:
+    def _set_chain(self, a: int, chain: RecomputeChain | None) -> None:
         """Install ``a``'s chain, keeping the reader sets and (for chosen ``a``) the counts current."""
         old = self.chains[a]
-        old_srcs = set(old.srcs) if old is not None else set()
-        new_srcs = set(ch.srcs) if ch is not None else set()
-        chosen = self.d[a] == _REC
-        t = self.fbu_l[a]
-        for s in old_srcs - new_srcs:
-            self.readers[s].discard(a)
-            if chosen and self._nonres_if_moved(s, t):
-                self.dep[s] -= 1
+        old_sources = set(old.sources) if old is not None else set()
+        new_sources = set(chain.sources) if chain is not None else set()
+        chosen = self.decision[a] == _REC
+        t = self.first_bwd_use_list[a]
+        for s in old_sources - new_sources:
+            self.chain_readers[s].discard(a)
+            if chosen and self._off_device_at(s, t):
+                self.regenerated_by[s] -= 1
                 self._update_ratio(s)
-        for s in new_srcs - old_srcs:
-            self.readers[s].add(a)
-            if chosen and self._nonres_if_moved(s, t):
-                self.dep[s] += 1
+        for s in new_sources - old_sources:
+            self.chain_readers[s].add(a)
+            if chosen and self._off_device_at(s, t):
+                self.regenerated_by[s] += 1
                 self._update_ratio(s)
-        self.chains[a] = ch
-        if ch is not None and not chosen:
-            self.rtime[a] = ch.time_s
+        self.chains[a] = chain
+        if chain is not None and not chosen:
+            self.chain_time_s[a] = chain.time_s
 
-    def _nonres_if_moved(self, s: int, t: int) -> bool:
+    def _off_device_at(self, s: int, t: int) -> bool:
         """Whether ``s``, once recomputed or swapped, is off the device at anchor ``t``."""
-        return not (self.fbu_l[s] <= t <= self.lbu_l[s])
+        return not (self.first_bwd_use_list[s] <= t <= self.last_bwd_use_list[s])
 
     def _update_ratio(self, a: int) -> None:
-        if self.rc_active[a]:
-            self.ratio[a] = _ratio(self.nbytes_l[a], float(self.rtime[a]), int(self.dep[a]) + 1)
+        if self.recompute_candidate[a]:
+            self.recompute_ratio[a] = _ratio(self.act_bytes_list[a], float(self.chain_time_s[a]),
+                                             int(self.regenerated_by[a]) + 1)
 
-    def _drop_rc(self, a: int) -> None:
-        self.rc_active[a] = False
-        self.ratio[a] = -np.inf
-        if self.d[a] != _REC:
+    def _drop_recompute_candidate(self, a: int) -> None:
+        self.recompute_candidate[a] = False
+        self.recompute_ratio[a] = -np.inf
+        if self.decision[a] != _REC:
             self._set_chain(a, None)
 
     def _refresh_anchor(self, t: int) -> None:
-        """Recompute time and chain memory at anchor ``t`` from its chains (as ``simulate``).
+        """Recompute time and chain memory at anchor ``t`` from its chains (``anchor_cost``, as
+        ``simulate``). The timeline at ``t`` is op memory + ``max(0, chain memory - op memory)``; the
+        slice updates move op memory, and the difference depends on the chains alone."""
+        members = self.chosen_at_anchor.get(t, [])
+        self.recompute_s_at[t], excess = anchor_cost(self.problem, t, [self.chains[a] for a in members])
+        extra = max(0, excess)
+        self.timeline_bytes[t] += extra - self.chain_extra_bytes.get(t, 0)
+        self.chain_extra_bytes[t] = extra
 
-        The timeline at ``t`` is ``max(op memory, chain memory)``. Both count ``fixed + resident(t)``,
-        so ``chain memory - op memory`` (``-outputs - workspace - targets + most held``) does not
-        depend on what is resident, and the slice updates move both alike: the timeline at ``t`` is
-        op memory + ``max(0, chain memory - op memory)``, kept in ``anchor_extra``.
-        """
-        members = self.anchor_members.get(t, [])
-        s = 0.0
-        for a in members:  # index order, as simulate sums chain times (same floats, same bits)
-            s += self.chains[a].time_s
-        self.rec_at[t] = s
-        done = most = 0
-        created = self.created_l
-        for a in sorted(members, key=lambda x: (created[x], x)):  # each on top of the targets before it
-            most = max(most, done + self.chains[a].peak_bytes)
-            done += self.nbytes_l[a]
-        extra = max(0, self.chain_base_l[t] + most - done)
-        self.timeline[t] += extra - self.anchor_extra.get(t, 0)
-        self.anchor_extra[t] = extra
-
-    def _affected(self, c: int) -> list[int]:
+    def _readers_to_rechain(self, c: int) -> list[int]:
         """Readers of ``c`` whose chains must run through it once it is recomputed (Algorithm E)."""
-        return sorted(x for x in self.readers[c] if self._nonres_if_moved(c, self.fbu_l[x]))
+        return sorted(x for x in self.chain_readers[c] if self._off_device_at(c, self.first_bwd_use_list[x]))
 
-    def _try_recompute(self, c: int) -> dict[int, _Chain] | None:
+    def try_recompute(self, c: int) -> dict[int, RecomputeChain] | None:
         """New chains of the chosen recomputes that would read ``c``; None if one becomes invalid."""
-        self.d[c] = _REC
+        self.decision[c] = _REC
         try:
             new = {}
-            for x in self._affected(c):
-                if self.d[x] == _REC:
-                    ch = self._walk(x)
-                    if ch.blocked:
+            for x in self._readers_to_rechain(c):
+                if self.decision[x] == _REC:
+                    chain = self._chain_for(x)
+                    if chain is None:
                         return None
-                    new[x] = ch
+                    new[x] = chain
             return new
         finally:
-            self.d[c] = _KEEP
+            self.decision[c] = _KEEP
 
-    def _commit_recompute(self, c: int, new_chosen: dict[int, _Chain]) -> None:
-        affected = self._affected(c)
-        self.rc_active[c] = False
-        self.sw_active[c] = False
-        self.ratio[c] = -np.inf
-        ch = self.chains[c]
+    def commit_recompute(self, c: int, new_chosen: dict[int, RecomputeChain]) -> None:
+        affected = self._readers_to_rechain(c)
+        self.recompute_candidate[c] = False
+        self.swap_candidate[c] = False
+        self.recompute_ratio[c] = -np.inf
+        chain = self.chains[c]
         self.chains[c] = None
-        self.d[c] = _REC
-        self._set_chain(c, ch)  # re-enter as chosen: its sources count one more chain (F)
-        self.timeline[self.lfu[c] + 1: self.fbu[c]] -= self.nbytes_l[c]
-        t = self.fbu_l[c]
-        members = self.anchor_members.setdefault(t, [])
+        self.decision[c] = _REC
+        self._set_chain(c, chain)  # re-enter as chosen: its sources count one more chain (F)
+        self.timeline_bytes[self.last_fwd_use[c] + 1: self.first_bwd_use[c]] -= self.act_bytes_list[c]
+        t = self.first_bwd_use_list[c]
+        members = self.chosen_at_anchor.setdefault(t, [])
         members.append(c)
         members.sort()
         dirty = {t}
         for x in affected:
-            if self.d[x] == _REC:
+            if self.decision[x] == _REC:
                 self._set_chain(x, new_chosen[x])
-                dirty.add(self.fbu_l[x])
-            elif self.rc_active[x]:
-                nch = self._walk(x)
-                if nch.blocked:
-                    self._drop_rc(x)
+                dirty.add(self.first_bwd_use_list[x])
+            elif self.recompute_candidate[x]:
+                chain = self._chain_for(x)
+                if chain is None:
+                    self._drop_recompute_candidate(x)
                 else:
-                    self._set_chain(x, nch)
+                    self._set_chain(x, chain)
                     self._update_ratio(x)
         for t in sorted(dirty):
             self._refresh_anchor(t)
         self._retime()
 
     # ------------------------------------------------------------------ swaps
-    def _commit_swap(self, s: int, lo: int) -> None:
-        self.sw_active[s] = False
-        if self.rc_active[s]:
-            self._drop_rc(s)
-        self.d[s] = _SWAP
-        for x in sorted(self.readers[s]):
-            if self._nonres_if_moved(s, self.fbu_l[x]) and self.rc_active[x]:
-                self._drop_rc(x)  # its chain would read `s` while it is on the host
-        self.lo[s] = lo
-        self.r[s] = -1  # nothing freed yet
-        self.pf[s] = 0
-        self.swaps.append(s)
-        self._d2h_insert(s)
+    def commit_swap(self, s: int, prefetch_floor: int) -> None:
+        self.swap_candidate[s] = False
+        if self.recompute_candidate[s]:
+            self._drop_recompute_candidate(s)
+        self.decision[s] = _SWAP
+        for x in sorted(self.chain_readers[s]):
+            if self._off_device_at(s, self.first_bwd_use_list[x]) and self.recompute_candidate[x]:
+                self._drop_recompute_candidate(x)  # its chain would read `s` while it is on the host
+        self.prefetch_floor[s] = prefetch_floor
+        self.release_op[s] = -1  # nothing freed yet
+        self.prefetch_at[s] = 0
+        self.swapped.append(s)
+        for a, end in self.swap_out_link.add(s).items():
+            self.swap_out_end_s[a] = end
         self._retime()
 
-    def _d2h_insert(self, s: int) -> None:
-        """Queue ``s``'s swap-out (order: last forward use, then index); re-time later ones until one
-        ends as before. Same float operations as ``simulate``'s FIFO, so the ends are identical."""
-        key = int(self.lfu[s]) * self.m + s
-        j = int(np.searchsorted(self.d2h_keys, key))
-
-        def put(arr: np.ndarray, x) -> np.ndarray:  # np.insert, without its overhead
-            return np.concatenate((arr[:j], np.array([x], arr.dtype), arr[j:]))
-
-        self.d2h_keys = put(self.d2h_keys, key)
-        self.d2h_ids = put(self.d2h_ids, s)
-        ends = put(self.d2h_ends, 0.0)  # entries after j still hold their old ends
-        free = float(ends[j - 1]) if j else 0.0
-        for i, a in enumerate(self.d2h_ids[j:].tolist(), start=j):
-            issue = self.issue_out_l[a]
-            start = issue if issue > free else free
-            free = start + self.tau_l[a]
-            if i > j and free == ends[i]:
-                break
-            ends[i] = free
-            self.out_end[a] = free
-        self.d2h_ends = ends
-
     def _retime(self) -> None:
-        """Bring times, prefetch points, the prefetch queue, stalls and swap ranges up to date.
-
-        Mirrors ``simulate``: one walk over prefetch issues and waits in (op, issue-before-wait,
-        index) order. The walk resumes at the first event whose inputs changed since the last call,
-        from the link-free time and delay saved there, and stops where the rest would repeat the last
-        walk: same events and inputs from there on, same link-free time and delay, and every copy in
-        flight arriving as before.
-        """
-        cum = np.empty(self.n + 1)
-        cum[0] = 0.0
-        np.cumsum(self.op_time + self.rec_at, out=cum[1:])
-        self.pre = pre = cum[:-1]
-        op_start = pre + self.rec_at
-        self.delay = 0.0
-        if not self.swaps:
-            self.op_start = op_start
+        """Bring times, prefetch points, the prefetch walk, stalls and swap ranges up to date (as
+        ``simulate``; the walk resumes where its inputs changed, see ``walk_prefetches``)."""
+        self.reached_s, op_start = stall_free_times(self.op_time_s, self.recompute_s_at)
+        self.stall_s = 0.0
+        if not self.swapped:
+            self.op_start_s = op_start
             return
-        ids = np.array(self.swaps, np.int64)
-        k = len(ids)
-        lfu, fbu = self.lfu[ids], self.fbu[ids]
-        pf = np.maximum(hide_points(pre, fbu, self.tau[ids], self.fwd_end), self.lo[ids])
-        ev_op = np.concatenate([pf, fbu])
-        ev_kind = np.repeat(np.array([0, 1]), k)
-        ev_act = np.concatenate([ids, ids])
-        ev_key = (ev_op * 2 + ev_kind) * self.m + ev_act  # unique: sorting it is simulate's order
-        order = np.argsort(ev_key)
-        ev_key, ev_op, ev_kind, ev_act = ev_key[order], ev_op[order], ev_kind[order], ev_act[order]
-        ev_pre = pre[ev_op]
-        ev_ready = np.where(ev_kind == 0, self.out_end[ev_act], 0.0)
-        old_key, old_pre, old_ready, old_lf, old_delay, old_arr, old_now = self.ev
-        L = min(len(ev_key), len(old_key))
-        diff = (ev_key[:L] != old_key[:L]) | (ev_pre[:L] != old_pre[:L]) | (ev_ready[:L] != old_ready[:L])
-        j = int(np.argmax(diff)) if diff.any() else L
-        # where the new suffix equals the old one event for event (shifted by the events added), a
-        # walk that reaches it in the old state would repeat the old walk: stop there
-        shift = len(ev_key) - len(old_key)
-        if 0 <= shift <= len(ev_key) and len(old_key):
-            same = ((ev_key[shift:] == old_key) & (ev_pre[shift:] == old_pre)
-                    & (ev_ready[shift:] == old_ready))
-            tail = np.logical_and.accumulate(same[::-1])[::-1]  # tail[i]: new[shift+i:] == old[i:]
-            first = int(np.argmax(tail)) if tail.any() else len(old_key)
-            tail_from = max(shift + first, j + 1)
-        else:
-            tail_from = len(ev_key) + 1
-        link_free, delay = float(old_lf[j]), float(old_delay[j])
-        arrive, dur = self.arrive, self.tau_l
-        lf_out, delay_out, arr_out, now_out = [], [], [], []
-        pending = set()  # copies whose arrival changed in this walk and not yet waited for
-        e = j
-        stop = len(ev_key)
-        for pre_t, ready, kind, a in zip(ev_pre[j:].tolist(), ev_ready[j:].tolist(), ev_kind[j:].tolist(),
-                                         ev_act[j:].tolist(), strict=True):
-            if (e >= tail_from and not pending and link_free == old_lf[e - shift]
-                    and delay == old_delay[e - shift]):
-                stop = e
-                break
-            now = pre_t + delay
-            stalled = False
-            if kind == 0:
-                start = max(now, link_free, ready)
-                link_free = start + dur[a]
-                if link_free != arrive[a]:
-                    pending.add(a)
-                arrive[a] = link_free
-            else:
-                pending.discard(a)
-                if arrive[a] > now:
-                    stalled = True
-                    delay += arrive[a] - now
-            lf_out.append(link_free)
-            delay_out.append(delay)
-            arr_out.append(arrive[a] if stalled else 0.0)  # a stall's arrival and wait start
-            now_out.append(now if stalled else 0.0)
-            e += 1
-        o = stop - shift  # old index of the first event not walked
-        ev_lf = np.concatenate([old_lf[: j + 1], lf_out, old_lf[o + 1:]])
-        ev_delay = np.concatenate([old_delay[: j + 1], delay_out, old_delay[o + 1:]])
-        ev_arr = np.concatenate([old_arr[:j], arr_out, old_arr[o:]])
-        ev_now = np.concatenate([old_now[:j], now_out, old_now[o:]])
-        delay = float(ev_delay[-1])
-        self.ev = (ev_key, ev_pre, ev_ready, ev_lf, ev_delay, ev_arr, ev_now)
-        self.delay = delay
-        issued = ev_kind == 0
-        self.h2d_keys = ev_op[issued] * self.m + ev_act[issued]
-        self.h2d_free = np.maximum.accumulate(np.array(arrive)[ev_act[issued]])
-        if delay > 0.0:
-            stalls = np.flatnonzero(ev_arr > 0.0)
-            stall_at: dict[int, float] = {}
-            for op, arr, now in zip(ev_op[stalls].tolist(), ev_arr[stalls].tolist(), ev_now[stalls].tolist(),
-                                    strict=True):
-                stall_at[op] = stall_at.get(op, 0.0) + arr - now  # as simulate, to the last bit
-            stall = np.zeros(self.n)
-            stall[list(stall_at)] = list(stall_at.values())
-            op_start = op_start + np.cumsum(stall)
-        self.op_start = op_start
-        r = np.maximum(np.searchsorted(op_start, self.out_end[ids], side="left") - 1, lfu)
-        # move each swap's freed range [r+1, pf-1] where r or pf changed
-        changed = np.flatnonzero((r != self.r[ids]) | (pf != self.pf[ids]))
-        tl = self.timeline
+        ids = np.array(self.swapped, np.int64)
+        first_use = self.first_bwd_use[ids]
+        prefetch = np.maximum(latest_hiding_points(self.reached_s, first_use, self.transfer_s[ids], self.fwd_end),
+                              self.prefetch_floor[ids])
+        events = PrefetchEvents.of(ids, prefetch, first_use, self.n_act)
+        self.prefetch_walk = walk_prefetches(events, self.reached_s, self.swap_out_end_s, self.transfer_s_list,
+                                             self.prefetch_walk)
+        self.stall_s = self.prefetch_walk.stall_s
+        if self.stall_s > 0.0:
+            op_start = op_start + np.cumsum(self.prefetch_walk.stall_at_ops(self.n_ops))
+        self.op_start_s = op_start
+        release = last_op_holding(op_start, self.swap_out_end_s[ids], self.last_fwd_use[ids])
+        self._move_swap_ranges(ids, release, prefetch)
+
+    def _move_swap_ranges(self, ids: np.ndarray, release: np.ndarray, prefetch: np.ndarray) -> None:
+        """Move each swap's freed range ``[release+1, prefetch-1]`` where either end changed."""
+        changed = np.flatnonzero((release != self.release_op[ids]) | (prefetch != self.prefetch_at[ids]))
+        timeline = self.timeline_bytes
         for i in changed.tolist():
             a = int(ids[i])
-            b = self.nbytes_l[a]
-            r0, p0 = int(self.r[a]), int(self.pf[a])
+            nbytes = self.act_bytes_list[a]
+            r0, p0 = int(self.release_op[a]), int(self.prefetch_at[a])
             if r0 < p0 - 1:
-                tl[r0 + 1: p0] += b
-            r1, p1 = int(r[i]), int(pf[i])
+                timeline[r0 + 1: p0] += nbytes
+            r1, p1 = int(release[i]), int(prefetch[i])
             if r1 < p1 - 1:
-                tl[r1 + 1: p1] -= b
-            self.r[a], self.pf[a] = r1, p1
+                timeline[r1 + 1: p1] -= nbytes
+            self.release_op[a], self.prefetch_at[a] = r1, p1
 
     def time_s(self) -> float:
-        return self.compute_s + float(self.rec_at.sum()) + self.delay
+        return self.compute_s + float(self.recompute_s_at.sum()) + self.stall_s
 
     def decisions(self) -> np.ndarray:
-        return np.array(self.d, np.int8)
+        return np.array(self.decision, np.int8)
 
     def prefetch(self) -> np.ndarray:
-        out = np.full(self.m, -1, np.int64)
-        ids = np.array(self.swaps, np.int64)
-        out[ids] = self.pf[ids]
+        out = np.full(self.n_act, -1, np.int64)
+        ids = np.array(self.swapped, np.int64)
+        out[ids] = self.prefetch_at[ids]
         return out
 
     # ------------------------------------------------------------------ one step of Algorithm B
-    def pick_recompute(self, P: int) -> tuple[int, float, dict[int, _Chain]] | None:
+    def pick_recompute(self, peak_op: int) -> tuple[int, float, dict[int, RecomputeChain]] | None:
+        """The recompute candidate freed at ``peak_op`` with the best ratio, its overhead and the new
+        chains choosing it would give; candidates that would make the schedule invalid are dropped."""
         while True:
-            idx = np.flatnonzero(self.rc_active & (self.lfu < P) & (self.fbu > P))
+            idx = np.flatnonzero(self.recompute_candidate & (self.last_fwd_use < peak_op)
+                                 & (self.first_bwd_use > peak_op))
             if not len(idx):
                 return None
-            c = int(idx[np.argmax(self.ratio[idx])])
-            new = self._try_recompute(c)
+            c = int(idx[np.argmax(self.recompute_ratio[idx])])
+            new = self.try_recompute(c)
             if new is None:
-                self._drop_rc(c)
+                self._drop_recompute_candidate(c)
                 continue
-            return c, float(self.rtime[c]) * (int(self.dep[c]) + 1), new
+            return c, float(self.chain_time_s[c]) * (int(self.regenerated_by[c]) + 1), new
 
-    def pick_swap(self, P: int, Pe: int) -> tuple[int, float, int] | None:
-        idx = np.flatnonzero(self.sw_active & (self.dep == 0) & (self.lfu < P) & (self.fbu > P))
+    def pick_swap(self, peak_op: int, peak_end: int) -> tuple[int, float, int] | None:
+        """The swap candidate off the device at ``peak_op`` with the longest inactive time, its
+        overhead and its prefetch floor (after the peak interval ending at ``peak_end``)."""
+        idx = np.flatnonzero(self.swap_candidate & (self.regenerated_by == 0) & (self.last_fwd_use < peak_op)
+                             & (self.first_bwd_use > peak_op))
         if not len(idx):
             return None
-        # its own swap-out: queued behind the swap-outs ordered before it (nothing after it matters)
-        pos = np.searchsorted(self.d2h_keys, self.lfu[idx] * self.m + idx)
-        prev_end = np.where(pos > 0, self.d2h_ends[np.maximum(pos - 1, 0)] if len(self.d2h_ends) else 0.0,
-                            0.0)
-        est = np.maximum(self.issue_out[idx], prev_end) + self.tau[idx]
-        r = np.maximum(np.searchsorted(self.op_start, est, side="left") - 1, self.lfu[idx])
-        ok = np.flatnonzero(r < P)
+        # its own swap-out: queued behind the swap-outs served before it (nothing after it matters)
+        end = np.maximum(self.swap_out_issue_s[idx], self.swap_out_link.end_before(idx)) + self.transfer_s[idx]
+        ok = np.flatnonzero(last_op_holding(self.op_start_s, end, self.last_fwd_use[idx]) < peak_op)
         if not len(ok):
             return None
-        j = int(ok[np.argmin(self.rank[idx[ok]])])
+        j = int(ok[np.argmin(self.swap_rank[idx[ok]])])
         s = int(idx[j])
-        fbu = self.fbu_l[s]
-        lo = min(max(self.fwd_end + 1, Pe + 1), fbu)
-        p = max(int(hide_points(self.pre, self.fbu[[s]], self.tau[[s]], self.fwd_end)[0]), lo)
-        # the copies issued before it on the host-to-device link (FIFO, by (op, index))
-        k = int(np.searchsorted(self.h2d_keys, p * self.m + s))
-        link_free = float(self.h2d_free[k - 1]) if k else 0.0
-        return s, swap_overhead(self.op_start, self.op_time, p, fbu, float(self.tau[s]), link_free,
-                                float(est[j])), lo
+        first_use = self.first_bwd_use_list[s]
+        floor = min(max(self.fwd_end + 1, peak_end + 1), first_use)
+        hide = latest_hiding_points(self.reached_s, self.first_bwd_use[[s]], self.transfer_s[[s]], self.fwd_end)
+        p = max(int(hide[0]), floor)
+        link_free = self.prefetch_walk.link_free_before(p, s)  # copies issued before it have arrived
+        return s, swap_overhead(self.op_start_s, self.op_time_s, p, first_use, float(self.transfer_s[s]), link_free,
+                                float(end[j])), floor
 
 
 # ---------------------------------------------------------------------- entry points
@@ -598,29 +393,29 @@ def algorithm_b(problem: Problem, budget_bytes: int, mode: str = "both", seed: i
     steps: list[tuple[str, int, float, int]] = []
     best = None  # (peak, decisions, prefetch, timeline, time) of the lowest peak seen
     while True:
-        P = int(np.argmax(g.timeline))
-        peak = int(g.timeline[P])
+        P = int(np.argmax(g.timeline_bytes))
+        peak = int(g.timeline_bytes[P])
         if best is None or peak < best[0]:
-            best = (peak, g.decisions(), g.prefetch(), g.timeline.copy(), g.time_s())
+            best = (peak, g.decisions(), g.prefetch(), g.timeline_bytes.copy(), g.time_s())
         if peak <= budget:
             status, message = Status.FEASIBLE, f"predicted peak {peak} B after {len(steps)} decisions"
             break
         rc = g.pick_recompute(P)
-        sw = g.pick_swap(P, peak_run_end(g.timeline, P))
+        sw = g.pick_swap(P, peak_run_end(g.timeline_bytes, P))
         if rc is None and sw is None:
             status = Status.INFEASIBLE
             message = (f"no candidate can lower the peak at op {P} ({peak} B > budget {budget} B); "
                        f"lowest peak reached {best[0]} B")
             break
         if sw is not None and (rc is None or sw[1] <= rc[1]):
-            g._commit_swap(sw[0], sw[2])
+            g.commit_swap(sw[0], sw[2])
             steps.append(("swap", sw[0], sw[1], peak))
         else:
-            g._commit_recompute(rc[0], rc[2])
+            g.commit_recompute(rc[0], rc[2])
             steps.append(("recompute", rc[0], rc[1], peak))
 
     if status == Status.FEASIBLE:
-        peak_b, dec, pf, tl, t_s = peak, g.decisions(), g.prefetch(), g.timeline.copy(), g.time_s()
+        peak_b, dec, pf, tl, t_s = peak, g.decisions(), g.prefetch(), g.timeline_bytes.copy(), g.time_s()
     else:
         peak_b, dec, pf, tl, t_s = best
     sched = Schedule(dec, pf, solver="mutwo_greedy", status=status, budget_bytes=budget, options=options,
@@ -645,4 +440,4 @@ def mutwo_greedy(problem: Problem, budget_bytes: int, **options) -> Schedule:
 
 def recompute_ratios(problem: Problem) -> np.ndarray:
     """Initial recompute ratio (bytes / recompute time) per activation; -inf where not a candidate."""
-    return _Greedy(problem, "recompute").ratio.copy()
+    return _Greedy(problem, "recompute").recompute_ratio.copy()

@@ -11,9 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from mutwo.problem import Problem
-from mutwo.schedule import Decision, Schedule, ScheduleError, resolve_recompute, validate
+from mutwo.schedule import (
+    Decision,
+    Schedule,
+    ScheduleError,
+    latest_hiding_points,
+    resolve_recompute,
+    validate,
+)
 from mutwo.simulate import simulate
-from solvers.mutwo_greedy import hide_points, peak_run_end, swap_overhead
+from solvers.mutwo_greedy import peak_run_end, swap_overhead
 
 K, R, S = int(Decision.KEEP), int(Decision.RECOMPUTE), int(Decision.SWAP)
 
@@ -56,7 +63,7 @@ def oracle(problem: Problem, budget: int, mode: str = "both") -> tuple[np.ndarra
         pre = cum[:-1]
         swaps = np.flatnonzero(d == S)
         pf = np.full(m, -1, np.int64)
-        pf[swaps] = np.maximum(hide_points(pre, fbu[swaps], tau[swaps], fe), lo[swaps])
+        pf[swaps] = np.maximum(latest_hiding_points(pre, fbu[swaps], tau[swaps], fe), lo[swaps])
         sim = simulate(p, Schedule(d.copy(), pf))
         P, peak = sim.peak_op, sim.peak_bytes
         if best is None or peak < best[0]:
@@ -98,7 +105,7 @@ def oracle(problem: Problem, budget: int, mode: str = "both") -> tuple[np.ndarra
                     continue
                 if sw is None or (-inactive[s], s) < sw[:2]:
                     lo_s = min(max(fe + 1, Pe + 1), int(fbu[s]))
-                    ps = max(int(hide_points(pre, fbu[[s]], tau[[s]], fe)[0]), lo_s)
+                    ps = max(int(latest_hiding_points(pre, fbu[[s]], tau[[s]], fe)[0]), lo_s)
                     queued = [sim.prefetch_end_s[q] for q in swaps if (pf[q], q) < (ps, s)]
                     ov = swap_overhead(sim.op_start_s, p.op_time_s, ps, int(fbu[s]), float(tau[s]),
                                        float(max(queued, default=0.0)), float(est))

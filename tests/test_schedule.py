@@ -11,7 +11,10 @@ from mutwo.schedule import (
     Schedule,
     ScheduleError,
     Status,
+    anchor_cost,
     default_prefetch,
+    latest_hiding_points,
+    recompute_chain,
     resolve_recompute,
     validate,
 )
@@ -80,6 +83,19 @@ def test_default_prefetch_hides_transfer_when_possible():
     assert np.all((pf > p.fwd_end) & (pf <= p.first_bwd_use))
 
 
+def test_hiding_points_move_later_when_backward_recomputes():
+    p = _problem()
+    reached = np.array([0.0, 1, 3, 6, 7, 8, 9, 10, 11, 12, 13])  # profiled ops, nothing else
+    assert default_prefetch(p).tolist() == latest_hiding_points(reached, p.first_bwd_use, p.swap_time_s,
+                                                                p.fwd_end).tolist()
+    first_use, transfer = np.array([9, 9]), np.array([1.0, 6.0])
+    # 1 s is hidden behind op 8; 6 s needs op 3, which is in forward: the first backward op, 5
+    assert latest_hiding_points(reached, first_use, transfer, p.fwd_end).tolist() == [8, 5]
+    # 5 s of recompute before op 7: op 6 starts early enough now
+    with_recompute = reached + np.where(np.arange(11) >= 7, 5.0, 0.0)
+    assert latest_hiding_points(with_recompute, first_use, transfer, p.fwd_end).tolist() == [8, 6]
+
+
 @pytest.mark.parametrize("decisions, prefetch, pattern", [
     ([K, K, 5, K], None, r"'a2' \(index 2\) is undecided"),
     ([K, K, K, R], None, r"'a3' \(index 3\) may not be recomputed"),
@@ -139,6 +155,43 @@ def test_resolve_recompute_swap_source_resident_in_its_backward_range_is_fine():
     chains = resolve_recompute(p, [S, R])
     assert chains[1].sources == [0]
     validate(p, Schedule.from_decisions(p, [S, R]))
+
+
+def test_recompute_chain_of_one_target_is_the_chain_a_schedule_would_give_it():
+    p = _problem()
+    back = p.first_bwd_use.tolist()
+    # a2 still KEEP: its chain as if recomputed now, with a1 recomputed (a temporary at op 6)
+    alone = recompute_chain(p, 2, [K, R, K, K], back)
+    whole = resolve_recompute(p, [K, R, R, K])[2]
+    for name in ("target", "anchor", "temporaries", "sources", "time_s", "peak_bytes"):
+        assert getattr(alone, name) == getattr(whole, name), name
+    assert alone.ops.tolist() == whole.ops.tolist() == [1, 2]
+    with pytest.raises(ScheduleError, match=r"'a2' \(index 2\) is recomputed at op 6 from 'a0' \(index 0\)"):
+        recompute_chain(p, 2, [S, R, K, K], back)  # a1's regeneration reads a0 while it is swapped out
+
+
+def test_chains_see_a_problem_whose_arrays_were_replaced():
+    p = _problem()
+    assert resolve_recompute(p, [K, R, R, K])[2].temporaries == [1]  # a1 not back at op 6
+    p.last_bwd_use = np.array([9, 8, 6, 5])
+    p.recompute_sources = [np.array([]), np.array([0]), np.array([0]), np.array([])]  # a2 reads a0 now
+    assert resolve_recompute(p, [K, R, R, K])[2].temporaries == [] and resolve_recompute(p, [K, R, R, K])[2].sources == [0]
+
+
+def test_anchor_cost_sums_times_and_stacks_chains_in_creation_order():
+    # a1 regenerated early at op 6 (a2's first use) from kept a0: 2 s, holding 20 B + 2 B of
+    # intermediates; then a2 from resident a1: 3 s, 30 B + 4 B on top of a1's 20 B
+    p = _problem()
+    chains = resolve_recompute(p, [K, R, R, K], recompute_at=[-1, 6, -1, -1])
+    assert [c.anchor for c in chains.values()] == [6, 6]
+    # most held: 20 + 30 + 4 = 54 B; the op itself counts both targets (50 B): 4 B more
+    assert anchor_cost(p, 6, chains.values()) == (5.0, 4)
+    assert anchor_cost(p, 6, reversed(list(chains.values()))) == (5.0, 4)  # order given does not matter
+    fields = {k: getattr(p, k) for k in p.__dataclass_fields__}
+    outputs = Problem(**{**fields, "fixed_bytes": np.full(11, 50), "op_output_bytes": np.eye(1, 11, 6, int)[0] * 10,
+                         "op_transient_bytes": np.eye(1, 11, 6, int)[0] * 3})
+    # the chains run before op 6 allocates its 10 B of outputs and 3 B of workspace: 9 B fewer than the op
+    assert anchor_cost(outputs, 6, chains.values()) == (5.0, -9)
 
 
 def test_feasible_and_infeasible_constructors():
