@@ -19,7 +19,7 @@ overlapped), so only the recompute-only pool compares like with like; both are r
 Times are medians over ``--iterations`` iterations; ``time_spread`` says how noisy they were.
 
 Also the optimality gap of ``mutwo_greedy`` against the best ILP plan at each budget (simulated time,
-since that is what both optimise), for the full model and for recompute-only plans.
+since that is what both optimise), per mode: ``both`` (any plan) and ``recompute`` (recompute-only plans).
 
 Writes under ``results/benchmarks/``: quality_plans.csv (every plan), quality_pytorch.csv,
 quality_compare.csv (one row per PyTorch point), quality_gap.csv and quality.png (trade-off curve);
@@ -120,7 +120,7 @@ def greedy_gap(plans: pd.DataFrame) -> pd.DataFrame:
     rows = []
     feas = plans[plans.status.isin(["optimal", "feasible"]) & plans.fits.fillna(False).astype(bool)]
     for (model, frac), d in feas.dropna(subset=["budget_fraction"]).groupby(["model", "budget_fraction"]):
-        for pool, greedy, ilps in (("full", "mutwo_greedy", d[d.solver_name.str.startswith("ilp")
+        for pool, greedy, ilps in (("both", "mutwo_greedy", d[d.solver_name.str.startswith("ilp")
                                                                & ~d.solver.str.endswith("[recompute]")]),
                                    ("recompute", "mutwo_greedy[recompute]",
                                     d[d.solver.isin(["ilp_cpsat[recompute]", "checkmate_exact"])])):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,33 +20,46 @@ from mutwo.problem import Problem
 from mutwo.registry import register_solver
 from mutwo.schedule import Decision, Schedule, ScheduleError, Status
 from mutwo.simulate import simulate
+from solvers.modes import check_mode, may_recompute, may_swap
+from solvers.options import option_defaults, read_options
 
-__all__ = ["brute_force", "MAX_ACT"]
+__all__ = ["brute_force", "BruteForceOptions", "MAX_ACT"]
 
 MAX_ACT = 12
 _TIE = 1e-12  # relative: times this close are equal
+
+
+@dataclass(frozen=True)
+class BruteForceOptions:
+    """``seed`` and ``time_limit_s`` are accepted and not used (it is deterministic and always finishes)."""
+
+    mode: str = "both"  # solvers.modes.MODES
+    max_act: int = MAX_ACT  # refuse larger problems (3^n plans)
+    seed: int = 0
+    time_limit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        object.__setattr__(self, "max_act", int(self.max_act))
 
 
 def _allowed(problem: Problem, mode: str) -> list[list[int]]:
     out = []
     for a in range(problem.n_act):
         codes = [int(Decision.KEEP)]
-        if mode in ("full", "recompute") and problem.recomputable[a]:
+        if may_recompute(mode) and problem.recomputable[a]:
             codes.append(int(Decision.RECOMPUTE))
-        if mode in ("full", "swap") and problem.swappable[a]:
+        if may_swap(mode) and problem.swappable[a]:
             codes.append(int(Decision.SWAP))
         out.append(codes)
     return out
 
 
-@register_solver("brute_force", options={"mode": "full", "max_act": MAX_ACT, "seed": 0, "time_limit_s": None})
+@register_solver("brute_force", options=option_defaults(BruteForceOptions))
 def brute_force(problem: Problem, budget_bytes: int, **options) -> Schedule:
-    """Fastest fitting vector (ties: fewest non-KEEP, then lexicographic). Options: ``mode``, ``max_act``;
-    ``seed`` and ``time_limit_s`` are accepted and not used (it is deterministic and always finishes)."""
-    mode = {"both": "full"}.get(options.get("mode", "full"), options.get("mode", "full"))
-    if mode not in ("full", "recompute", "swap"):
-        raise ValueError(f"mode must be 'full', 'recompute' or 'swap', got {mode!r}")
-    max_act = int(options.get("max_act", MAX_ACT))
+    """Fastest fitting vector (ties: fewest non-KEEP, then lexicographic); options `BruteForceOptions`."""
+    opts = read_options(BruteForceOptions, options, "brute_force")
+    mode, max_act = opts.mode, opts.max_act
     n = problem.n_act
     if n > max_act:
         raise ValueError(f"brute_force enumerates 3^n plans and refuses n_act={n} > {max_act} "

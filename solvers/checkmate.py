@@ -29,6 +29,7 @@ simulated; ``bound`` is the Checkmate optimum, a proven lower bound for recomput
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,15 +39,53 @@ from mutwo.schedule import Decision, Schedule, ScheduleError, Status, member_pea
 from mutwo.simulate import simulate
 from solvers.ilp_backends import BACKENDS
 from solvers.ilp_model import INF, Formulation
+from solvers.options import option_defaults, read_options
 
-__all__ = ["checkmate_exact", "build_checkmate", "MAX_ACT"]
+__all__ = ["checkmate_exact", "build_checkmate", "CheckmateOptions", "MAX_ACT"]
 
 MAX_ACT = 60
-# what checkmate_exact takes (name -> default); the registry refuses any other. ``warm_start`` is
-# accepted and not used (no start plan for this model), so the ILP solvers' options can be shared.
-_OPTIONS = {"backend": "cpsat", "time_limit_s": 60.0, "rel_gap": 1e-6, "threads": 2, "seed": 0, "grid": "auto",
-            "max_act": MAX_ACT, "mode": "recompute", "warm_start": None}
 _OPS_GRID_MAX = 200  # up to this many ops every op is its own stage
+_GRIDS = ("auto", "ops", "events")
+
+Key = tuple[int, int]  # (stage, activation)
+
+
+@dataclass(frozen=True)
+class CheckmateOptions:
+    """Options of ``checkmate_exact``. ``mode`` must be "recompute"; ``warm_start`` is accepted and not
+    used (no start plan for this model), so the ILP solvers' options can be shared."""
+
+    backend: str = "cpsat"  # "cpsat" | "ortools_mip" | "pulp_cbc" | "pulp_highs"
+    time_limit_s: float = 60.0
+    rel_gap: float = 1e-6
+    threads: int = 2
+    seed: int = 0
+    grid: str = "auto"  # "auto" | "ops" (a stage per op) | "events" (a stage per run between liveness events)
+    max_act: int = MAX_ACT  # refuse larger problems: this is a reference for small graphs
+    mode: str = "recompute"
+    warm_start: Schedule | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode != "recompute":
+            raise ValueError(f"checkmate_exact is recompute-only: use mode='recompute' (got mode={self.mode!r})")
+        for name, kind in (("time_limit_s", float), ("rel_gap", float), ("threads", int), ("seed", int),
+                           ("max_act", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+
+@dataclass
+class _Grid:
+    """The stage grid and the per-stage view of the Problem."""
+
+    tau: np.ndarray  # first op of each stage
+    stop: np.ndarray  # one past the last op of each stage
+    kc: np.ndarray  # stage of each activation's creation
+    kl: np.ndarray  # ... of its last forward use
+    kf: np.ndarray  # ... of its first backward use
+    kb: np.ndarray  # ... of its last backward use
+    free: np.ndarray  # bool: may be dropped and recomputed (a stage between its uses)
+    const: np.ndarray  # bytes resident in every plan per stage (fixed activations; free ones outside their gap)
+    base: np.ndarray  # fixed + transient bytes per op
 
 
 def _stages(problem: Problem, grid: str) -> np.ndarray:
@@ -60,49 +99,43 @@ def _stages(problem: Problem, grid: str) -> np.ndarray:
     return ev[ev < n]
 
 
-def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[Formulation, dict]:
-    """The stage-indexed model as a backend-neutral Formulation, plus its index."""
-    p = problem
-    n, m = p.n_ops, p.n_act
-    F = Formulation(problem=p, budget=int(budget), mode="recompute")
-    F.time_unit = tu = max(float(p.op_time_s.sum()), 1e-12) / 1e4
+def _grid(p: Problem, grid: str) -> _Grid:
     tau = _stages(p, grid)
-    K = len(tau)
-    stop = np.concatenate([tau[1:], [n]])
-    stage_of = np.searchsorted(tau, np.arange(n), side="right") - 1
-    base = (p.fixed_bytes + p.op_transient_bytes).astype(np.int64)
+    stop = np.concatenate([tau[1:], [p.n_ops]])
+    stage_of = np.searchsorted(tau, np.arange(p.n_ops), side="right") - 1
     kc, kl = stage_of[p.created], stage_of[p.last_fwd_use]
     kf, kb = stage_of[p.first_bwd_use], stage_of[p.last_bwd_use]
     free = p.recomputable & (kf - kl > 1)
-
-    # constant residency per stage (fixed activations whole life; free ones outside their gap)
-    const = np.zeros(K, np.int64)
-    for a in range(m):
+    const = np.zeros(len(tau), np.int64)
+    for a in range(p.n_act):
         b = int(p.act_bytes[a])
         if free[a]:
             const[kc[a]:kl[a] + 1] += b
             const[kf[a]:kb[a] + 1] += b
         else:
             const[kc[a]:kb[a] + 1] += b
-    S: dict[tuple[int, int], int] = {}
-    A: dict[tuple[int, int], int] = {}
-    R: dict[tuple[int, int], int] = {}
-    for a in np.flatnonzero(free).tolist():
-        for k in range(kl[a] + 1, kf[a]):
+    base = (p.fixed_bytes + p.op_transient_bytes).astype(np.int64)
+    return _Grid(tau, stop, kc, kl, kf, kb, free, const, base)
+
+
+def _residency(F: Formulation, g: _Grid) -> tuple[dict[Key, int], dict[Key, int], dict[Key, int]]:
+    """S (stays through stage k), A (resident at its start), R ((re)computed at its start), and the
+    rows A <= S_prev + R, S <= A, R <= A, R <= A of each source."""
+    p = F.problem
+    S: dict[Key, int] = {}
+    A: dict[Key, int] = {}
+    R: dict[Key, int] = {}
+    for a in np.flatnonzero(g.free).tolist():
+        for k in range(g.kl[a] + 1, g.kf[a]):
             S[(k, a)] = F.var(f"S{k}_{a}", "B", 0, 1)
             A[(k, a)] = F.var(f"A{k}_{a}", "B", 0, 1)
-        for k in range(kl[a] + 1, kf[a] + 1):
+        for k in range(g.kl[a] + 1, g.kf[a] + 1):
             R[(k, a)] = F.var(f"R{k}_{a}", "B", 0, 1)
-
-    def avail(k: int, s: int) -> int | None:
-        """Variable for "s resident at the start of stage k", or None when it always is."""
-        return A.get((k, s))
-
-    for a in np.flatnonzero(free).tolist():
-        for k in range(kl[a] + 1, kf[a] + 1):
+    for a in np.flatnonzero(g.free).tolist():
+        for k in range(g.kl[a] + 1, g.kf[a] + 1):
             prev = S.get((k - 1, a))  # None: resident (k-1 == kl) -> constraint trivially holds
             r = R[(k, a)]
-            if k < kf[a]:
+            if k < g.kf[a]:
                 if prev is not None:
                     F.add({A[(k, a)]: 1.0, prev: -1.0, r: -1.0}, -INF, 0, "logic")
                 F.add({S[(k, a)]: 1.0, A[(k, a)]: -1.0}, -INF, 0, "logic")
@@ -110,15 +143,16 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
             elif prev is not None:  # resident again from its first backward use
                 F.add({prev: 1.0, r: 1.0}, 1, INF, "logic")
             for s in p.recompute_sources[a].tolist():
-                v = avail(k, s)
+                v = A.get((k, s))  # None: s is always resident at the start of stage k
                 if v is not None:
                     F.add({r: 1.0, v: -1.0}, -INF, 0, "logic")
+    return S, A, R
 
-    # recompute cost, each op once per stage
+
+def _recompute_cost(F: Formulation, R: dict[Key, int], by_stage: dict[int, list[int]]) -> dict[int, float]:
+    """Objective terms: every recompute, each op once per stage (a shared-op variable W where shared)."""
+    p = F.problem
     obj: dict[int, float] = {}
-    by_stage: dict[int, list[int]] = {}
-    for (k, a) in R:
-        by_stage.setdefault(k, []).append(a)
     for k, acts in by_stage.items():
         count: dict[int, int] = {}
         for a in acts:
@@ -127,42 +161,50 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
         for a in acts:
             own = [o for o in p.recompute_ops[a].tolist() if count[o] == 1]
             if own:
-                obj[R[(k, a)]] = float(p.op_time_s[own].sum()) / tu
+                obj[R[(k, a)]] = float(p.op_time_s[own].sum()) / F.time_unit
         for o, c in count.items():
             if c > 1:
                 w = F.var(f"W{k}_{o}", "C", 0, 1)
                 for a in acts:
                     if o in p.recompute_ops[a]:
                         F.add({R[(k, a)]: 1.0, w: -1.0}, -INF, 0, "logic")
-                obj[w] = float(p.op_time_s[o]) / tu
+                obj[w] = float(p.op_time_s[o]) / F.time_unit
+    return obj
 
-    # memory while each stage's op runs: what stays resident through the stage (S), at its largest base
-    in_gap: dict[int, list[int]] = {}
-    for (k, a) in S:
-        in_gap.setdefault(k, []).append(a)
-    for k in range(K):
-        t0, t1 = int(tau[k]), int(stop[k])
-        t = t0 + int(np.argmax(base[t0:t1]))
-        rhs = F.budget - int(base[t]) - int(const[k])
+
+def _op_memory_rows(F: Formulation, g: _Grid, S: dict[Key, int], in_gap: dict[int, list[int]]) -> None:
+    """Memory while each stage's op runs: what stays resident through the stage (S), at its largest base."""
+    p = F.problem
+    for k in range(len(g.tau)):
+        t0, t1 = int(g.tau[k]), int(g.stop[k])
+        t = t0 + int(np.argmax(g.base[t0:t1]))
+        rhs = F.budget - int(g.base[t]) - int(g.const[k])
         if rhs < 0:
-            F.infeasible = f"op {t} ({p.op_names[t]!r}) needs {int(base[t] + const[k])} B in every plan"
+            F.infeasible = f"op {t} ({p.op_names[t]!r}) needs {int(g.base[t] + g.const[k])} B in every plan"
             continue
         F.add({S[(k, a)]: float(p.act_bytes[a]) for a in in_gap.get(k, [])}, -INF, rhs, "mem")
-    # memory while a stage's recomputations run (before its op allocates outputs and workspace): what
-    # was resident and is not being recomputed (P >= A - R), plus the node being made, its
-    # intermediates and its recomputed inputs -- what any evaluation order must hold at that moment
-    P: dict[tuple[int, int], int] = {}
+
+
+def _recompute_memory_rows(F: Formulation, g: _Grid, A: dict[Key, int], R: dict[Key, int],
+                           in_gap: dict[int, list[int]], by_stage: dict[int, list[int]]) -> None:
+    """Memory while a stage's recomputations run (before its op allocates outputs and workspace).
+
+    What was resident and is not being recomputed (P >= A - R), plus the node being made, its
+    intermediates and its recomputed inputs: what any evaluation order must hold at that moment.
+    """
+    p = F.problem
+    P: dict[Key, int] = {}
     for (k, a), av in A.items():
         P[(k, a)] = F.var(f"P{k}_{a}", "C", 0, 1)
         F.add({P[(k, a)]: 1.0, av: -1.0, R[(k, a)]: 1.0}, 0, INF, "logic")
     own = member_peaks(p)
     for k, acts in by_stage.items():
-        t = int(tau[k])
+        t = int(g.tau[k])
         common: dict[int, float] = {P[(k, a)]: float(p.act_bytes[a]) for a in in_gap.get(k, [])}
         for a in acts:
-            if kf[a] == k:  # resident from here on (in const) but not until it is made
+            if g.kf[a] == k:  # resident from here on (in const) but not until it is made
                 common[R[(k, a)]] = common.get(R[(k, a)], 0.0) - float(p.act_bytes[a])
-        rhs = F.budget - int(p.fixed_bytes[t] - p.op_output_bytes[t]) - int(const[k])
+        rhs = F.budget - int(p.fixed_bytes[t] - p.op_output_bytes[t]) - int(g.const[k])
         for i in acts:
             terms = dict(common)
             terms[R[(k, i)]] = terms.get(R[(k, i)], 0.0) + float(own[i])
@@ -176,37 +218,49 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
                                                 f"its recomputations run, in every plan")
                 continue
             F.add(terms, -INF, rhs, "mem")
-    F.obj = obj
-    F.obj_const = float(p.op_time_s.sum()) / tu
-    F.free = free
-    F.stats = {"stages": K, "n_vars": F.n_vars, "n_rows": len(F.rows), "n_free": int(free.sum())}
-    return F, {"S": S, "R": R, "A": A, "free": free}
 
 
-@register_solver("checkmate_exact", options=_OPTIONS)
+def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[Formulation, dict]:
+    """The stage-indexed model as a backend-neutral Formulation, plus its index."""
+    if grid not in _GRIDS:
+        raise ValueError(f"grid must be one of {_GRIDS}, got {grid!r}")
+    p = problem
+    F = Formulation(problem=p, budget=int(budget), mode="recompute")
+    F.time_unit = max(float(p.op_time_s.sum()), 1e-12) / 1e4
+    g = _grid(p, grid)
+    S, A, R = _residency(F, g)
+    by_stage: dict[int, list[int]] = {}
+    for (k, a) in R:
+        by_stage.setdefault(k, []).append(a)
+    F.obj = _recompute_cost(F, R, by_stage)
+    in_gap: dict[int, list[int]] = {}
+    for (k, a) in S:
+        in_gap.setdefault(k, []).append(a)
+    _op_memory_rows(F, g, S, in_gap)
+    _recompute_memory_rows(F, g, A, R, in_gap, by_stage)
+    F.obj_const = float(p.op_time_s.sum()) / F.time_unit
+    F.free = g.free
+    F.stats = {"stages": len(g.tau), "n_vars": F.n_vars, "n_rows": len(F.rows), "n_free": int(g.free.sum())}
+    return F, {"S": S, "R": R, "A": A, "free": g.free}
+
+
+@register_solver("checkmate_exact", options=option_defaults(CheckmateOptions))
 def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
-    """Solve the Checkmate grid exactly. Options: ``backend`` ("cpsat" | "ortools_mip" | "pulp_cbc" |
-    "pulp_highs"), ``time_limit_s`` (60), ``rel_gap`` (1e-6), ``threads`` (2), ``seed``, ``grid``
-    ("auto" | "ops" | "events"), ``max_act`` (60)."""
-    if options.get("mode", "recompute") != "recompute":
-        raise ValueError("checkmate_exact is recompute-only (mode='recompute')")
-    max_act = int(options.get("max_act", MAX_ACT))
-    if problem.n_act > max_act:
-        raise ValueError(f"checkmate_exact is a reference for small graphs: n_act={problem.n_act} > {max_act}")
+    """Solve the Checkmate grid exactly; options `CheckmateOptions`."""
+    opts = read_options(CheckmateOptions, options, "checkmate_exact")
+    if problem.n_act > opts.max_act:
+        raise ValueError(f"checkmate_exact is a reference for small graphs: n_act={problem.n_act} > {opts.max_act}")
     t0 = time.perf_counter()
     budget = int(budget_bytes)
-    backend = options.get("backend", "cpsat")
-    rel_gap = float(options.get("rel_gap", 1e-6))
-    shown = {"backend": backend, "rel_gap": rel_gap, "grid": options.get("grid", "auto")}
-    F, idx = build_checkmate(problem, budget, options.get("grid", "auto"))
+    shown = {"backend": opts.backend, "rel_gap": opts.rel_gap, "grid": opts.grid}
+    F, idx = build_checkmate(problem, budget, opts.grid)
     shown["model"] = dict(F.stats)
     if F.infeasible:
         s = Schedule.infeasible(problem, "checkmate_exact", budget, F.infeasible, options=shown)
         s.solve_time_s = time.perf_counter() - t0
         return s
-    res = BACKENDS[backend](F, time_limit_s=float(options.get("time_limit_s", 60.0)), rel_gap=rel_gap,
-                           abs_gap=0.0, threads=int(options.get("threads", 2)),
-                           seed=int(options.get("seed", 0)), hint=None)
+    res = BACKENDS[opts.backend](F, time_limit_s=opts.time_limit_s, rel_gap=opts.rel_gap, abs_gap=0.0,
+                                 threads=opts.threads, seed=opts.seed, hint=None)
     shown["engine"] = res.engine
     if res.x is None:
         status = Status.INFEASIBLE if res.status == "infeasible" else Status.TIMEOUT

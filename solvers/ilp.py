@@ -5,17 +5,14 @@
 for the plans it admits, except where docs/ilp.md says it is conservative, so every answer is checked
 with `mutwo.simulate`: a plan that does not fit is repaired (greedy moves until it fits) or rejected,
 and the reported objective is the model's value of the plan, which must match the simulated time.
-
-Options (all solvers): ``time_limit_s`` (60), ``rel_gap`` (0.01), ``threads`` (2), ``warm_start`` (a
-Schedule, a solver name, or None; default "mutwo_greedy" when registered), ``seed`` (0), ``mode``
-("full" | "recompute" | "swap"; "both" is an alias of "full"), ``max_chain_depth`` (-1 automatic,
-None unlimited), ``exact_positions`` (None automatic), ``prefetch`` ("free" | "default"),
-``max_candidates`` (6), ``two_phase`` (None: automatic), ``log`` (False), and for ``ilp_ortools_mip`` ``engine`` ("SCIP" | "CBC").
+The options and their defaults are `solvers.ilp_options.IlpOptions`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,44 +23,48 @@ from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_pr
 from mutwo.simulate import SimResult, simulate
 from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_model import Formulation, build
+from solvers.ilp_options import ILP_OPTION_DEFAULTS, IlpOptions
+from solvers.modes import may_recompute, may_swap
+from solvers.options import option_defaults, read_options
 
-__all__ = ["solve_ilp", "repair", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs", "AGREEMENT"]
+__all__ = ["solve_ilp", "repair", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs", "AGREEMENT",
+           "IlpOptions"]
 
 AGREEMENT = 0.01  # objective and simulated time must agree this closely (relative)
-_TWO_PHASE_MIN_ACT = 100  # full-mode problems with more activations start from a recompute-only solve
+_TWO_PHASE_MIN_ACT = 100  # "both"-mode problems with more activations start from a recompute-only solve
 _PHASE1_SHARE = 0.3  # of the time limit, at most, for that solve
 _MIP_LIMIT_SHARE = 0.8  # of the remaining time handed to SCIP / CBC / HiGHS, which overrun their limits
 _FINISH_RESERVE_S = 2.0  # decode, complete and simulate a large plan after the engine returns
 _ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
-_DEFAULT = object()
-# what the ILP solvers take (name -> default, as the module docstring lists them); the registry refuses
-# any other. ``engine`` is ilp_ortools_mip's only: the other backends have one engine each.
-_DECLARED = {"time_limit_s": 60.0, "rel_gap": 0.01, "threads": 2, "warm_start": "mutwo_greedy", "seed": 0,
-             "mode": "full", "max_chain_depth": -1, "exact_positions": None, "prefetch": "free",
-             "max_candidates": 6, "two_phase": None, "log": False}
-_OPTIONS = set(_DECLARED) | {"engine"}
+_OPTIONS = set(option_defaults(IlpOptions))  # every ILP option name (``engine``: ilp_ortools_mip's only)
+
+EngineCall = Callable[[Formulation, float, "np.ndarray | None"], BackendResult]
 
 
-def _warm_start(problem: Problem, budget: int, warm, mode: str, seed: int) -> tuple[Schedule | None, str]:
-    """The starting plan: a given Schedule, or the named solver's answer when it fits."""
+def _warm_start(problem: Problem, budget: int, warm, insisted: bool, mode: str, seed: int
+                ) -> tuple[Schedule | None, str]:
+    """The starting plan: a given Schedule, or the named solver's answer when it fits.
+
+    A solver name that is not registered is an error only when the caller named it (``insisted``);
+    the default start is skipped where its solver is absent.
+    """
     if warm is None:
         return None, ""
-    name = "mutwo_greedy" if warm is _DEFAULT else warm
-    if isinstance(name, Schedule):
-        return name, "given schedule"
+    if isinstance(warm, Schedule):
+        return warm, "given schedule"
     try:
-        fn = get_solver(name)
+        fn = get_solver(warm)
     except KeyError:
-        if warm is _DEFAULT:
+        if not insisted:
             return None, ""
         raise
     # pass the mode and seed to a start solver that takes them (a TypeError from inside it is its own)
-    accepted = solver_options(name)
-    wanted = {"mode": {"full": "both"}.get(mode, mode), "seed": seed}
+    accepted = solver_options(warm)
+    wanted = {"mode": mode, "seed": seed}
     sched = fn(problem, budget, **{k: v for k, v in wanted.items() if accepted is None or k in accepted})
     if not sched.feasible:
-        return None, f"{name} found no plan"
-    return sched, name
+        return None, f"{warm} found no plan"
+    return sched, warm
 
 
 def _fits(sim: SimResult, budget: int) -> bool:
@@ -92,7 +93,7 @@ def _proven_by_compute_bound(problem: Problem, budget: int, warm: Schedule | Non
     return sim, shown, msg
 
 
-def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "full",
+def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "both",
            max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
     """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
 
@@ -112,9 +113,9 @@ def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: s
         gap = (problem.last_fwd_use < P) & (problem.first_bwd_use > P)
         for a in np.flatnonzero(gap).tolist():
             tries = []
-            if d[a] != Decision.RECOMPUTE and problem.recomputable[a] and mode != "swap":
+            if d[a] != Decision.RECOMPUTE and problem.recomputable[a] and may_recompute(mode):
                 tries.append((Decision.RECOMPUTE, -1))
-            if d[a] == Decision.KEEP and problem.swappable[a] and mode != "recompute":
+            if d[a] == Decision.KEEP and problem.swappable[a] and may_swap(mode):
                 tries.append((Decision.SWAP, int(dflt[a])))
             if d[a] == Decision.SWAP and pf[a] != problem.first_bwd_use[a]:
                 tries.append((Decision.SWAP, int(problem.first_bwd_use[a])))
@@ -138,22 +139,16 @@ def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: s
 
 def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> Schedule:
     """Build, warm-start, solve with ``backend``, verify with `simulate`, repair or reject."""
-    unknown = set(options) - _OPTIONS
-    if unknown:
-        raise TypeError(f"ILP solvers got unknown options {sorted(unknown)}; they take {sorted(_OPTIONS)}")
+    opts = read_options(IlpOptions, options, "solve_ilp")
     t0 = time.perf_counter()
     solver_name = f"ilp_{backend}"
     budget = int(budget_bytes)
-    time_limit = float(options.get("time_limit_s", 60.0))
-    rel_gap = float(options.get("rel_gap", 0.01))
-    threads = int(options.get("threads", 2))
-    seed = int(options.get("seed", 0))
-    mode = {"both": "full"}.get(options.get("mode", "full"), options.get("mode", "full"))
     shown = {k: v for k, v in options.items() if k != "warm_start"}
-    shown.update(time_limit_s=time_limit, rel_gap=rel_gap, threads=threads, seed=seed, mode=mode)
+    shown.update(time_limit_s=opts.time_limit_s, rel_gap=opts.rel_gap, threads=opts.threads, seed=opts.seed,
+                 mode=opts.mode)
 
-    warm, warm_from = _warm_start(problem, budget, options.get("warm_start", _DEFAULT), mode, seed)
-    proven = _proven_by_compute_bound(problem, budget, warm, rel_gap)
+    warm, warm_from = _warm_start(problem, budget, opts.warm_start, "warm_start" in options, opts.mode, opts.seed)
+    proven = _proven_by_compute_bound(problem, budget, warm, opts.rel_gap)
     if proven is not None:
         shown.update(warm_start=warm_from, **proven[1])
         s = Schedule(warm.decisions, warm.prefetch_at, recompute_at=warm.recompute_at, solver=solver_name,
@@ -161,37 +156,22 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
                      bound=float(problem.op_time_s.sum()), message=proven[2])
         s.solve_time_s = time.perf_counter() - t0
         return s
-    build_kw = {"max_chain_depth": options.get("max_chain_depth", -1),
-                "exact_positions": options.get("exact_positions"), "prefetch": options.get("prefetch", "free"),
-                "max_candidates": int(options.get("max_candidates", 6))}
-    engine_kw = {"engine": options.get("engine", "SCIP")} if backend == "ortools_mip" else {}
-    abs_gap = rel_gap * float(problem.op_time_s.sum())  # seconds; the compute time bounds any plan
+    run = _engine_call(backend, opts, opts.rel_gap * float(problem.op_time_s.sum()))
 
-    def run(F: Formulation, seconds: float, hint: np.ndarray | None) -> BackendResult:
-        t_run = time.perf_counter()
-        try:
-            return BACKENDS[backend](F, time_limit_s=seconds, rel_gap=rel_gap, abs_gap=abs_gap / F.time_unit,
-                                     threads=threads, seed=seed, hint=hint, log=bool(options.get("log", False)),
-                                     **engine_kw)
-        except Exception as exc:  # an engine crash (CBC binary, highspy) must not lose the start plan
-            return BackendResult("error", None, None, None, time.perf_counter() - t_run, backend,
-                                 f"{type(exc).__name__}: {exc}")
-
-    # phase 1 (large full-mode problems): the recompute-only model, whose relaxation is strong, gives a
+    # phase 1 (large "both"-mode problems): the recompute-only model, whose relaxation is strong, gives a
     # starting plan; the full model's relaxation is weak (docs/ilp.md) and rarely beats its start alone
-    two_phase = options.get("two_phase")
+    two_phase = opts.two_phase
     if two_phase is None:
-        two_phase = mode == "full" and problem.n_act > _TWO_PHASE_MIN_ACT
-    phase1 = None
-    if two_phase and mode == "full":
-        phase1 = _phase1(problem, budget, build_kw, warm, run, _PHASE1_SHARE * time_limit)
+        two_phase = opts.mode == "both" and problem.n_act > _TWO_PHASE_MIN_ACT
+    if two_phase and opts.mode == "both":
+        phase1 = _phase1(problem, budget, opts, warm, run, _PHASE1_SHARE * opts.time_limit_s)
         shown["phase1"] = phase1[2] if phase1 else "no recompute-only plan"
         if phase1 is not None and (warm is None or phase1[3] < simulate(problem, warm).time_s):
             warm = Schedule(phase1[0], phase1[1])
             warm_from = "phase 1 (recompute-only model)"
 
     plan = None if warm is None else (warm.decisions, warm.prefetch_at)
-    F = build(problem, budget, mode=mode, plan=plan, **build_kw)
+    F = build(problem, budget, opts, plan=plan)
     shown["model"] = dict(F.stats)
     if F.infeasible:
         s = Schedule.infeasible(problem, solver_name, budget, F.infeasible, options=shown)
@@ -203,7 +183,7 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
         shown["warm_start"] = warm_from + (f" (outside the model: {issue})" if issue else "")
         shown["warm_start_time_s"] = simulate(problem, warm).time_s
 
-    remaining = time_limit - (time.perf_counter() - t0)
+    remaining = opts.time_limit_s - (time.perf_counter() - t0)
     if backend != "cpsat":  # MIP engines check their limit only between phases (docs/ilp.md)
         remaining = _MIP_LIMIT_SHARE * remaining - _FINISH_RESERVE_S * (problem.n_act > _TWO_PHASE_MIN_ACT)
     res = run(F, max(1.0, remaining), hint)
@@ -215,20 +195,42 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
         res = BackendResult("feasible", hint, None, res.bound, res.wall_s, res.engine,
                             f"{res.message}; no better plan than its start ({warm_from})")
     if res.x is None:
-        if res.status == "infeasible":
-            why = ("no plan fits within the model" + ("" if F.stats.get("exact_positions") else
-                   " (its candidate prefetch / swap-out points and chain depth restrict plans)"))
-            s = Schedule.infeasible(problem, solver_name, budget, why, options=shown)
-        elif res.status == "error":
-            s = Schedule.keep_all(problem, solver=solver_name, status=Status.ERROR, budget_bytes=budget,
-                                  options=shown, message=f"{res.engine} failed: {res.message}")
-        else:
-            s = Schedule.keep_all(problem, solver=solver_name, status=Status.TIMEOUT, budget_bytes=budget,
-                                  options=shown, message=f"{res.engine}: no plan found ({res.message})")
-        s.solve_time_s = time.perf_counter() - t0
-        return s
-    s = _finish(problem, budget, F, res, solver_name, shown, rel_gap, t0, F.time_unit)
+        return _no_plan(problem, budget, F, res, solver_name, shown, t0)
+    s = _finish(problem, budget, F, res, solver_name, shown, opts.rel_gap, t0, F.time_unit)
     return _no_worse_than_start(problem, budget, s, warm, warm_from, t0)
+
+
+def _engine_call(backend: str, opts: IlpOptions, abs_gap_s: float) -> EngineCall:
+    """``run(F, seconds, hint)``: one engine call with the solve's options; a crash becomes a result."""
+    engine_kw = {"engine": opts.engine} if backend == "ortools_mip" else {}
+
+    def run(F: Formulation, seconds: float, hint: np.ndarray | None) -> BackendResult:
+        t_run = time.perf_counter()
+        try:
+            return BACKENDS[backend](F, time_limit_s=seconds, rel_gap=opts.rel_gap, abs_gap=abs_gap_s / F.time_unit,
+                                     threads=opts.threads, seed=opts.seed, hint=hint, log=opts.log, **engine_kw)
+        except Exception as exc:  # an engine crash (CBC binary, highspy) must not lose the start plan
+            return BackendResult("error", None, None, None, time.perf_counter() - t_run, backend,
+                                 f"{type(exc).__name__}: {exc}")
+
+    return run
+
+
+def _no_plan(problem: Problem, budget: int, F: Formulation, res: BackendResult, solver_name: str, shown: dict,
+             t0: float) -> Schedule:
+    """The Schedule when the engine returned no plan: infeasible, an engine error, or a timeout."""
+    if res.status == "infeasible":
+        why = ("no plan fits within the model" + ("" if F.stats.get("exact_positions") else
+               " (its candidate prefetch / swap-out points and chain depth restrict plans)"))
+        s = Schedule.infeasible(problem, solver_name, budget, why, options=shown)
+    elif res.status == "error":
+        s = Schedule.keep_all(problem, solver=solver_name, status=Status.ERROR, budget_bytes=budget,
+                              options=shown, message=f"{res.engine} failed: {res.message}")
+    else:
+        s = Schedule.keep_all(problem, solver=solver_name, status=Status.TIMEOUT, budget_bytes=budget,
+                              options=shown, message=f"{res.engine}: no plan found ({res.message})")
+    s.solve_time_s = time.perf_counter() - t0
+    return s
 
 
 def _no_worse_than_start(problem: Problem, budget: int, s: Schedule, warm: Schedule | None, warm_from: str,
@@ -256,7 +258,8 @@ def _no_worse_than_start(problem: Problem, budget: int, s: Schedule, warm: Sched
     return out
 
 
-def _phase1(problem: Problem, budget: int, build_kw: dict, warm: Schedule | None, run, seconds: float):
+def _phase1(problem: Problem, budget: int, opts: IlpOptions, warm: Schedule | None, run: EngineCall,
+            seconds: float):
     """Solve the recompute-only model; return (decisions, prefetch, note, simulated time) if it fits."""
     t0 = time.perf_counter()
     plan = None
@@ -270,7 +273,7 @@ def _phase1(problem: Problem, budget: int, build_kw: dict, warm: Schedule | None
                 plan = (d, pf)
         except ScheduleError:
             pass
-    F1 = build(problem, budget, mode="recompute", plan=plan, **build_kw)
+    F1 = build(problem, budget, dataclasses.replace(opts, mode="recompute"), plan=plan)
     if F1.infeasible:
         return None
     hint = None if plan is None else F1.complete(*plan)[0]
@@ -340,25 +343,25 @@ def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, s
     return s
 
 
-@register_solver("ilp_cpsat", options=_DECLARED)
+@register_solver("ilp_cpsat", options=ILP_OPTION_DEFAULTS)
 def ilp_cpsat(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation on OR-Tools CP-SAT (integer-scaled times, parallel portfolio)."""
     return solve_ilp(problem, budget_bytes, "cpsat", **options)
 
 
-@register_solver("ilp_ortools_mip", options={**_DECLARED, "engine": "SCIP"})
+@register_solver("ilp_ortools_mip", options=option_defaults(IlpOptions))
 def ilp_ortools_mip(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation on OR-Tools pywraplp (SCIP, or CBC with ``engine="CBC"``)."""
     return solve_ilp(problem, budget_bytes, "ortools_mip", **options)
 
 
-@register_solver("ilp_pulp_cbc", options=_DECLARED)
+@register_solver("ilp_pulp_cbc", options=ILP_OPTION_DEFAULTS)
 def ilp_pulp_cbc(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation through PuLP on its bundled CBC."""
     return solve_ilp(problem, budget_bytes, "pulp_cbc", **options)
 
 
-@register_solver("ilp_pulp_highs", options=_DECLARED)
+@register_solver("ilp_pulp_highs", options=ILP_OPTION_DEFAULTS)
 def ilp_pulp_highs(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation through PuLP on HiGHS."""
     return solve_ilp(problem, budget_bytes, "pulp_highs", **options)

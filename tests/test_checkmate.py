@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from mutwo.registry import get_solver
+from mutwo.registry import get_solver, solver_option_defaults
 from mutwo.schedule import Decision, Status
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
@@ -90,11 +90,26 @@ def test_checkmate_infeasible_below_fixed_memory_quickly():
     assert time.perf_counter() - t < 5 and s.status == Status.INFEASIBLE
 
 
-def test_checkmate_refuses_large_graphs_and_other_modes():
+def test_checkmate_refuses_large_graphs_other_modes_and_unknown_grids():
     with pytest.raises(ValueError, match="small graphs"):
         checkmate_exact(random_dag(70, 0), 10**12)
-    with pytest.raises(ValueError, match="recompute-only"):
-        checkmate_exact(chain(4), 10**12, mode="full")
+    for mode in ("both", "swap", "full"):
+        with pytest.raises(ValueError, match="recompute-only: use mode='recompute'"):
+            checkmate_exact(chain(4), 10**12, mode=mode)
+    with pytest.raises(ValueError, match="grid must be one of"):
+        checkmate_exact(chain(4), 10**12, grid="stages")
+    with pytest.raises(TypeError, match=r"checkmate_exact got unknown options \['gird'\]"):
+        checkmate_exact.__wrapped__(chain(4), 10**12, gird="ops")
+
+
+def test_checkmate_applies_the_defaults_it_declares():
+    p = chain(6)
+    b = budgets(p, [0.3])[0]
+    declared = solver_option_defaults("checkmate_exact")
+    s = checkmate_exact(p, b)
+    assert s.feasible, s.message
+    assert {k: s.options[k] for k in ("backend", "rel_gap", "grid")} == {k: declared[k] for k in
+                                                                         ("backend", "rel_gap", "grid")}
 
 
 def test_registered():

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from mutwo.problem import Problem
-from mutwo.registry import get_solver
+from mutwo.registry import get_solver, solver_option_defaults
 from mutwo.schedule import Decision, Schedule, Status
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
 from solvers.brute_force import brute_force
-from solvers.ilp import AGREEMENT, repair
+from solvers.ilp import AGREEMENT, repair, solve_ilp
 from solvers.ilp_model import build
+from solvers.ilp_options import IlpOptions
+from solvers.modes import MODES
 
 BACKENDS = ["ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs"]
 EXACT = {"rel_gap": 1e-7, "warm_start": None, "time_limit_s": 30}
@@ -117,6 +119,48 @@ def test_modes_restrict_decisions(name):
     sw = get_solver(name)(p, b, mode="swap", **EXACT)
     assert not np.any(sw.decisions == Decision.RECOMPUTE)
     check_against_simulate(p, sw, b)
+
+
+@pytest.mark.parametrize("name", BACKENDS + ["brute_force"])
+def test_mode_full_is_refused_with_its_new_name(name):
+    with pytest.raises(ValueError, match="mode 'full' is now called 'both'.*use mode='both'"):
+        get_solver(name)(chain(4), 10**12, mode="full")
+
+
+def test_one_mode_vocabulary_with_both_the_default():
+    """Every solver that takes a mode takes the same three words, and "both" is what no mode means."""
+    from solvers.mutwo_greedy import MODES as GREEDY_MODES
+
+    assert MODES == ("both", "recompute", "swap") and set(GREEDY_MODES) == set(MODES)
+    for name in BACKENDS + ["brute_force", "mutwo_greedy"]:
+        assert solver_option_defaults(name)["mode"] == "both", name
+    p = tiny(1)
+    b = budgets(p, [0.4])[0]
+    both = get_solver("ilp_cpsat")(p, b, mode="both", **EXACT)
+    default = get_solver("ilp_cpsat")(p, b, **EXACT)
+    assert both.options["mode"] == default.options["mode"] == "both"
+    assert both.objective == pytest.approx(default.objective, rel=1e-9)
+    assert brute_force(p, b, mode="both").objective == brute_force(p, b).objective
+    with pytest.raises(ValueError, match="mode must be one of"):
+        get_solver("ilp_cpsat")(p, b, mode="offload")
+    with pytest.raises(ValueError, match="prefetch must be 'free' or 'default'"):
+        get_solver("ilp_cpsat")(p, b, prefetch="early")
+
+
+def test_the_declared_defaults_are_the_ones_applied():
+    """One options table per solver: what the registry shows is what the solver uses."""
+    p = tiny(0)
+    b = budgets(p, [0.3])[0]
+    s = get_solver("ilp_pulp_highs")(p, b, warm_start=None)
+    declared = solver_option_defaults("ilp_pulp_highs")
+    for k in ("time_limit_s", "rel_gap", "threads", "seed", "mode"):
+        assert s.options[k] == declared[k], k
+    assert solver_option_defaults("ilp_ortools_mip") == {**declared, "engine": IlpOptions().engine}
+    assert brute_force(p, b).options["mode"] == solver_option_defaults("brute_force")["mode"]
+    with pytest.raises(TypeError, match=r"solve_ilp got unknown options \['time_limt_s'\]"):
+        solve_ilp(p, b, "cpsat", time_limt_s=5)
+    with pytest.raises(TypeError, match=r"brute_force got unknown options \['mdoe'\]"):
+        brute_force.__wrapped__(p, b, mdoe="both")
 
 
 def test_reported_fields():

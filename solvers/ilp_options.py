@@ -1,0 +1,47 @@
+"""The options of the ILP solvers and of the model they build, each with its default, stated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mutwo.schedule import Schedule
+from solvers.modes import check_mode
+from solvers.options import option_defaults
+
+__all__ = ["IlpOptions", "ILP_OPTION_DEFAULTS", "PREFETCH"]
+
+PREFETCH = ("free", "default")
+
+
+@dataclass(frozen=True)
+class IlpOptions:
+    """Options of ``ilp_cpsat``, ``ilp_ortools_mip``, ``ilp_pulp_cbc`` and ``ilp_pulp_highs`` (docs/ilp.md).
+
+    The field order is the order the registry shows them in.
+    """
+
+    time_limit_s: float = 60.0
+    rel_gap: float = 0.01
+    threads: int = 2
+    warm_start: Schedule | str | None = "mutwo_greedy"  # a Schedule, a solver name, or None
+    seed: int = 0
+    mode: str = "both"  # solvers.modes.MODES
+    max_chain_depth: int | None = -1  # -1 automatic (unlimited while small), None unlimited, k links
+    exact_positions: bool | None = None  # every op a boundary, complete candidates (None: small problems)
+    prefetch: str = "free"  # "free": choose prefetch points; "default": only default_prefetch (brute force)
+    max_candidates: int = 6  # copy-back leads tried per activation
+    two_phase: bool | None = None  # recompute-only solve first (None: large "both" problems)
+    log: bool = False  # engine log on stdout
+    engine: str = "SCIP"  # ilp_ortools_mip only: "SCIP" | "CBC"
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.prefetch not in PREFETCH:
+            raise ValueError(f"prefetch must be 'free' or 'default', got {self.prefetch!r}")
+        for name, kind in (("time_limit_s", float), ("rel_gap", float), ("threads", int), ("seed", int),
+                           ("max_candidates", int), ("log", bool)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+
+# what the single-engine ILP solvers take (the registry refuses any other); ilp_ortools_mip adds engine
+ILP_OPTION_DEFAULTS = option_defaults(IlpOptions, drop=("engine",))
