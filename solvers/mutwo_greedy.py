@@ -29,11 +29,11 @@ from mutwo.schedule import (
     recompute_chain,
 )
 from mutwo.simulate import last_op_holding, simulate, stall_free_times
+from solvers.modes import MODES, check_mode
 
 __all__ = ["GreedyResult", "solve", "algorithm_b", "mutwo_greedy", "recompute_ratios", "swap_overhead",
            "peak_run_end", "MODES"]
 
-MODES = ("both", "recompute", "swap")
 _KEEP, _REC, _SWAP = int(Decision.KEEP), int(Decision.RECOMPUTE), int(Decision.SWAP)
 
 
@@ -355,8 +355,7 @@ def solve(problem: Problem, budget_bytes: int, *, mode: str = "both", seed: int 
     finds no plan, the recompute-only and swap-only walks are tried too and the fastest plan that fits
     is returned, its message saying which walk made it; ``steps`` and the bookkeeping are that walk's.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     t0 = time.perf_counter()
     result = algorithm_b(problem, budget_bytes, mode, seed, verify)
     if mode == "both" and result.schedule.status == Status.INFEASIBLE and result.peak_bytes >= 0:
