@@ -7,7 +7,7 @@ import pytest
 
 from mutwo import plots
 from mutwo.capture import OptimizerConfig, capture, flat_state
-from mutwo.memory import LiveStorageTracker
+from mutwo.memory import OpOutputTracker
 from mutwo.problem import Problem
 from mutwo.problem_build import activation_table, build_problem
 from mutwo.profile import Profile, profile
@@ -31,10 +31,10 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "profiles"
 
 
-def test_live_storage_tracker_counts_storages_once():
+def test_op_output_tracker_counts_storages_once():
     import torch
 
-    with LiveStorageTracker() as tr:
+    with OpOutputTracker() as tr:
         a = torch.ones(1000)  # 4000 bytes
         v = a.view(10, 100)  # a view: no new storage
         b = a + 1
