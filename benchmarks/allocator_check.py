@@ -8,8 +8,9 @@ transients from the CPU allocator's events) and build the Problem; then for keep
 Chen's sqrt(n) and the greedy recompute-only at 0.9 and 0.7 of the keep-all peak: the predicted peak
 (`mutwo.simulate`, with the profile's transients and, for comparison, with them zeroed as before), the
 executed plan's peak (`mutwo.execute.apply`, first iteration, as `mutwo.execute.run` measures it) under
-the op-output tracker and under the allocator meter, and the errors against the allocator. Also the
-meter's cost: the keep-all step's time plain and under the meter, interleaved.
+the op-output tracker and under the allocator meter, and the errors against the allocator (bytes in
+the CSV, MiB in the printed table). Also the meter's cost: the keep-all step's time plain and under the
+meter, interleaved, and what the profile found (its transients, its two peaks, how long it took).
 
 Writes ``results/benchmarks/allocator_check.csv`` and ``allocator_overhead.csv``.
 """
@@ -21,6 +22,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ import pandas as pd
 
 from benchmarks._common import MODELS, RESULTS, ModelConfig, machine, markdown, set_threads, write_csv
 
-__all__ = ["PLANS", "check_model", "overhead", "main"]
+__all__ = ["PLANS", "Prepared", "prepare", "check_plans", "overhead", "main"]
 
 MiB = 2**20
 # (label, solver, options, budget as a fraction of the keep-all peak)
@@ -41,18 +43,32 @@ PLANS: list[tuple[str, str, dict, float]] = [
 ]
 
 
-def _prepare(cfg: ModelConfig, runs: int):
+@dataclass
+class Prepared:
+    """A captured, profiled model and its Problem."""
+
+    cfg: ModelConfig
+    graph: object  # TrainGraph
+    flat: list
+    profile: object  # Profile
+    problem: object  # Problem
+    prepare_s: float
+
+
+def prepare(cfg: ModelConfig, runs: int = 2) -> Prepared:
     from mutwo.capture import OptimizerConfig, capture, flat_state
     from mutwo.problem_build import build_problem
     from mutwo.profile import profile
     from mutwo.zoo import build_workload
 
+    t0 = time.perf_counter()
     wl = build_workload(cfg.zoo, cfg.batch, **cfg.options)
     opt = OptimizerConfig("sgd", {"momentum": 0.0})
     graph = capture(wl, opt)
     flat, _, _ = flat_state(wl, opt)
     prof = profile(graph, flat, runs=runs, warmup=1, cache=False, progress=False)
-    return graph, flat, prof, build_problem(graph, prof, name=cfg.key)
+    problem = build_problem(graph, prof, name=cfg.key)
+    return Prepared(cfg, graph, flat, prof, problem, time.perf_counter() - t0)
 
 
 def _measure(module, flat: Sequence, seed: int = 0) -> tuple[int, int]:
@@ -75,65 +91,66 @@ def _measure(module, flat: Sequence, seed: int = 0) -> tuple[int, int]:
     return peaks[0], peaks[1]
 
 
-def check_model(cfg: ModelConfig, runs: int = 2) -> tuple[pd.DataFrame, dict]:
-    """One row per plan: predicted (with / without CPU transients), op-output and allocator peaks."""
+def check_plans(prep: Prepared) -> pd.DataFrame:
+    """One row per plan: predicted peak (with / without CPU transients), op-output and allocator peaks
+    of the executed plan, in bytes, and the errors against the allocator."""
     from mutwo.execute import apply
     from mutwo.registry import run_solver
     from mutwo.schedule import Schedule
     from mutwo.simulate import simulate
 
-    t0 = time.perf_counter()
-    graph, flat, prof, problem = _prepare(cfg, runs)
+    problem = prep.problem
     no_transients = dataclasses.replace(problem, op_transient_bytes=np.zeros_like(problem.op_transient_bytes))
     keep_peak = simulate(problem, Schedule.keep_all(problem)).peak_bytes
-    info = {"model": cfg.label(), "prepare_s": time.perf_counter() - t0, "profile_s": prof.profile_time_s,
+    rows = []
+    for label, solver, options, fraction in PLANS:
+        schedule = run_solver(solver, problem, int(fraction * keep_peak), options)
+        row = {"model": prep.cfg.key, "plan": label, "status": schedule.status.value, **schedule.counts()}
+        if schedule.feasible:
+            predicted = simulate(problem, schedule).peak_bytes
+            before = simulate(no_transients, schedule).peak_bytes
+            op_outputs, allocator = _measure(apply(prep.graph, problem, schedule), prep.flat)
+            row.update(predicted_bytes=predicted, predicted_no_transients_bytes=before,
+                       op_output_bytes=op_outputs, allocator_bytes=allocator,
+                       error_bytes=predicted - allocator, error_pct=100 * (predicted / allocator - 1),
+                       error_no_transients_pct=100 * (before / allocator - 1))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def overhead(prep: Prepared, pairs: int = 3) -> dict:
+    """Median time of the captured step plain and under the allocator meter (interleaved pairs), and
+    what the profile found."""
+    import torch
+
+    from mutwo.memory import allocator_peak
+
+    gm, prof = prep.graph.gm, prep.profile
+    work = [t.detach().clone() for t in prep.flat]
+    plain, metered = [], []
+    with torch.no_grad():
+        gm(*work)  # warm-up
+        for _ in range(pairs):
+            t0 = time.perf_counter()
+            gm(*work)
+            plain.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            allocator_peak(lambda: gm(*work), work)
+            metered.append(time.perf_counter() - t0)
+    p, m = statistics.median(plain), statistics.median(metered)
+    return {"model": prep.cfg.label(), "n_ops": len(prep.graph.ops), "step_s": p, "metered_step_s": m,
+            "overhead_pct": 100 * (m / p - 1), "prepare_s": prep.prepare_s, "profile_s": prof.profile_time_s,
             "profile_allocator_MiB": prof.measured_peak_bytes / MiB,
             "profile_op_output_MiB": prof.op_output_peak_bytes / MiB,
             "ops_with_transient": int((prof.op_transient_bytes > 0).sum()),
             "max_op_transient_MiB": float(prof.op_transient_bytes.max()) / MiB}
-    rows = []
-    for label, solver, options, fraction in PLANS:
-        budget = int(fraction * keep_peak)
-        schedule = run_solver(solver, problem, budget, options)
-        row = {"model": cfg.key, "plan": label, "status": schedule.status.value, **schedule.counts()}
-        if schedule.feasible:
-            predicted = simulate(problem, schedule).peak_bytes
-            before = simulate(no_transients, schedule).peak_bytes
-            op_outputs, allocator = _measure(apply(graph, problem, schedule), flat)
-            row.update(predicted_MiB=predicted / MiB, predicted_no_transients_MiB=before / MiB,
-                       op_output_MiB=op_outputs / MiB, allocator_MiB=allocator / MiB,
-                       error_pct=100 * (predicted / allocator - 1),
-                       error_no_transients_pct=100 * (before / allocator - 1),
-                       op_output_vs_no_transients_pct=100 * (before / op_outputs - 1))
-        rows.append(row)
-    return pd.DataFrame(rows), info
 
 
-def overhead(cfg: ModelConfig, pairs: int = 3) -> dict:
-    """Median time of the captured step plain and under the allocator meter (interleaved pairs)."""
-    import torch
-
-    from mutwo.capture import OptimizerConfig, capture, flat_state
-    from mutwo.memory import allocator_peak
-    from mutwo.zoo import build_workload
-
-    wl = build_workload(cfg.zoo, cfg.batch, **cfg.options)
-    opt = OptimizerConfig("sgd", {"momentum": 0.0})
-    graph = capture(wl, opt)
-    work = [t.detach().clone() for t in flat_state(wl, opt)[0]]
-    plain, metered = [], []
-    with torch.no_grad():
-        graph.gm(*work)  # warm-up
-        for _ in range(pairs):
-            t0 = time.perf_counter()
-            graph.gm(*work)
-            plain.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            allocator_peak(lambda: graph.gm(*work), work)
-            metered.append(time.perf_counter() - t0)
-    p, m = statistics.median(plain), statistics.median(metered)
-    return {"model": cfg.label(), "n_ops": len(graph.ops), "plain_s": p, "metered_s": m,
-            "overhead_pct": 100 * (m / p - 1)}
+def _mib_view(plans: pd.DataFrame) -> pd.DataFrame:
+    view = plans.copy()
+    for col in [c for c in view.columns if c.endswith("_bytes") and c != "error_bytes"]:
+        view[col.replace("_bytes", "_MiB")] = view.pop(col) / MiB
+    return view
 
 
 def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.DataFrame]:
@@ -147,20 +164,17 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> dict[str, pd.Dat
     set_threads(args.torch_threads)
     print(f"machine: {machine()}")
     models = list(args.models) + (["resnet152"] if args.resnet152 else [])
-    frames, infos, costs = [], [], []
+    frames, costs = [], []
     for key in models:
-        df, info = check_model(MODELS[key], args.runs)
-        frames.append(df)
-        infos.append(info)
-        costs.append(overhead(MODELS[key], args.pairs))
+        prep = prepare(MODELS[key], args.runs)
+        frames.append(check_plans(prep))
+        costs.append(overhead(prep, args.pairs))
+        del prep
     plans = pd.concat(frames, ignore_index=True)
-    cost = pd.DataFrame(costs).merge(pd.DataFrame(infos), on="model")
+    cost = pd.DataFrame(costs)
     write_csv(plans, "allocator_check.csv", out)
     write_csv(cost, "allocator_overhead.csv", out)
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 2):
-        print(plans.to_string(index=False))
-        print(cost.to_string(index=False))
-    print(markdown(plans, ".4g"))
+    print(markdown(_mib_view(plans), ".4g"))
     print(markdown(cost, ".4g"))
     return {"plans": plans, "overhead": cost}
 

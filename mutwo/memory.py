@@ -347,8 +347,9 @@ def allocator_peak(fn: Callable[[], object], inputs: Iterable[torch.Tensor],
                    device: torch.device | str | None = None) -> PeakMeasurement:
     """Peak of what the allocator holds while ``fn()`` runs: the bytes of ``inputs`` (the baseline: the
     tensors the caller already holds, e.g. the step's parameters, optimizer state and batch) plus the
-    highest rise of the allocator's total during the call, in-kernel scratch and host copies included.
-    ``device`` defaults to the inputs' device."""
+    highest rise of the allocator's total during the call, in-kernel scratch and workspaces included (on
+    CPU also host copies of "swapped" tensors: they live in the same memory). ``device`` defaults to the
+    inputs' device."""
     inputs = inputs if isinstance(inputs, list | tuple) else list(inputs)
     device = device_of(inputs) if device is None else torch.device(device)
     if device.type == "cuda":
