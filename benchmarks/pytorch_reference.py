@@ -9,7 +9,7 @@ ResNet BasicBlock / Bottleneck, each BERT layer; ``use_reentrant=False``). Each 
         [--backends aot_eager aot_eager_decomp_partition] [--iterations 5] [--warmup 2] [--torch-threads 1]
 
 How memory is measured on CPU (there are no allocator statistics): bytes of live tensor storages, with
-`mutwo.memory.LiveStorageTracker` (parameters, buffers and the batch counted from the start). A
+`mutwo.memory.OpOutputTracker` (parameters, buffers and the batch counted from the start). A
 dispatch mode wrapped around a ``torch.compile``d step does *not* measure the compiled code: Dynamo
 sees the active mode and runs the model eagerly (checked on every run: ``outer_tracker_calls`` = 0
 compiled calls). So compiled steps are measured from inside: the backend is PyTorch's own
@@ -49,7 +49,7 @@ from benchmarks._common import (
     set_threads,
     write_csv,
 )
-from mutwo.memory import LiveStorageTracker, measure_peak
+from mutwo.memory import OpOutputTracker, measure_peak
 from mutwo.workload import Workload
 from mutwo.zoo import build_workload
 
@@ -102,7 +102,7 @@ class MeasuredBackend:
         if name not in ("aot_eager", "aot_eager_decomp_partition"):
             raise ValueError(f"MeasuredBackend supports aot_eager and aot_eager_decomp_partition, not {name}")
         self.name = name
-        self.tracker: LiveStorageTracker | None = None
+        self.tracker: OpOutputTracker | None = None
         self.graphs = 0
         self.calls = 0
 
@@ -183,7 +183,7 @@ def _measure(module: Callable, wl: Workload, iterations: int, warmup: int,
             row["peak_method"] = "tracker around the step"
         else:
             calls = backend.calls
-            backend.tracker = LiveStorageTracker(_known(wl))
+            backend.tracker = OpOutputTracker(_known(wl))
             try:
                 step()
                 row["peak_bytes"] = backend.tracker.peak
@@ -193,7 +193,7 @@ def _measure(module: Callable, wl: Workload, iterations: int, warmup: int,
             row["compiled_calls"] = backend.calls - calls
             # the pitfall this measurement avoids: an outer dispatch mode makes Dynamo run eagerly
             calls = backend.calls
-            with LiveStorageTracker(_known(wl)):
+            with OpOutputTracker(_known(wl)):
                 step()
             row["outer_tracker_calls"] = backend.calls - calls
             row["graphs"] = backend.graphs

@@ -1,11 +1,18 @@
 """Device-agnostic measurement of device memory.
 
-CUDA: the caching allocator's statistics (``max_memory_allocated``). CPU has no allocator statistics,
-and process RSS counts everything Python and the allocator keep around, so on CPU we count bytes of real
-tensor storages: a dispatch mode sees every storage an op creates and a weakref finalizer sees it die.
-Both report the same quantity: bytes of live tensor storages, at their peak.
+*Measured* means the allocator: `allocator_peak` is the peak of what the device's allocator holds while a
+function runs, everything allocated during it counted (in-kernel scratch, workspaces, host copies), on top
+of the bytes of the function's inputs (the caller passes them). On CUDA it reads the caching allocator's
+statistics; on CPU the c10 CPU allocator's own allocation/free events, recorded by the PyTorch profiler
+with ``profile_memory``. `allocator_region` marks parts of the metered call (e.g. one op each) so that
+`AllocatorLog.region_transients` can tell what each part allocated and freed inside itself.
 
-A memory limit (``with memory_limit(nbytes):``) turns the measurement into a guard: a tracker made
+`OpOutputTracker` is a diagnostic: it adds up the storages that ops *return* (a dispatch mode sees each
+one created, a weakref finalizer sees it die), which is the cost model's own quantity and misses kernels'
+internal scratch. `measure_peak` still reports it on CPU (the CUDA allocator on CUDA) until execution
+switches to the allocator meter.
+
+A memory limit (``with memory_limit(nbytes):``) turns the op-output tracker into a guard: a tracker made
 inside it raises `MemoryLimitExceeded` as soon as its live bytes exceed the limit, so a plan that would
 not fit a (smaller, emulated) device stops at once instead of exhausting the host; on CUDA the
 allocator is capped instead (``torch.cuda.set_per_process_memory_fraction``) and raises its own
@@ -21,12 +28,15 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["LiveStorageTracker", "PeakMeasurement", "MemoryLimitExceeded", "memory_limit", "measure_peak",
-           "host_bandwidth", "sync", "device_of"]
+__all__ = ["allocator_peak", "cpu_allocator_events", "allocator_region", "AllocatorLog", "AllocatorEventsUnavailable",
+           "OpOutputTracker", "PeakMeasurement", "MemoryLimitExceeded", "memory_limit", "measure_peak",
+           "input_bytes", "host_bandwidth", "sync", "device_of"]
 
 # the limit trackers made now enforce (None: no limit); a context variable, so measure_peak's own
 # tracker, made deep inside mutwo.execute, obeys the limit a caller set around the whole execution
@@ -64,8 +74,11 @@ def memory_limit(nbytes: int | None, device: torch.device | str = "cpu") -> Iter
             torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
-class LiveStorageTracker(TorchDispatchMode):
-    """Counts bytes of live tensor storages created by ops run under it (plus registered ones).
+class OpOutputTracker(TorchDispatchMode):
+    """Counts bytes of live tensor storages that ops run under it return (plus registered ones).
+
+    A diagnostic and the CPU memory-limit guard, not a measurement: storages a kernel allocates and
+    frees inside itself never reach it (see `allocator_peak` for what the allocator held).
 
     ``limit_bytes`` (default: the enclosing `memory_limit`, if any): raise `MemoryLimitExceeded` as soon
     as the live bytes exceed it; the op that crossed it has run, its output is freed as the error unwinds.
@@ -108,8 +121,8 @@ class LiveStorageTracker(TorchDispatchMode):
 @dataclass
 class PeakMeasurement:
     peak_bytes: int
-    baseline_bytes: int
-    method: str  # "cuda-allocator" or "cpu-live-storages"
+    baseline_bytes: int  # what the peak counts as already there (see the function that made it)
+    method: str  # "cuda-allocator", "cpu-allocator-events" or "cpu-live-storages" (op outputs only)
 
 
 def device_of(tensors: Iterable[torch.Tensor]) -> torch.device:
@@ -124,23 +137,235 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _on(t: torch.Tensor, device: torch.device | None) -> bool:
+    """``t`` is on ``device`` (None: any); ``cuda`` without an index means any CUDA device."""
+    return device is None or (t.device.type == device.type and device.index in (None, t.device.index))
+
+
+def input_bytes(tensors: Iterable, device: torch.device | str | None = None) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (on ``device``, if given): views count once."""
+    device = None if device is None else torch.device(device)
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and _on(t, device):
+            st = t.untyped_storage()
+            if st.nbytes():
+                seen[st.data_ptr()] = int(st.nbytes())
+    return sum(seen.values())
+
+
 def measure_peak(fn: Callable[[], object], inputs: list[torch.Tensor], device: torch.device) -> PeakMeasurement:
-    """Peak bytes of live tensor storages while ``fn()`` runs, ``inputs`` included."""
+    """Peak while ``fn()`` runs, ``inputs`` included: the allocator's on CUDA, but on CPU only the storages
+    ops return (`OpOutputTracker`, method "cpu-live-storages"); `allocator_peak` is the CPU allocator's."""
     if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        out = fn()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        del out
-        return PeakMeasurement(int(peak), int(base), "cuda-allocator")
-    tracker = LiveStorageTracker(inputs)
+        return allocator_peak(fn, inputs, device)
+    tracker = OpOutputTracker(inputs)
     base = tracker.current
     with tracker:
         out = fn()
     del out
     return PeakMeasurement(int(tracker.peak), int(base), "cpu-live-storages")
+
+
+# ---------------------------------------------------------------------------- the allocator meter
+_REGION = "mutwo::meter::region::"  # record-function names the event walk recognises
+_INPUT_FREED = "mutwo::meter::input_freed::"
+_PROBE = "mutwo::meter::probe"
+_PROBE_BYTES = 64
+_OUTSIDE, _IN_PROBE = -1, -2  # region of events outside any marked region / in the availability probe
+
+try:  # private names, present in the torch versions mutwo supports; the probe checks them at every use
+    from torch._C._profiler import _ExtraFields_Allocation, _RecordFunctionFast
+except ImportError:  # pragma: no cover - depends on the torch build
+    _ExtraFields_Allocation = _RecordFunctionFast = None
+
+
+class AllocatorEventsUnavailable(RuntimeError):
+    """The c10 CPU allocator's events cannot be read here (no silent fallback to the op-output figure)."""
+
+
+def _unavailable(why: str) -> AllocatorEventsUnavailable:
+    return AllocatorEventsUnavailable(
+        f"allocator meter (mutwo.memory.allocator_peak): c10 CPU allocator events are unavailable ({why}); "
+        f"the fallback is mutwo.memory.measure_peak, whose CPU figure counts op outputs only (no in-kernel "
+        f"scratch)")
+
+
+@contextlib.contextmanager
+def allocator_region(index: int) -> Iterator[None]:
+    """Attribute the allocator events inside to region ``index`` (e.g. an op position) of the enclosing
+    `cpu_allocator_events`; outside a meter it costs one no-op record-function call."""
+    with _RecordFunctionFast(f"{_REGION}{index}"):
+        yield
+
+
+@dataclass
+class AllocatorLog:
+    """What the CPU allocator did during one metered call, in time order.
+
+    ``sizes`` are signed bytes (allocations positive, frees negative); frees of the caller's inputs are
+    included (they lower the level below the baseline), frees of other blocks that existed before are
+    not (they were never counted). ``regions`` is the `allocator_region` each event fell in, -1 if none.
+    """
+
+    baseline_bytes: int
+    sizes: np.ndarray
+    regions: np.ndarray
+
+    def levels(self) -> np.ndarray:
+        """Bytes held above the baseline after each event."""
+        return np.cumsum(self.sizes, dtype=np.int64)
+
+    @property
+    def peak_bytes(self) -> int:
+        levels = self.levels()
+        return self.baseline_bytes + max(0, int(levels.max()) if levels.size else 0)
+
+    def region_transients(self, n_regions: int) -> np.ndarray:
+        """Per region ``0 .. n_regions-1``: the highest level reached inside it minus the level right after
+        it, i.e. bytes allocated and freed inside beyond what it leaves behind (its outputs); 0 if none."""
+        out = np.zeros(n_regions, dtype=np.int64)
+        inside = (self.regions >= 0) & (self.regions < n_regions)
+        if inside.any():
+            levels = pd.Series(self.levels()[inside]).groupby(self.regions[inside])
+            scratch = levels.max() - levels.last()
+            out[scratch.index.to_numpy()] = scratch.to_numpy()
+        return out
+
+
+def _mark_input_freed(k: int) -> None:
+    with _RecordFunctionFast(f"{_INPUT_FREED}{k}"):
+        pass
+
+
+def _watch_inputs(tensors: Iterable) -> tuple[dict[int, int], list[int], list[weakref.finalize]]:
+    """The distinct input storages as {data pointer: index} and their sizes, and finalizers that mark
+    the moment each one dies in the event stream (the allocator does not report the free of a block it
+    saw allocated before profiling started). Holds no reference to the storages."""
+    index: dict[int, int] = {}
+    sizes: list[int] = []
+    watchers = []
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+            continue
+        st = t.untyped_storage()
+        if st.nbytes() == 0 or st.data_ptr() in index:
+            continue
+        index[st.data_ptr()] = len(sizes)
+        watchers.append(weakref.finalize(st, _mark_input_freed, len(sizes)))
+        sizes.append(int(st.nbytes()))
+    return index, sizes, watchers
+
+
+def _last_first(events) -> list:
+    """Events in reverse time order (ties in reverse given order): popped from a stack, they come out in
+    time order with ties in their given (program) order."""
+    return sorted(events, key=lambda e: e.start_time_ns)[::-1]
+
+
+def _events(result) -> tuple[list[tuple], int]:
+    """(time, order, size, ptr, region, freed input) for every CPU allocation event and input-death
+    marker in the profiler's event tree, in time order; and how many probe events were seen."""
+    rows: list[tuple] = []
+    probe = 0
+    stack = [(e, _OUTSIDE) for e in _last_first(result.experimental_event_tree())]
+    while stack:  # depth-first, children in time order: one thread's events stay in program order
+        e, region = stack.pop()
+        f = e.extra_fields
+        if isinstance(f, _ExtraFields_Allocation):
+            if region == _IN_PROBE:
+                probe += f.alloc_size == _PROBE_BYTES
+            elif f.device.type == "cpu":
+                rows.append((e.start_time_ns, len(rows), int(f.alloc_size), int(f.ptr), region, -1))
+            continue
+        name = e.name
+        if name.startswith(_INPUT_FREED):
+            rows.append((e.start_time_ns, len(rows), 0, 0, region, int(name[len(_INPUT_FREED):])))
+        elif name.startswith(_REGION):
+            region = int(name[len(_REGION):])
+        elif name == _PROBE:
+            region = _IN_PROBE
+        stack.extend((c, region) for c in _last_first(e.children))
+    rows.sort(key=lambda r: (r[0], r[1]))  # threads interleave by time; ties keep program order
+    return rows, probe
+
+
+def _signed_sizes(rows: list[tuple], input_index: dict[int, int], input_sizes: list[int]) -> tuple[list, list]:
+    """Match frees to allocations: a free of a block allocated during the call undoes it; the first
+    sign of an input's death (its free, if the allocator knew its size, or its finalizer) removes it
+    from the baseline once; a free of anything else that existed before was never counted."""
+    live: dict[int, int] = {}
+    released: set[int] = set()
+    sizes, regions = [], []
+    for _, _, size, ptr, region, freed in rows:
+        if freed < 0 and size > 0:
+            live[ptr] = size
+        elif freed < 0 and ptr in live:
+            size = -live.pop(ptr)
+        else:
+            k = freed if freed >= 0 else input_index.get(ptr, -1)
+            if k < 0 or k in released:
+                continue
+            released.add(k)
+            size = -input_sizes[k]
+        sizes.append(size)
+        regions.append(region)
+    return sizes, regions
+
+
+@contextlib.contextmanager
+def cpu_allocator_events(inputs: Iterable = ()) -> Iterator[AllocatorLog]:
+    """Record the c10 CPU allocator's events while the block runs; the yielded `AllocatorLog` is filled
+    when it exits. ``inputs``: the tensors that already exist and count as the baseline.
+
+    Counted: allocations of the calling thread and of work that inherits its profiler state; not those
+    of unrelated Python threads. Raises `AllocatorEventsUnavailable` when the events cannot be read.
+    """
+    if _ExtraFields_Allocation is None or not torch.autograd.kineto_available():
+        raise _unavailable("this torch build has no Kineto profiler with allocation events")
+    if torch.autograd._profiler_enabled():
+        raise _unavailable("another torch profiler is already running in this thread")
+    input_index, input_sizes, watchers = _watch_inputs(inputs)
+    log = AllocatorLog(sum(input_sizes), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    prof = torch.autograd.profiler.profile(use_cpu=True, profile_memory=True)
+    try:
+        with prof:
+            with _RecordFunctionFast(_PROBE):
+                torch.empty(_PROBE_BYTES, dtype=torch.uint8)
+            yield log
+    finally:
+        for w in watchers:
+            w.detach()
+    rows, probe = _events(prof.kineto_results)
+    if probe == 0:
+        raise _unavailable("the profiler recorded no event for a probe allocation")
+    sizes, regions = _signed_sizes(rows, input_index, input_sizes)
+    log.sizes, log.regions = np.asarray(sizes, np.int64), np.asarray(regions, np.int64)
+
+
+def allocator_peak(fn: Callable[[], object], inputs: Iterable[torch.Tensor],
+                   device: torch.device | str | None = None) -> PeakMeasurement:
+    """Peak of what the allocator holds while ``fn()`` runs: the bytes of ``inputs`` (the baseline: the
+    tensors the caller already holds, e.g. the step's parameters, optimizer state and batch) plus the
+    highest rise of the allocator's total during the call, in-kernel scratch and workspaces included (on
+    CPU also host copies of "swapped" tensors: they live in the same memory). ``device`` defaults to the
+    inputs' device."""
+    inputs = inputs if isinstance(inputs, list | tuple) else list(inputs)
+    device = device_of(inputs) if device is None else torch.device(device)
+    if device.type == "cuda":
+        base = input_bytes(inputs, device)
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        out = fn()
+        sync(device)
+        rise = torch.cuda.max_memory_allocated(device) - start
+        del out
+        return PeakMeasurement(base + max(0, int(rise)), base, "cuda-allocator")
+    with cpu_allocator_events(inputs) as log:
+        out = fn()
+    del out
+    return PeakMeasurement(log.peak_bytes, log.baseline_bytes, "cpu-allocator-events")
 
 
 def host_bandwidth(device: torch.device, nbytes: int = 64 << 20, default: float = 12e9) -> tuple[float, str]:

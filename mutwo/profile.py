@@ -1,9 +1,13 @@
 """Measure a captured training step: per-op time and transient memory, and a real iteration's peak.
 
 Times are medians over ``runs`` runs after ``warmup`` runs (CUDA events on a GPU, a monotonic clock on
-CPU). The per-op transient (workspace beyond inputs and outputs) is read from the CUDA allocator; on
-CPU kernels' internal scratch memory is invisible to us, so it is recorded as 0 and the profile says so.
-Profiles are cached on disk, keyed by the graph, the input shapes, the device and library versions.
+CPU). The per-op transient (scratch an op allocates and frees inside itself, beyond its outputs) is the
+maximum over the same runs, read from the allocator: the CUDA allocator's statistics during the timed
+runs; on CPU the c10 allocator's events (`mutwo.memory.cpu_allocator_events`), in separate runs so the
+profiler's own cost stays out of the op times. A real iteration's peak is measured by the allocator
+(`measured_peak_bytes`) and, as a diagnostic, by the op-output tracker (`op_output_peak_bytes`).
+Profiles are cached on disk, keyed by the graph, the input shapes, the device, library versions and
+`PROFILE_FORMAT`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,22 @@ import torch.fx as fx
 from tqdm.auto import tqdm
 
 from mutwo.graph import TrainGraph
-from mutwo.memory import device_of, host_bandwidth, measure_peak, sync
+from mutwo.memory import (
+    OpOutputTracker,
+    allocator_peak,
+    allocator_region,
+    cpu_allocator_events,
+    device_of,
+    host_bandwidth,
+    sync,
+)
 
-__all__ = ["Profile", "profile", "cache_dir"]
+__all__ = ["Profile", "profile", "cache_dir", "PROFILE_FORMAT"]
+
+# what a Profile contains and how it is measured; part of the cache key, so a change here is never
+# answered by a cached profile of the old definition (2: CPU transients from the allocator's events,
+# the allocator-measured peak beside the op-output one)
+PROFILE_FORMAT = 2
 
 
 @dataclass
@@ -33,9 +50,10 @@ class Profile:
     """Measured costs of one TrainGraph on one device."""
 
     op_time_s: np.ndarray  # median per op
-    op_transient_bytes: np.ndarray
-    measured_peak_bytes: int  # peak of a real iteration (generated code, values freed after last use)
-    peak_method: str
+    op_transient_bytes: np.ndarray  # max per op: allocator peak inside the op minus its level right after
+    measured_peak_bytes: int  # allocator peak of a real iteration (generated code), the step's inputs included
+    peak_method: str  # how measured_peak_bytes was measured: "cuda-allocator" or "cpu-allocator-events"
+    op_output_peak_bytes: int  # diagnostic: the same iteration's peak of op-output storages (OpOutputTracker)
     iteration_time_s: float  # median wall time of a whole real iteration
     host_bandwidth_bytes_per_s: float
     bandwidth_source: str  # "measured" or "assumed"
@@ -43,7 +61,7 @@ class Profile:
     runs: int
     warmup: int
     profile_time_s: float
-    transient_measured: bool
+    transient_measured: bool  # op_transient_bytes come from the allocator (always, since PROFILE_FORMAT 2)
     versions: dict = field(default_factory=dict)
     op_time_runs: np.ndarray | None = None  # [runs, n_ops]
 
@@ -73,6 +91,28 @@ class Profile:
             runs = z["op_time_runs"]
             return cls(op_time_s=z["op_time_s"], op_transient_bytes=z["op_transient_bytes"],
                        op_time_runs=runs if runs.size else None, **meta)
+
+
+class _RegionInterpreter(fx.Interpreter):
+    """Runs the graph node by node, each op inside its own allocator region (its position)."""
+
+    def __init__(self, graph: TrainGraph) -> None:
+        super().__init__(graph.gm, garbage_collect_values=True)
+        self.index = graph.op_index
+
+    def run_node(self, n: fx.Node):
+        pos = self.index.get(n)
+        if pos is None:
+            return super().run_node(n)
+        with allocator_region(pos):
+            return super().run_node(n)
+
+
+def _cpu_transients(graph: TrainGraph, work: Sequence[torch.Tensor]) -> np.ndarray:
+    """Per op, the scratch it allocated and freed inside itself in one run (CPU allocator events)."""
+    with torch.no_grad(), cpu_allocator_events(work) as log:
+        _RegionInterpreter(graph).run(*work)
+    return log.region_transients(len(graph.ops))
 
 
 class _TimingInterpreter(fx.Interpreter):
@@ -131,8 +171,27 @@ def _cache_key(graph: TrainGraph, flat: Sequence[torch.Tensor], device: torch.de
     for t in flat:
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    h.update(json.dumps([name, runs, warmup, bandwidth, _versions(), os.cpu_count()]).encode())
+    h.update(json.dumps([PROFILE_FORMAT, name, runs, warmup, bandwidth, _versions(), os.cpu_count()]).encode())
     return h.hexdigest()[:20]
+
+
+def _op_runs(graph: TrainGraph, work: list[torch.Tensor], device: torch.device, runs: int, warmup: int,
+             progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-op times and transients, one row per measured run (after ``warmup`` runs)."""
+    all_times, all_transient = [], []
+    bar = tqdm(total=warmup + runs, desc=f"profile {graph.description.get('workload', '')}",
+               disable=not progress, leave=False)
+    for i in range(warmup + runs):
+        interp = _TimingInterpreter(graph, device)
+        with torch.no_grad():
+            interp.run(*work)
+        interp.finish()
+        if i >= warmup:
+            all_times.append(interp.times)
+            all_transient.append(interp.transient if interp.cuda else _cpu_transients(graph, work))
+        bar.update()
+    bar.close()
+    return np.stack(all_times), np.stack(all_transient)
 
 
 def profile(graph: TrainGraph, flat: Sequence[torch.Tensor], *, runs: int = 3, warmup: int = 1,
@@ -147,19 +206,7 @@ def profile(graph: TrainGraph, flat: Sequence[torch.Tensor], *, runs: int = 3, w
         return Profile.load(folder)
     t_start = time.perf_counter()
     work = [t.detach().clone() for t in flat]
-    all_times, all_transient = [], []
-    bar = tqdm(total=warmup + runs, desc=f"profile {graph.description.get('workload', '')}",
-               disable=not progress, leave=False)
-    for i in range(warmup + runs):
-        interp = _TimingInterpreter(graph, device)
-        with torch.no_grad():
-            interp.run(*work)
-        interp.finish()
-        if i >= warmup:
-            all_times.append(interp.times)
-            all_transient.append(interp.transient)
-        bar.update()
-    bar.close()
+    times, transients = _op_runs(graph, work, device, runs, warmup, progress)
     iter_times = []
     with torch.no_grad():
         for _ in range(max(runs, 1)):
@@ -168,18 +215,19 @@ def profile(graph: TrainGraph, flat: Sequence[torch.Tensor], *, runs: int = 3, w
             graph.gm(*work)
             sync(device)
             iter_times.append(time.perf_counter() - t0)
-        peak = measure_peak(lambda: graph.gm(*work), work, device)
+        peak = allocator_peak(lambda: graph.gm(*work), work, device)
+        with OpOutputTracker(work) as outputs:
+            graph.gm(*work)
     if host_bandwidth_bytes_per_s is None:
         bw, source = host_bandwidth(device)
     else:
         bw, source = float(host_bandwidth_bytes_per_s), "configured"
-    times = np.stack(all_times)
     prof = Profile(
-        op_time_s=np.median(times, axis=0), op_transient_bytes=np.max(np.stack(all_transient), axis=0),
-        measured_peak_bytes=peak.peak_bytes, peak_method=peak.method,
+        op_time_s=np.median(times, axis=0), op_transient_bytes=np.max(transients, axis=0),
+        measured_peak_bytes=peak.peak_bytes, peak_method=peak.method, op_output_peak_bytes=int(outputs.peak),
         iteration_time_s=float(np.median(iter_times)), host_bandwidth_bytes_per_s=bw,
         bandwidth_source=source, device=str(device), runs=runs, warmup=warmup,
-        profile_time_s=time.perf_counter() - t_start, transient_measured=device.type == "cuda",
+        profile_time_s=time.perf_counter() - t_start, transient_measured=True,
         versions=_versions(), op_time_runs=times)
     if cache:
         prof.save(folder)

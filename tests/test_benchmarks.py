@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import fidelity, ilp_speed, pytorch_reference, quality, solver_scale, tables
+from benchmarks import allocator_check, fidelity, ilp_speed, pytorch_reference, quality, solver_scale, tables
 from benchmarks._common import labels, markdown, model_config, parser
 
 
@@ -136,3 +136,15 @@ def test_common_helpers():
     assert (args.warmup, args.time_limit, labels(args.solvers), labels(None)) == (2, 60.0, ["a", "b"], None)
     with pytest.raises(KeyError):
         parser("doc", "no-such-flag")
+
+
+def test_allocator_check_main(tmp_path):
+    out = allocator_check.main(["--models", "bert-smoke", "--runs", "1", "--pairs", "1"], out=tmp_path)
+    assert (tmp_path / "allocator_check.csv").exists() and (tmp_path / "allocator_overhead.csv").exists()
+    plans = out["plans"].set_index("plan")
+    assert list(plans.index) == [label for label, *_ in allocator_check.PLANS]
+    ran = plans[plans.status == "feasible"]
+    assert len(ran) >= 3 and (ran.allocator_bytes >= ran.op_output_bytes).all()
+    # with the profile's CPU transients, the unmodified step's peak is predicted to the byte
+    assert plans.loc["keep-all", "error_bytes"] == 0
+    assert out["overhead"].metered_step_s.iloc[0] > 0

@@ -36,7 +36,8 @@ ITERATIONS = {"resnet18": 0, "bert-tiny": 0, "bert-tiny-dropout": 1, "mlp": 2, "
 
 def _uniform_profile(n_ops: int) -> Profile:
     return Profile(op_time_s=np.full(n_ops, 1e-3), op_transient_bytes=np.zeros(n_ops, np.int64),
-                   measured_peak_bytes=0, peak_method="none", iteration_time_s=n_ops * 1e-3,
+                   measured_peak_bytes=0, peak_method="none", op_output_peak_bytes=0,
+                   iteration_time_s=n_ops * 1e-3,
                    host_bandwidth_bytes_per_s=12e9, bandwidth_source="assumed", device="cpu", runs=0,
                    warmup=0, profile_time_s=0.0, transient_measured=False)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mutwo import plots
+from mutwo import profile as profile_module
 from mutwo.capture import capture, flat_state
-from mutwo.memory import LiveStorageTracker
+from mutwo.graph import is_view_op
 from mutwo.problem import Problem
 from mutwo.problem_build import activation_table, build_problem
-from mutwo.profile import Profile, profile
+from mutwo.profile import Profile, _cache_key, profile
 from mutwo.schedule import Schedule
 from mutwo.simulate import simulate
 from mutwo.workload import OptimizerConfig
@@ -32,20 +34,6 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "profiles"
 
 
-def test_live_storage_tracker_counts_storages_once():
-    import torch
-
-    with LiveStorageTracker() as tr:
-        a = torch.ones(1000)  # 4000 bytes
-        v = a.view(10, 100)  # a view: no new storage
-        b = a + 1
-        assert tr.current == 8000 and tr.peak == 8000
-        del a, b
-    assert tr.current == 4000  # the view keeps the storage alive
-    del v
-    assert tr.current == 0 and tr.peak == 8000
-
-
 def test_profile_tables_cache_and_fidelity(resnet18_small, cache):
     tg, flat = resnet18_small
     before = [t.clone() for t in flat]
@@ -54,14 +42,43 @@ def test_profile_tables_cache_and_fidelity(resnet18_small, cache):
     n = len(tg.ops)
     assert prof.op_time_s.shape == (n,) and (prof.op_time_s >= 0).all() and prof.op_time_s.sum() > 0
     assert prof.op_time_runs.shape == (2, n)
-    assert prof.peak_method == "cpu-live-storages" and prof.bandwidth_source == "assumed"
-    # on CPU the generated code frees values after their last use: the liveness estimate is exact
+    assert prof.peak_method == "cpu-allocator-events" and prof.bandwidth_source == "assumed"
+    assert prof.transient_measured
+    # on CPU the generated code frees values after their last use: the liveness count of op outputs is exact
+    assert abs(int(tg.live_bytes().max()) - prof.op_output_peak_bytes) <= 0.01 * prof.op_output_peak_bytes
+    # the allocator also holds kernels' scratch: its peak is at least the op outputs', and the liveness
+    # count plus each op's measured transient predicts it (no transients inside recompute chains here)
     estimate = int((tg.live_bytes() + prof.op_transient_bytes).max())
+    assert prof.measured_peak_bytes >= prof.op_output_peak_bytes
     assert abs(estimate - prof.measured_peak_bytes) <= 0.01 * prof.measured_peak_bytes
     again = profile(tg, flat, runs=2, warmup=1, progress=False)  # cache hit: identical numbers
     np.testing.assert_array_equal(again.op_time_s, prof.op_time_s)
     assert len(list(cache.iterdir())) == 1
-    assert Profile.load(next(cache.iterdir())).measured_peak_bytes == prof.measured_peak_bytes
+    loaded = Profile.load(next(cache.iterdir()))
+    assert (loaded.measured_peak_bytes, loaded.op_output_peak_bytes) == (prof.measured_peak_bytes,
+                                                                          prof.op_output_peak_bytes)
+    np.testing.assert_array_equal(loaded.op_transient_bytes, prof.op_transient_bytes)
+
+
+def test_cpu_transients_from_the_allocator(resnet18_small, cache):
+    tg, flat = resnet18_small
+    prof = profile(tg, flat, runs=2, warmup=0, progress=False)
+    targets = [n.target for n in tg.ops]
+    bn_backward = [i for i, t in enumerate(targets) if t is torch.ops.aten.native_batch_norm_backward.default]
+    views = [i for i, n in enumerate(tg.ops) if is_view_op(n)]
+    assert len(bn_backward) == 20 and len(views) > 0  # ResNet-18: 20 batch norms
+    # batch-norm backward allocates a buffer inside its kernel; a view allocates nothing
+    assert (prof.op_transient_bytes[bn_backward] > 0).all()
+    assert (prof.op_transient_bytes[views] == 0).all()
+    assert prof.op_transient_bytes.dtype == np.int64 and (prof.op_transient_bytes >= 0).all()
+
+
+def test_cache_key_follows_the_profile_format(resnet18_small, monkeypatch):
+    tg, flat = resnet18_small
+    key = _cache_key(tg, flat, torch.device("cpu"), 3, 1, None)
+    assert key == _cache_key(tg, flat, torch.device("cpu"), 3, 1, None)
+    monkeypatch.setattr(profile_module, "PROFILE_FORMAT", profile_module.PROFILE_FORMAT + 1)
+    assert _cache_key(tg, flat, torch.device("cpu"), 3, 1, None) != key, "old cached profiles must not be reused"
 
 
 def test_problem_from_real_graph(resnet18_small, cache, tmp_path):

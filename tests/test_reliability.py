@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from mutwo.compare import COLUMNS, main
-from mutwo.memory import LiveStorageTracker, MemoryLimitExceeded, memory_limit
+from mutwo.memory import MemoryLimitExceeded, OpOutputTracker, memory_limit
 from mutwo.problem import Problem
 from mutwo.registry import register_solver
 from mutwo.sandbox import SolverProcessError, SolverTimeout, run_solver
@@ -347,12 +347,12 @@ def test_floor_is_a_lower_bound_on_every_plan(make):
 
 # ---------------------------------------------------------------------- out of memory
 def test_memory_guard_raises_as_soon_as_live_bytes_exceed_the_limit():
-    with LiveStorageTracker() as tr:  # no limit: counts only
+    with OpOutputTracker() as tr:  # no limit: counts only
         a = torch.zeros(10_000)
     assert tr.peak == 40_000 and tr.limit_bytes is None
     caught = None
     with memory_limit(60_000):
-        tr = LiveStorageTracker([a])  # a: 40,000 bytes live from the start
+        tr = OpOutputTracker([a])  # a: 40,000 bytes live from the start
         try:
             with tr:
                 b = torch.ones(2_500)  # 50,000 live: fits
@@ -366,7 +366,7 @@ def test_memory_guard_raises_as_soon_as_live_bytes_exceed_the_limit():
     assert tr.current == 60_000, "the tensor that crossed the limit is freed as the error unwinds"
     del b, c
     assert tr.current == 40_000
-    with LiveStorageTracker() as tr:
+    with OpOutputTracker() as tr:
         torch.zeros(100_000)
     assert tr.limit_bytes is None, "the limit ends with its context"
 
