@@ -1,8 +1,9 @@
 """Baseline solvers: the simple policies every smarter solver has to beat.
 
 Each is a pure, deterministic function ``(problem, budget_bytes, **options) -> Schedule`` and uses
-`mutwo.simulate` as its only feasibility oracle. Only chen_sqrt (``segments``, ``share``) and
-swap_hidden (``margin``) take options; each decorator declares them, so any other is refused.
+`mutwo.simulate` as its only feasibility oracle. Only chen_sqrt (`ChenSqrtOptions`) and swap_hidden
+(`SwapHiddenOptions`) take options; each decorator declares them, so any other is refused, and the
+decisions its plans use (keep_all: none; swap_hidden: SWAP; the others: RECOMPUTE).
 Budget-free policies (keep_all, recompute_all, chen_sqrt, swap_hidden) make their plan and report
 FEASIBLE only if its simulated peak fits. Budget-driven ones (largest_first, knapsack) recompute a
 prefix of a candidate order and bisect for the shortest prefix that fits; when none fits they say
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
@@ -20,8 +23,28 @@ from mutwo.problem import Problem
 from mutwo.registry import register_solver
 from mutwo.schedule import Decision, Schedule, Status
 from mutwo.simulate import SimResult, simulate
+from mutwo.solver_options import Ge
+from solvers.options import read_options
 
-__all__ = ["keep_all", "recompute_all", "chen_sqrt", "largest_first", "swap_hidden", "knapsack"]
+__all__ = ["keep_all", "recompute_all", "chen_sqrt", "largest_first", "swap_hidden", "knapsack", "ChenSqrtOptions",
+           "SwapHiddenOptions"]
+
+
+@dataclass(frozen=True)
+class ChenSqrtOptions:
+    """Options of ``chen_sqrt``: ``segments`` runs (None: round(sqrt(n))); ``share``: one regeneration
+    per run (the paper's scheme) rather than one per member."""
+
+    segments: Annotated[int, Ge(1)] | None = None
+    share: bool = True
+
+
+@dataclass(frozen=True)
+class SwapHiddenOptions:
+    """Options of ``swap_hidden``: ``margin`` scales the transfer time an idle gap must cover."""
+
+    margin: Annotated[float, Ge(0)] = 1.0
+
 
 _GRID = 32  # prefix lengths probed when the longest prefix does not fit (peak need not be monotone)
 
@@ -87,13 +110,13 @@ def _prefix_search(problem: Problem, budget: int, order: np.ndarray, name: str, 
 
 
 # ---------------------------------------------------------------------------- budget-free
-@register_solver("keep_all", options=())
+@register_solver("keep_all", options=(), decisions=())
 def keep_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Keep every activation: the no-savings reference point."""
     return _finish(problem, budget_bytes, np.zeros(problem.n_act, np.int8), "keep_all", options)
 
 
-@register_solver("recompute_all", options=())
+@register_solver("recompute_all", options=(), decisions={"recompute"})
 def recompute_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Recompute every recomputable activation, each at its own first backward use: the most memory
     recompute alone can save (usually), at the highest price — each chain runs back to the nearest
@@ -102,9 +125,8 @@ def recompute_all(problem: Problem, budget_bytes: int, **options) -> Schedule:
     return _finish(problem, budget_bytes, d, "recompute_all", options)
 
 
-@register_solver("chen_sqrt", options={"segments": None, "share": True})
-def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = None, share: bool = True,
-              **options) -> Schedule:
+@register_solver("chen_sqrt", options=ChenSqrtOptions, decisions={"recompute"})
+def chen_sqrt(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Chen et al. (2016) sqrt(n) checkpointing.
 
     Along creation order, the recomputable activations are cut into ``segments`` runs (default
@@ -116,6 +138,8 @@ def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = Non
     ``share=False`` regenerates every member on its own at its first backward use (less memory, and
     quadratic time in the run length).
     """
+    opts = read_options(ChenSqrtOptions, options, "chen_sqrt")
+    segments, share = opts.segments, opts.share
     cand = np.flatnonzero(problem.recomputable)
     cand = cand[np.lexsort((cand, problem.created[cand]))]
     n = len(cand)
@@ -140,23 +164,24 @@ def chen_sqrt(problem: Problem, budget_bytes: int, *, segments: int | None = Non
         for run in np.unique(run_of[d == Decision.RECOMPUTE]):
             members = np.flatnonzero((run_of == run) & (d == Decision.RECOMPUTE))
             recompute_at[members] = problem.first_bwd_use[members].min()
-    return _finish(problem, budget_bytes, d, "chen_sqrt", {**options, "segments": int(segments), "share": share},
+    return _finish(problem, budget_bytes, d, "chen_sqrt", {"segments": int(segments), "share": share},
                    recompute_at=recompute_at)
 
 
-@register_solver("swap_hidden", options={"margin": 1.0})
-def swap_hidden(problem: Problem, budget_bytes: int, *, margin: float = 1.0, **options) -> Schedule:
+@register_solver("swap_hidden", options=SwapHiddenOptions, decisions={"swap"})
+def swap_hidden(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Swap every swappable activation whose idle gap hides both of its transfers.
 
     The gap is the compute time between the end of its last forward use and the start of its first
     backward use; the copy back cannot start before the copy out ends, so the gap must cover
     ``2 * swap_time * margin``. Link contention is not planned for: the simulator charges it as stall.
     """
+    margin = read_options(SwapHiddenOptions, options, "swap_hidden").margin
     cum = np.concatenate([[0.0], np.cumsum(problem.op_time_s)])
     gap = cum[problem.first_bwd_use] - cum[problem.last_fwd_use + 1]
     chosen = problem.swappable & (gap >= 2.0 * margin * problem.swap_time_s)
     d = np.where(chosen, Decision.SWAP, Decision.KEEP).astype(np.int8)
-    return _finish(problem, budget_bytes, d, "swap_hidden", {**options, "margin": margin})
+    return _finish(problem, budget_bytes, d, "swap_hidden", {"margin": margin})
 
 
 # ---------------------------------------------------------------------------- budget-driven
@@ -166,14 +191,14 @@ def _candidates(problem: Problem, key: Callable[[np.ndarray], tuple]) -> np.ndar
     return cand[np.lexsort(key(cand))]
 
 
-@register_solver("largest_first", options=())
+@register_solver("largest_first", options=(), decisions={"recompute"})
 def largest_first(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Recompute the largest recomputable activations first until the budget holds."""
     order = _candidates(problem, lambda c: (c, -problem.act_bytes[c]))
     return _prefix_search(problem, budget_bytes, order, "largest_first", options)
 
 
-@register_solver("knapsack", options=())
+@register_solver("knapsack", options=(), decisions={"recompute"})
 def knapsack(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Greedy knapsack (as in PyTorch's activation_memory_budget): cheapest recompute time per byte
     saved first, until the budget holds."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
@@ -20,8 +21,9 @@ from mutwo.problem import Problem
 from mutwo.registry import register_solver
 from mutwo.schedule import Decision, Schedule, ScheduleError, Status
 from mutwo.simulate import simulate
-from solvers.modes import check_mode, may_recompute, may_swap
-from solvers.options import option_defaults, read_options
+from mutwo.solver_options import Ge, Gt
+from solvers.modes import Mode, check_mode, may_recompute, may_swap
+from solvers.options import read_options
 
 __all__ = ["brute_force", "BruteForceOptions", "MAX_ACT"]
 
@@ -33,10 +35,10 @@ _TIE = 1e-12  # relative: times this close are equal
 class BruteForceOptions:
     """``seed`` and ``time_limit_s`` are accepted and not used (it is deterministic and always finishes)."""
 
-    mode: str = "both"  # solvers.modes.MODES
-    max_act: int = MAX_ACT  # refuse larger problems (3^n plans)
+    mode: Mode = "both"
+    max_act: Annotated[int, Ge(1)] = MAX_ACT  # refuse larger problems (3^n plans)
     seed: int = 0
-    time_limit_s: float | None = None
+    time_limit_s: Annotated[float, Gt(0)] | None = None
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -55,7 +57,7 @@ def _allowed(problem: Problem, mode: str) -> list[list[int]]:
     return out
 
 
-@register_solver("brute_force", options=option_defaults(BruteForceOptions))
+@register_solver("brute_force", options=BruteForceOptions)
 def brute_force(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Fastest fitting vector (ties: fewest non-KEEP, then lexicographic); options `BruteForceOptions`."""
     opts = read_options(BruteForceOptions, options, "brute_force")

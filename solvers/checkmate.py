@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -37,9 +38,10 @@ from mutwo.problem import Problem
 from mutwo.registry import register_solver
 from mutwo.schedule import Decision, Schedule, ScheduleError, Status, member_peaks
 from mutwo.simulate import simulate
+from mutwo.solver_options import Ge, Gt
 from solvers.ilp_backends import BACKENDS
 from solvers.ilp_model import INF, Formulation
-from solvers.options import option_defaults, read_options
+from solvers.options import read_options
 
 __all__ = ["checkmate_exact", "build_checkmate", "CheckmateOptions", "MAX_ACT"]
 
@@ -55,14 +57,14 @@ class CheckmateOptions:
     """Options of ``checkmate_exact``. ``mode`` must be "recompute"; ``warm_start`` is accepted and not
     used (no start plan for this model), so the ILP solvers' options can be shared."""
 
-    backend: str = "cpsat"  # "cpsat" | "ortools_mip" | "pulp_cbc" | "pulp_highs"
-    time_limit_s: float = 60.0
-    rel_gap: float = 1e-6
-    threads: int = 2
+    backend: Literal["cpsat", "ortools_mip", "pulp_cbc", "pulp_highs"] = "cpsat"  # solvers.ilp_backends
+    time_limit_s: Annotated[float, Gt(0)] = 60.0
+    rel_gap: Annotated[float, Ge(0)] = 1e-6
+    threads: Annotated[int, Ge(1)] = 2
     seed: int = 0
-    grid: str = "auto"  # "auto" | "ops" (a stage per op) | "events" (a stage per run between liveness events)
-    max_act: int = MAX_ACT  # refuse larger problems: this is a reference for small graphs
-    mode: str = "recompute"
+    grid: Literal["auto", "ops", "events"] = "auto"  # "ops": a stage per op; "events": per run between liveness events
+    max_act: Annotated[int, Ge(1)] = MAX_ACT  # refuse larger problems: this is a reference for small graphs
+    mode: Literal["recompute"] = "recompute"
     warm_start: Schedule | str | None = None
 
     def __post_init__(self) -> None:
@@ -244,7 +246,7 @@ def build_checkmate(problem: Problem, budget: int, grid: str = "auto") -> tuple[
     return F, {"S": S, "R": R, "A": A, "free": g.free}
 
 
-@register_solver("checkmate_exact", options=option_defaults(CheckmateOptions))
+@register_solver("checkmate_exact", options=CheckmateOptions)
 def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """Solve the Checkmate grid exactly; options `CheckmateOptions`."""
     opts = read_options(CheckmateOptions, options, "checkmate_exact")

@@ -21,9 +21,10 @@ from mutwo.problem import Problem
 from mutwo.registry import get_solver, register_solver, solver_options
 from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_prefetch
 from mutwo.simulate import SimResult, simulate
+from mutwo.solver_options import options_from_table
 from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_model import Formulation, build
-from solvers.ilp_options import ILP_OPTION_DEFAULTS, IlpOptions
+from solvers.ilp_options import IlpOptions
 from solvers.modes import may_recompute, may_swap
 from solvers.options import option_defaults, read_options
 
@@ -37,6 +38,8 @@ _MIP_LIMIT_SHARE = 0.8  # of the remaining time handed to SCIP / CBC / HiGHS, wh
 _FINISH_RESERVE_S = 2.0  # decode, complete and simulate a large plan after the engine returns
 _ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
 _OPTIONS = set(option_defaults(IlpOptions))  # every ILP option name (``engine``: ilp_ortools_mip's only)
+# what the single-engine ILP solvers take, with the values each accepts (IlpOptions' type hints)
+_SINGLE_ENGINE = options_from_table(IlpOptions, drop=("engine",))
 
 EngineCall = Callable[[Formulation, float, "np.ndarray | None"], BackendResult]
 
@@ -343,25 +346,25 @@ def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, s
     return s
 
 
-@register_solver("ilp_cpsat", options=ILP_OPTION_DEFAULTS)
+@register_solver("ilp_cpsat", options=_SINGLE_ENGINE)
 def ilp_cpsat(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation on OR-Tools CP-SAT (integer-scaled times, parallel portfolio)."""
     return solve_ilp(problem, budget_bytes, "cpsat", **options)
 
 
-@register_solver("ilp_ortools_mip", options=option_defaults(IlpOptions))
+@register_solver("ilp_ortools_mip", options=IlpOptions)
 def ilp_ortools_mip(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation on OR-Tools pywraplp (SCIP, or CBC with ``engine="CBC"``)."""
     return solve_ilp(problem, budget_bytes, "ortools_mip", **options)
 
 
-@register_solver("ilp_pulp_cbc", options=ILP_OPTION_DEFAULTS)
+@register_solver("ilp_pulp_cbc", options=_SINGLE_ENGINE)
 def ilp_pulp_cbc(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation through PuLP on its bundled CBC."""
     return solve_ilp(problem, budget_bytes, "pulp_cbc", **options)
 
 
-@register_solver("ilp_pulp_highs", options=ILP_OPTION_DEFAULTS)
+@register_solver("ilp_pulp_highs", options=_SINGLE_ENGINE)
 def ilp_pulp_highs(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """The formulation through PuLP on HiGHS."""
     return solve_ilp(problem, budget_bytes, "pulp_highs", **options)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from mutwo.schedule import Schedule
-from solvers.modes import check_mode
+from mutwo.solver_options import Ge, Gt
+from solvers.modes import Mode, check_mode
 from solvers.options import option_defaults
 
 __all__ = ["IlpOptions", "ILP_OPTION_DEFAULTS", "PREFETCH"]
@@ -17,22 +19,23 @@ PREFETCH = ("free", "default")
 class IlpOptions:
     """Options of ``ilp_cpsat``, ``ilp_ortools_mip``, ``ilp_pulp_cbc`` and ``ilp_pulp_highs`` (docs/ilp.md).
 
-    The field order is the order the registry shows them in.
+    The field order is the order the registry shows them in; the type hints are the values a scenario
+    may give (checked when it loads, `mutwo.solver_options`).
     """
 
-    time_limit_s: float = 60.0
-    rel_gap: float = 0.01
-    threads: int = 2
+    time_limit_s: Annotated[float, Gt(0)] = 60.0
+    rel_gap: Annotated[float, Ge(0)] = 0.01
+    threads: Annotated[int, Ge(1)] = 2
     warm_start: Schedule | str | None = "mutwo_greedy"  # a Schedule, a solver name, or None
     seed: int = 0
-    mode: str = "both"  # solvers.modes.MODES
-    max_chain_depth: int | None = -1  # -1 automatic (unlimited while small), None unlimited, k links
+    mode: Mode = "both"
+    max_chain_depth: Annotated[int, Ge(-1)] | None = -1  # -1 automatic (unlimited while small), None unlimited
     exact_positions: bool | None = None  # every op a boundary, complete candidates (None: small problems)
-    prefetch: str = "free"  # "free": choose prefetch points; "default": only default_prefetch (brute force)
-    max_candidates: int = 6  # copy-back leads tried per activation
+    prefetch: Literal["free", "default"] = "free"  # "default": only default_prefetch (brute force's plans)
+    max_candidates: Annotated[int, Ge(1)] = 6  # copy-back leads tried per activation
     two_phase: bool | None = None  # recompute-only solve first (None: large "both" problems)
     log: bool = False  # engine log on stdout
-    engine: str = "SCIP"  # ilp_ortools_mip only: "SCIP" | "CBC"
+    engine: Literal["SCIP", "CBC"] = "SCIP"  # ilp_ortools_mip only
 
     def __post_init__(self) -> None:
         check_mode(self.mode)

@@ -1,13 +1,15 @@
 """The one mode vocabulary of every solver: which decisions a plan may use.
 
 ``"both"``: KEEP, RECOMPUTE and SWAP; ``"recompute"``: KEEP and RECOMPUTE; ``"swap"``: KEEP and SWAP.
+The vocabulary itself (`Mode`, `MODES`) is `mutwo.plan_space`'s, where a scenario's ``plan_space``
+is mapped onto it; the solvers' checks of it are here.
 """
 
 from __future__ import annotations
 
-__all__ = ["MODES", "check_mode", "may_recompute", "may_swap"]
+from mutwo.plan_space import MODES, Mode
 
-MODES = ("both", "recompute", "swap")
+__all__ = ["Mode", "MODES", "check_mode", "may_recompute", "may_swap"]
 
 
 def check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:

@@ -29,9 +29,9 @@ from mutwo.schedule import (
     recompute_chain,
 )
 from mutwo.simulate import last_op_holding, simulate, stall_free_times
-from solvers.modes import MODES, check_mode
+from solvers.modes import MODES, Mode, check_mode
 
-__all__ = ["GreedyResult", "solve", "algorithm_b", "mutwo_greedy", "recompute_ratios", "swap_overhead",
+__all__ = ["GreedyResult", "GreedyOptions", "solve", "algorithm_b", "mutwo_greedy", "recompute_ratios", "swap_overhead",
            "peak_run_end", "MODES"]
 
 _KEEP, _REC, _SWAP = int(Decision.KEEP), int(Decision.RECOMPUTE), int(Decision.SWAP)
@@ -431,7 +431,16 @@ def algorithm_b(problem: Problem, budget_bytes: int, mode: str = "both", seed: i
     return GreedyResult(sched, peak_b, tl, t_s, steps)
 
 
-@register_solver("mutwo_greedy", options={"mode": "both", "seed": 0, "verify": True})
+@dataclass(frozen=True)
+class GreedyOptions:
+    """Options of ``mutwo_greedy``: `solve`'s keyword arguments (``mode`` also sets its decisions)."""
+
+    mode: Mode = "both"
+    seed: int = 0
+    verify: bool = True
+
+
+@register_solver("mutwo_greedy", options=GreedyOptions)
 def mutwo_greedy(problem: Problem, budget_bytes: int, **options) -> Schedule:
     """μ-TWO Algorithm B. Options: ``mode`` ("both" | "recompute" | "swap"), ``seed``, ``verify``."""
     return solve(problem, budget_bytes, **options).schedule

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import types
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import tomllib
 
 from mutwo import registry
 from mutwo.schedule import Schedule, Status
+from mutwo.solver_options import Ge
 
 ROOT = Path(__file__).parent.parent
 _REAL_ENTRY_POINTS = registry._entry_points
@@ -305,6 +308,8 @@ def test_every_builtin_declares_its_options_and_refuses_others():
 
     from mutwo.synthetic import chain
     from solvers import ilp, mutwo_greedy
+    from solvers.baselines import ChenSqrtOptions, SwapHiddenOptions
+    from solvers.options import option_defaults
 
     p = chain(3)
     names = registry.available_solvers()
@@ -321,10 +326,10 @@ def test_every_builtin_declares_its_options_and_refuses_others():
         assert registry.solver_options(name) == set()
         with pytest.raises(TypeError, match=rf"{name} got unknown options \['segmnts'\]; it takes no options"):
             registry.get_solver(name)(p, 10**12, segmnts=3)
-    # declared defaults are the functions' own
-    for name in ("chen_sqrt", "swap_hidden"):
-        sig = inspect.signature(registry.get_solver(name).__wrapped__).parameters
-        assert registry.solver_option_defaults(name) == {k: sig[k].default for k in registry.solver_options(name)}
+    # declared defaults are the options tables' (the solvers read their values from the same tables)
+    assert registry.solver_option_defaults("chen_sqrt") == option_defaults(ChenSqrtOptions)
+    assert registry.solver_option_defaults("swap_hidden") == option_defaults(SwapHiddenOptions)
+    assert registry.get_solver("swap_hidden")(p, 10**12).options == {"margin": SwapHiddenOptions().margin}
     solve_sig = inspect.signature(mutwo_greedy.solve).parameters
     assert registry.solver_option_defaults("mutwo_greedy") == {k: solve_sig[k].default
                                                                for k in ("mode", "seed", "verify")}
@@ -354,3 +359,105 @@ def test_builtins_are_the_entry_points_pyproject_declares():
     assert installed == set(declared.values()), "reinstall: pip install -e ."
     modules = {registry.get_solver(n).__wrapped__.__module__ for n in registry.available_solvers()}
     assert registering <= modules
+
+
+# ---------------------------------------------------------------------- typed options, decisions
+@dataclass(frozen=True)
+class _Table:
+    mode: Literal["both", "recompute", "swap"] = "both"
+    k: Annotated[int, Ge(1)] = 4
+    fast: bool = False
+
+
+def test_an_options_table_declares_defaults_and_accepted_values(clean_registry):
+    clean_registry.register_solver("tabled", options=_Table)(_plan)
+    info = clean_registry.solver_info("tabled")
+    assert info.defaults == {"mode": "both", "k": 4, "fast": False}
+    assert info.modes == ("both", "recompute", "swap") and info.decisions == {"recompute", "swap"}
+    clean_registry.check_solver_options("tabled", {"mode": "swap", "k": 2, "fast": True})
+    bad = {(("mode", "recomput"),): "tabled option 'mode' is 'recomput'; did you mean 'recompute'? it takes 'both', "
+                                    "'recompute' or 'swap'",
+           (("k", 0),): "tabled option 'k' is 0; it takes an integer >= 1",
+           (("k", 2.0),): "tabled option 'k' is 2.0; it takes an integer >= 1",
+           (("k", "2"),): "tabled option 'k' is '2'; it takes an integer >= 1",
+           (("fast", 1),): "tabled option 'fast' is 1; it takes true or false",
+           (("kk", 1),): "unknown tabled option 'kk'; did you mean 'k'? tabled takes: mode, k, fast"}
+    for items, message in bad.items():
+        with pytest.raises(ValueError) as info:
+            clean_registry.check_solver_options("tabled", dict(items))
+        assert str(info.value) == message
+
+
+def test_a_table_whose_hints_do_not_resolve_is_refused(clean_registry):
+    Positive = Annotated[int, Ge(1)]  # noqa: F841 - a local name, out of reach of the postponed hint below
+
+    @dataclass(frozen=True)
+    class Local:
+        k: Positive = 4  # noqa: F821
+
+    with pytest.raises(TypeError, match="type hints of options table .*Local do not resolve.*define it at module "
+                                        "level"):
+        clean_registry.register_solver("local", options=Local)(_plan)
+
+
+def test_signature_annotations_are_the_accepted_values(clean_registry):
+    @clean_registry.register_solver("annotated")
+    def annotated(problem, budget_bytes, *, grid: Literal["ops", "events"] = "ops", limit: float | None = None,
+                  untyped=3):
+        return _plan(problem, budget_bytes)
+
+    check = clean_registry.check_solver_options
+    check("annotated", {"grid": "events", "limit": 2, "untyped": "anything"})  # an int is a number
+    with pytest.raises(ValueError, match="'grid' is 'evnts'; did you mean 'events'\\? it takes 'ops' or 'events'"):
+        check("annotated", {"grid": "evnts"})
+    with pytest.raises(ValueError, match="'limit' is True; it takes a number or null"):
+        check("annotated", {"limit": True})
+    assert clean_registry.solver_info("annotated").decisions is None  # no mode, no declaration
+    # a solver accepting any option is not checked
+    clean_registry.register_solver("loose")(_plan)
+    check("loose", {"whatever": object()})
+
+
+def test_every_builtin_default_is_an_accepted_value():
+    from mutwo.solver_options import check_value
+
+    for name in registry.available_solvers():
+        info = registry.solver_info(name)
+        if registry.get_solver(name).__module__.startswith("solvers."):
+            for option, spec in info.options.items():
+                if spec.default is not registry.NO_DEFAULT:
+                    check_value(name, option, spec.default, spec.type)
+
+
+def test_a_module_function_is_registered_under_its_path(clean_registry):
+    path = "tests.fixtures_user_solver:recompute_share"
+    fn = clean_registry.get_solver(path)
+    assert clean_registry.get_solver(path) is fn  # once
+    info = clean_registry.solver_info(path)
+    assert info.defaults == {"share": 0.5} and info.decisions == {"recompute"} and info.modes is None
+    assert "first ``share``" in info.doc
+    with pytest.raises(ValueError, match="'share' is 1.5; it takes a number >= 0 and <= 1"):
+        clean_registry.check_solver_options(path, {"share": 1.5})
+    from mutwo.synthetic import chain
+
+    s = fn(chain(4), 10**12, share=1.0)
+    assert s.solver == path and s.counts()["n_recompute"] == 4
+
+
+@pytest.mark.parametrize("path, message", [
+    ("tests.no_such_module:f", "cannot import module 'tests.no_such_module' for solver 'tests.no_such_module:f': "
+                               "ModuleNotFoundError"),
+    ("tests.fixtures_user_solver:recompute_shar", "module 'tests.fixtures_user_solver' has no function "
+                                                  "'recompute_shar'; did you mean 'recompute_share'?"),
+    ("tests.fixtures_user_solver:NOT_A_FUNCTION", "'tests.fixtures_user_solver:NOT_A_FUNCTION' is not a function "
+                                                  "(int 3)"),
+    ("tests.fixtures_user_solver:Schedule", "is not a function (a class)"),
+    ("tests.fixtures_user_solver:one_argument", "cannot be called as one_argument(problem, budget_bytes): its "
+                                                "signature is one_argument(problem: 'Problem') -> 'Schedule'"),
+    ("tests.fixtures_user_solver:", "is not 'module:function'"),
+])
+def test_a_bad_module_function_says_what_is_wrong(clean_registry, path, message):
+    with pytest.raises(registry.SolverPathError) as info:
+        clean_registry.get_solver(path)
+    assert message in str(info.value)
+    assert path not in clean_registry._wrapped
