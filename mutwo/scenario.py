@@ -13,16 +13,20 @@ Schema (defaults in brackets)::
     optimizer: {name: sgd, options: {momentum: 0.0}}   # sgd | adam | adamw [adam]
     device: auto                    # auto | cpu | cuda [auto]
     budgets: [1.0, 0.7, "6GiB"]     # fractions in (0, 1] of the keep-all peak, or sizes (KiB..TiB)
-    solvers: [keep_all, {name: mutwo_greedy, options: {mode: both}, label: greedy, timeout_s: 60}]
+    solvers: [keep_all, {name: mutwo_greedy, options: {mode: both}, label: greedy, timeout_s: 60},
+              {name: "mypkg.mymodule:my_solver"}]   # a registered name, or an importable module:function
+    plan_space: {recompute: true, swap: true}   # the decisions any plan may use besides KEEP [both]
     solve: {timeout_s: 1800}        # hard wall-clock limit per solver call [1800]; null: in-process
-    profile: {runs: 3, warmup: 1}
+    profile: {runs: 3, warmup: 1, refresh: false}   # refresh: measure again, not from the cache
     execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null}
     seed: 0
 
 This module is the schema and its error messages only. Everything a file can get wrong is checked when
 it is loaded, before any model is built or profiled, without importing torch (a user's builder module
 may): a builder's name, signature and return annotation (`mutwo.zoo`), optimizer option names
-(`mutwo.workload`), solver option names (what each solver declares, `mutwo.registry`). Two checks need
+(`mutwo.workload`), solver option names and values (what each solver declares, `mutwo.registry`), a
+``module:function`` solver's import and signature, and that every solver can stay inside the
+``plan_space`` (`mutwo.plan_space`; solvers with a ``mode`` option get the space's). Two checks need
 the run itself: whether ``device: cuda`` has a GPU (`mutwo.workload.resolve_device`, when the run
 starts) and what an unannotated builder returns (`mutwo.zoo.call_builder`, on its first call).
 """
@@ -39,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
-           "ExecuteSpec", "SolveSpec", "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S"]
+           "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
 
@@ -173,40 +177,79 @@ class SolverSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _registered(cls, v: str) -> str:
-        from mutwo.registry import available_solvers
+        from mutwo.registry import available_solvers, get_solver
 
-        names = available_solvers()
+        if ":" in v:  # module:function: imported and registered under this name (SolverPathError says why not)
+            get_solver(v)
+            return v
+        names = [n for n in available_solvers() if ":" not in n]
         if v not in names:
             close = difflib.get_close_matches(v, names, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-            raise ValueError(f"unknown solver {v!r}; {hint}registered: {', '.join(names)} (register more "
-                             f"with @mutwo.registry.register_solver or a 'mutwo.solvers' entry point)")
+            raise ValueError(f"unknown solver {v!r}; {hint}registered: {', '.join(names)} (or name a function as "
+                             f"'module:function'; register more with @mutwo.registry.register_solver or a "
+                             f"'mutwo.solvers' entry point)")
         return v
 
     @field_validator("options")
     @classmethod
     def _solver_takes_them(cls, v: dict[str, Any], info) -> dict[str, Any]:
-        """Option names the solver does not take are caught here, not when it first runs (after the
-        model was captured and profiled). A solver taking ``**options`` without declaring any is not
-        checked (`mutwo.registry.solver_options` is None for it)."""
-        from mutwo.registry import solver_option_defaults, unknown_option_message
+        """Option names the solver does not take, and values outside those it declares, are caught
+        here, not when it first runs (after the model was captured and profiled). A solver taking
+        ``**options`` without declaring any is not checked (`mutwo.registry.solver_options` is None)."""
+        from mutwo.registry import check_solver_options
 
         name = info.data.get("name")  # absent when 'name' itself failed; that error is enough
-        if name is None:
-            return v
-        accepted = solver_option_defaults(name)
-        if accepted is None:
-            return v
-        for key in v:
-            if key not in accepted:
-                raise ValueError(unknown_option_message(name, key, accepted))
+        if name is not None:
+            check_solver_options(name, v)
         return v
 
 
 class ProfileSpec(BaseModel):
+    """``refresh``: measure the profile again rather than reuse the cached one (the new one replaces
+    it). Not part of what a resumed run must match (run.json's dump leaves it out): a resumed run
+    reads the cache, which holds the profile it started with."""
+
     model_config = _STRICT
     runs: int = Field(3, gt=0)
     warmup: int = Field(1, ge=0)
+    refresh: bool = Field(False, exclude=True)
+
+
+class PlanSpaceSpec(BaseModel):
+    """The decisions any plan of the run may use besides KEEP, said once for every solver: a solver
+    with a ``mode`` option gets the matching mode, one that cannot stay inside is refused at load.
+    Also written as a mode: ``plan_space: recompute``."""
+
+    model_config = _STRICT
+    recompute: bool = True
+    swap: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_mode(cls, v: Any) -> Any:
+        from mutwo.plan_space import MODES, PlanSpace
+
+        if isinstance(v, str):
+            if v not in MODES:
+                close = difflib.get_close_matches(v, MODES, n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"{v!r} is not a plan space; {hint}write one of {', '.join(MODES)}, or "
+                                 f"{{recompute: true, swap: false}}")
+            space = PlanSpace.from_mode(v)
+            return {"recompute": space.recompute, "swap": space.swap}
+        return v
+
+    @model_validator(mode="after")
+    def _something_allowed(self) -> PlanSpaceSpec:
+        self.space()  # neither: a ValueError saying to allow one
+        return self
+
+    def space(self):
+        """As a `mutwo.plan_space.PlanSpace`."""
+        from mutwo.plan_space import PlanSpace
+
+        return PlanSpace(self.recompute, self.swap)
 
 
 class ExecuteSpec(BaseModel):
@@ -258,6 +301,7 @@ class Scenario(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     budgets: list[Budget]
     solvers: list[SolverSpec]
+    plan_space: PlanSpaceSpec = Field(default_factory=PlanSpaceSpec)
     solve: SolveSpec = Field(default_factory=SolveSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     execute: ExecuteSpec = Field(default_factory=ExecuteSpec)
@@ -359,6 +403,22 @@ class Scenario(BaseModel):
                 raise ValueError(f"field 'solvers[{i}].options.time_limit_s': {own:g} s is not below the hard "
                                  f"limit {where} = {hard:g} s, which would kill {s.label} first; raise {where} "
                                  f"above it, or lower time_limit_s")
+        return self
+
+    @model_validator(mode="after")
+    def _solvers_fit_the_plan_space(self) -> Scenario:
+        """Each solver's options inside ``plan_space`` (`mutwo.plan_space.fit_options`): a solver with a
+        mode gets the space's; one that cannot stay inside, or whose own mode leaves it, is refused."""
+        from mutwo.plan_space import fit_options
+        from mutwo.registry import solver_info
+
+        space = self.plan_space.space()
+        for i, s in enumerate(self.solvers):
+            info = solver_info(s.name)
+            try:
+                s.options = fit_options(s.label, space, s.options, info.decisions, info.modes)
+            except ValueError as exc:
+                raise ValueError(f"field 'solvers[{i}]': {exc}") from None
         return self
 
     def timeout_s(self, spec: SolverSpec) -> float | None:

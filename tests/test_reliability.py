@@ -157,6 +157,20 @@ BAD_INPUTS = [
      "'solvers[0].options'", "did you mean 'time_limit_s'? ilp_cpsat takes: time_limit_s, rel_gap,"),
     ("option of another ILP backend", {"solvers": [{"name": "ilp_pulp_cbc", "options": {"engine": "CBC"}}]},
      "'solvers[0].options'", "unknown ilp_pulp_cbc option 'engine'; ilp_pulp_cbc takes: time_limit_s,"),
+    ("solver option value typo", {"solvers": [{"name": "mutwo_greedy", "options": {"mode": "recomput"}}]},
+     "'solvers[0].options'", "mutwo_greedy option 'mode' is 'recomput'; did you mean 'recompute'? it takes 'both', "
+                             "'recompute' or 'swap'"),
+    ("solver option value out of range", {"solvers": [{"name": "chen_sqrt", "options": {"segments": 0}}]},
+     "'solvers[0].options'", "it takes an integer >= 1 or null"),
+    ("solver the plan space excludes", {"plan_space": "recompute", "solvers": ["keep_all", "swap_hidden"]},
+     "'solvers[1]'", "remove swap_hidden from solvers, or allow SWAP in plan_space"),
+    ("solver mode outside the plan space", {"plan_space": {"recompute": True, "swap": False},
+                                            "solvers": [{"name": "mutwo_greedy", "options": {"mode": "swap"}}]},
+     "'solvers[0]'", "drop the option, or write mode: recompute"),
+    ("solver module that does not import", {"solvers": ["no_such_pkg.solvers:mine"]}, "'solvers[0].name'",
+     "cannot import module 'no_such_pkg.solvers'"),
+    ("solver function missing", {"solvers": ["tests.fixtures_user_solver:recompute_shar"]}, "'solvers[0].name'",
+     "did you mean 'recompute_share'?"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("cuda without a GPU", {"device": "cuda"}, "'device'", "use device: auto or cpu"))
@@ -178,6 +192,18 @@ def test_bad_input_is_one_line_naming_the_field_and_the_fix(tmp_path, capsys, ch
     err = _bad_run(tmp_path, capsys, changes)
     assert field in err and fix in err
     assert not (tmp_path / "out").exists(), "refused before any run folder (or model) was made"
+
+
+def test_plan_space_from_the_command_line_is_checked_like_the_file(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "solvers": ["keep_all", "swap_hidden"]}))
+    rc = main([str(path), "--plan-space", "recompute", "--out", str(tmp_path / "out"), "--quiet", "--no-plots"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip() == (f"error: {path}: field 'solvers[1]': swap_hidden makes SWAP plans (it has no mode option), "
+                           f"but plan_space allows recompute only; remove swap_hidden from solvers, or allow SWAP "
+                           f"in plan_space")
+    assert not (tmp_path / "out").exists()
 
 
 def test_solver_option_typo_is_refused_through_the_cli_solvers_path_too(tmp_path, capsys):

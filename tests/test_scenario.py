@@ -144,3 +144,69 @@ def test_unsafe_yaml_is_refused(tmp_path):
         load_scenario(path)
     with pytest.raises(ScenarioError, match="cannot read"):
         load_scenario(tmp_path / "missing.yaml")
+
+
+# ---------------------------------------------------------------------- option values, plan_space, solver paths
+def test_solver_option_values_are_checked_at_load(tmp_path):
+    """A value a solver does not accept is refused when the file loads, with the closest allowed value."""
+    text = _error(tmp_path, solvers=[{"name": "mutwo_greedy", "options": {"mode": "recomput"}}])
+    assert ("field 'solvers[0].options': mutwo_greedy option 'mode' is 'recomput'; did you mean 'recompute'? it "
+            "takes 'both', 'recompute' or 'swap'") in text
+    assert "'segments' is 0; it takes an integer >= 1 or null" in _error(
+        tmp_path, solvers=[{"name": "chen_sqrt", "options": {"segments": 0}}])
+    assert "'threads' is 2.5; it takes an integer >= 1" in _error(
+        tmp_path, solvers=[{"name": "ilp_cpsat", "options": {"threads": 2.5}}])
+    assert "'verify' is 'yes'; it takes true or false" in _error(
+        tmp_path, solvers=[{"name": "mutwo_greedy", "options": {"verify": "yes"}}])
+    assert "did you mean 'events'?" in _error(tmp_path, solvers=[{"name": "checkmate_exact",
+                                                                 "options": {"grid": "event"}}])
+    s = validate_scenario({**BASE, "solvers": [{"name": "ilp_cpsat", "options": {"time_limit_s": 5, "seed": 1}},
+                                               {"name": "chen_sqrt", "options": {"segments": None}}]})
+    assert s.solvers[0].options == {"time_limit_s": 5, "seed": 1}  # an int is a number
+
+
+def test_plan_space_is_passed_as_each_solvers_mode():
+    s = validate_scenario({**BASE, "plan_space": {"recompute": True, "swap": False},
+                           "solvers": ["keep_all", "mutwo_greedy", "chen_sqrt", "ilp_cpsat", "checkmate_exact",
+                                       {"name": "brute_force", "options": {"mode": "recompute"}}]})
+    assert [x.options for x in s.solvers] == [{}, {"mode": "recompute"}, {}, {"mode": "recompute"},
+                                              {"mode": "recompute"}, {"mode": "recompute"}]
+    assert [x.label for x in s.solvers][:2] == ["keep_all", "mutwo_greedy"]  # labels are the names given
+    s = validate_scenario({**BASE, "plan_space": "swap", "solvers": ["keep_all", "swap_hidden", "mutwo_greedy"]})
+    assert (s.plan_space.recompute, s.plan_space.swap) == (False, True)
+    assert [x.options for x in s.solvers] == [{}, {}, {"mode": "swap"}]
+    s = validate_scenario({**BASE, "solvers": ["mutwo_greedy", "swap_hidden"]})  # default: both, nothing added
+    assert [x.options for x in s.solvers] == [{}, {}] and s.plan_space.space().mode == "both"
+
+
+def test_plan_space_refusals_name_the_solver_and_the_fix(tmp_path):
+    text = _error(tmp_path, plan_space={"recompute": True, "swap": False}, solvers=["keep_all", "swap_hidden"])
+    assert ("field 'solvers[1]': swap_hidden makes SWAP plans (it has no mode option), but plan_space allows "
+            "recompute only; remove swap_hidden from solvers, or allow SWAP in plan_space") in text
+    for name in ("recompute_all", "chen_sqrt", "knapsack", "largest_first", "checkmate_exact"):
+        assert f"{name} makes RECOMPUTE plans" in _error(tmp_path, plan_space="swap", solvers=[name])
+    text = _error(tmp_path, plan_space="recompute", solvers=[{"name": "mutwo_greedy", "options": {"mode": "both"}}])
+    assert ("mutwo_greedy has options mode: both, which makes RECOMPUTE and SWAP plans, but plan_space allows "
+            "recompute only; drop the option, or write mode: recompute") in text
+    assert "allow at least one" in _error(tmp_path, plan_space={"recompute": False, "swap": False})
+    assert "did you mean 'recompute'?" in _error(tmp_path, plan_space="recomput")
+    assert "did you mean 'swap'?" in _error(tmp_path, plan_space={"recompute": True, "swp": False})
+
+
+def test_a_solver_named_by_module_function(tmp_path):
+    path = "tests.fixtures_user_solver:recompute_share"
+    s = validate_scenario({**BASE, "plan_space": "recompute", "solvers": [{"name": path, "options": {"share": 0.3}}]})
+    assert s.solvers[0].label == path and s.solvers[0].options == {"share": 0.3}
+    assert "'share' is 2; it takes a number >= 0 and <= 1" in _error(
+        tmp_path, solvers=[{"name": path, "options": {"share": 2}}])
+    assert "did you mean 'share'?" in _error(tmp_path, solvers=[{"name": path, "options": {"shar": 2}}])
+    assert "makes RECOMPUTE plans" in _error(tmp_path, plan_space="swap", solvers=[path])
+    text = _error(tmp_path, solvers=["tests.fixtures_user_solver:one_argument"])
+    assert "'solvers[0].name'" in text and "cannot be called as one_argument(problem, budget_bytes)" in text
+    text = _error(tmp_path, solvers=["no_such_pkg_xyz.solvers:mine"])
+    assert "cannot import module 'no_such_pkg_xyz.solvers'" in text and "PYTHONPATH" in text
+
+
+def test_profile_refresh_is_not_what_a_resume_compares():
+    s = validate_scenario({**BASE, "profile": {"runs": 1, "refresh": True}})
+    assert s.profile.refresh and "refresh" not in s.model_dump()["profile"]
