@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mutwo import report
-from mutwo.cell import COLUMNS
+from mutwo.cell import COLUMNS, FEASIBLE
 from mutwo.run import RunOptions, run_scenario
 from mutwo.scenario import Scenario, ScenarioError, load_scenario
 
-__all__ = ["main", "build_parser", "load", "options", "COLUMNS"]
+__all__ = ["main", "build_parser", "load", "options", "solver_listing", "whole_solver_errors", "COLUMNS",
+           "EXIT_SOLVER_ERRORS"]
+
+EXIT_SOLVER_ERRORS = 3  # every cell of some solver is an error (unless --allow-errors)
 
 
 # ---------------------------------------------------------------------- command line
@@ -28,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mutwo.compare",
         description="Compare activation-memory solvers (keep / recompute / swap) on one scenario: "
                     "solve, simulate and execute every solver x budget x batch size.")
-    p.add_argument("scenario", type=Path, help="scenario YAML file (see docs/compare.md)")
-    p.add_argument("--solvers", help="comma-separated solver names or labels; replaces the scenario's list")
+    p.add_argument("scenario", type=Path, nargs="?", help="scenario YAML file (see docs/compare.md)")
+    p.add_argument("--solvers", help="comma-separated solver names, labels or module:function paths; replaces "
+                                     "the scenario's list")
+    p.add_argument("--plan-space", choices=["both", "recompute", "swap"],
+                   help="the decisions any plan may use besides KEEP, for every solver (recompute: no offloading); "
+                        "replaces the scenario's plan_space")
     p.add_argument("--budgets", help="comma-separated budgets: fractions of the keep-all peak (0.7) or "
                                      "sizes (6GiB, 512MiB)")
     p.add_argument("--batch-sizes", help="comma-separated batch sizes, e.g. 2,4")
@@ -39,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
     p.add_argument("--resume", action="store_true",
                    help="continue the latest run of this scenario (or --run-id), skipping finished cells")
+    p.add_argument("--refresh-profile", action="store_true",
+                   help="profile again instead of reusing the cached profile (a resumed run keeps the profile "
+                        "each batch size started with)")
+    p.add_argument("--allow-errors", action="store_true",
+                   help=f"exit 0 even when every cell of a solver is an error (otherwise {EXIT_SOLVER_ERRORS})")
+    p.add_argument("--list-solvers", action="store_true",
+                   help="list the solvers with their decisions, options, defaults and accepted values, and exit")
     p.add_argument("--no-plots", action="store_true", help="skip the figures (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -68,6 +83,8 @@ def _overrides(args: argparse.Namespace, path: Path) -> dict[str, Any]:
                                 f"integers, e.g. 2,4") from None
     if args.device:
         out["device"] = args.device
+    if args.plan_space:
+        out["plan_space"] = args.plan_space
     return out
 
 
@@ -91,6 +108,8 @@ def load(args: argparse.Namespace) -> Scenario:
         scenario = load_scenario(args.scenario, {**_overrides(args, args.scenario), "solvers": solvers})
     if args.no_execute:
         scenario.execute.enabled = False
+    if args.refresh_profile:
+        scenario.profile.refresh = True
     return scenario
 
 
@@ -100,10 +119,17 @@ def options(args: argparse.Namespace) -> RunOptions:
                       quiet=args.quiet, debug=args.debug)
 
 
+def _short(text: object, width: int = 70) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _print_summary(df: pd.DataFrame, run_dir: Path) -> None:
     table = report.summary_frame(df)
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500,
-                           "display.float_format", "{:.4g}".format):
+    # why a cell has no plan (error, invalid, timeout, oom, infeasible): its message, shortened
+    table["reason"] = [("" if st in FEASIBLE else _short(msg)) for st, msg in zip(df["status"], df["message"])]
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500,
+                           "display.max_colwidth", 80, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
     best = report.best_per_budget(df)
     if len(best):
@@ -114,14 +140,71 @@ def _print_summary(df: pd.DataFrame, run_dir: Path) -> None:
     print(f"\nresults: {run_dir}  (report.md, results.csv, plots/)")
 
 
+def whole_solver_errors(df: pd.DataFrame) -> list[str]:
+    """Labels of the solvers whose every cell is ``error``: a broken solver, not a result."""
+    if not len(df):
+        return []
+    errored = df["status"].astype(str).eq("error").groupby(df["solver"], sort=False).all()
+    return list(errored[errored].index)
+
+
+def _shown_default(value: object) -> str:
+    from mutwo.registry import NO_DEFAULT
+
+    if value is NO_DEFAULT:
+        return "(not stated)"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
+
+
+def solver_listing(names: list[str] | None = None) -> str:
+    """Each solver: its first docstring line, the decisions its plans use, and its options with their
+    defaults and accepted values (`--list-solvers`; docs/solvers.md explains the declarations)."""
+    from mutwo.registry import available_solvers, solver_info
+    from mutwo.solver_options import describe
+
+    lines = []
+    for name in names or [n for n in available_solvers() if ":" not in n]:
+        info = solver_info(name)
+        made = ("not declared" if info.decisions is None else
+                " and ".join(sorted(d.upper() for d in info.decisions)) or "KEEP only")
+        modes = f" (at its defaults; option mode: {', '.join(info.modes)})" if info.modes else ""
+        doc = _short(info.doc, 100)
+        lines += [f"{name}: {doc}" if doc else name, f"    decisions: {made}{modes}"]
+        if info.options is None:
+            lines.append("    options: any (not declared, not checked)")
+        elif not info.options:
+            lines.append("    options: none")
+        else:
+            width = max(len(k) for k in info.options)
+            lines.append("    options:")
+            lines += [f"      {k:<{width}}  default {_shown_default(o.default):<14} {describe(o.type)}"
+                      for k, o in info.options.items()]
+    return "\n".join(lines)
+
+
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status: 0 ok, 2 bad scenario or arguments, 1 the run failed,
-    130 interrupted. Errors are one line on stderr (``--debug``: the traceback)."""
+    3 every cell of some solver is an error (0 with ``--allow-errors``), 130 interrupted. Errors are
+    one line on stderr (``--debug``: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_solvers:
+        print(solver_listing())
+        return 0
+    if args.scenario is None:
+        parser.error("the scenario file is required (or --list-solvers)")
     try:
         scenario = load(args)
-        run_dir, df = run_scenario(scenario, options(args), argv, args.scenario)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line  # e.g. a noisy profile: one line, not a source listing
+            run_dir, df = run_scenario(scenario, options(args), argv, args.scenario)
     except ScenarioError as exc:
         if args.debug:
             raise
@@ -146,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"the traceback; --resume continues after the finished cells)", file=sys.stderr)
         return 1
     _print_summary(df, run_dir)
+    broken = whole_solver_errors(df)
+    if broken and not args.allow_errors:
+        print(f"error: every cell of {', '.join(broken)} is an error (the reasons are in the table above and in "
+              f"report.md); exit status {EXIT_SOLVER_ERRORS} (--allow-errors: 0)", file=sys.stderr)
+        return EXIT_SOLVER_ERRORS
     return 0
 
 

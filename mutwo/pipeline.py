@@ -91,9 +91,10 @@ def build(scenario: Scenario, batch_size: int, device: str, source: str = "<scen
 
 def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, runs: int = 3, warmup: int = 1,
             cache: bool = True, name: str | None = None, progress: bool = False,
-            status: Status = _silent) -> Prepared:
+            status: Status = _silent, refresh: bool = False, profile_key: str | None = None) -> Prepared:
     """Capture ``workload``'s training step, profile it (``runs`` after ``warmup``; ``cache``: reuse the
-    disk cache), build its Problem and simulate keep-all."""
+    disk cache; ``refresh``: measure again; ``profile_key``: the cache entry a resumed run started
+    with), build its Problem and simulate keep-all."""
     from mutwo.capture import capture, flat_state
     from mutwo.problem_build import build_problem
     from mutwo.profile import profile
@@ -106,7 +107,8 @@ def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, 
     capture_s = time.perf_counter() - t0
     flat, _, _ = flat_state(workload, optimizer)
     status(f"b{batch_size}: profile")
-    prof = profile(graph, flat, runs=runs, warmup=warmup, cache=cache, progress=progress)
+    prof = profile(graph, flat, runs=runs, warmup=warmup, cache=cache, progress=progress, refresh=refresh,
+                   key=profile_key)
     problem, binding = build_problem(graph, prof, name=name)
     keep = simulate(problem, Schedule.keep_all(problem, solver="keep_all"))
     return Prepared(batch_size, problem, keep.peak_bytes, keep.time_s, graph, flat, prof, capture_s,
@@ -114,8 +116,9 @@ def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, 
 
 
 def prepare_scenario(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>",
-                     status: Status = _silent) -> Prepared:
-    """`prepare` one batch size of a scenario (seeded first), with its keep-all figures in ``info``."""
+                     status: Status = _silent, profile_key: str | None = None) -> Prepared:
+    """`prepare` one batch size of a scenario (seeded first), with its keep-all figures in ``info``
+    (``profile.refresh`` measures the profile again, unless ``profile_key`` names the one to reuse)."""
     from mutwo.workload import OptimizerConfig
 
     seed_everything(scenario.seed)
@@ -123,7 +126,8 @@ def prepare_scenario(scenario: Scenario, batch_size: int, device: str, source: s
     workload = build(scenario, batch_size, device, source)
     opt = OptimizerConfig(scenario.optimizer.name, dict(scenario.optimizer.options))
     prep = prepare(workload, opt, batch_size=batch_size, runs=scenario.profile.runs, warmup=scenario.profile.warmup,
-                   name=f"{scenario.name}-b{batch_size}", status=status)
+                   name=f"{scenario.name}-b{batch_size}", status=status,
+                   refresh=scenario.profile.refresh and profile_key is None, profile_key=profile_key)
     prep.problem.notes.update({"scenario": scenario.name, "batch_size": batch_size})
     prep.info = keep_all_info(prep)
     return prep
@@ -139,7 +143,18 @@ def keep_all_info(prep: Prepared) -> dict:
             "capture_s": prep.capture_s, "profile_s": prof.profile_time_s,
             "profile_measured_peak_bytes": prof.measured_peak_bytes,
             "profile_iteration_time_s": prof.iteration_time_s, "peak_method": prof.peak_method,
-            "bandwidth_bytes_per_s": prof.host_bandwidth_bytes_per_s, "bandwidth_source": prof.bandwidth_source}
+            "bandwidth_bytes_per_s": prof.host_bandwidth_bytes_per_s, "bandwidth_source": prof.bandwidth_source,
+            **_profile_notes(prof)}
+
+
+def _profile_notes(prof: Any) -> dict:
+    """How trustworthy the profile is: its own spread and warning (report.md's notes), the load and
+    threads it was measured under, and its cache entry (a resumed run reuses it)."""
+    from mutwo.profile import iteration_spread, spread_warning
+
+    return {"profile_spread": iteration_spread(prof), "profile_warning": spread_warning(prof),
+            "profile_load_class": prof.load_class, "profile_threads": prof.threads,
+            "profile_cache_key": prof.cache_key}
 
 
 def save_tables(prep: Prepared, folder: Path) -> None:

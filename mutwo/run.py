@@ -154,9 +154,11 @@ def prepare_batch(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Prepar
         reloaded = pipeline.reload(folder, bs)
         if reloaded is not None:
             return reloaded, PlanMemo()
-    prep = pipeline.prepare_scenario(ctx.scenario, bs, ctx.device, ctx.source, status=ctx.status)
-    pipeline.save_tables(prep, folder)
     old = run_folder.read_json(folder / pipeline.KEEP_ALL_FILE)
+    # resuming: the profile this batch size started with (the cache key may have changed since: load, threads)
+    key = old.get("profile_cache_key") if ctx.options.resume else None
+    prep = pipeline.prepare_scenario(ctx.scenario, bs, ctx.device, ctx.source, status=ctx.status, profile_key=key)
+    pipeline.save_tables(prep, folder)
     if "measured" in old:  # resuming: the keep-all execution is already done
         prep.info["measured"] = old["measured"]
     elif ctx.cell.execute_fn is not None:
