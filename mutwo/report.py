@@ -191,17 +191,22 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
              f"- execution: {run.get('execution_note', '')}", ""]
     lines += ["## Keep-all reference", "",
               "| batch | keep-all peak (predicted) | iteration (predicted) | measured peak | measured iteration "
-              "| activations | fixed peak |", "|---|---|---|---|---|---|---|"]
+              "| activations | floor | fixed peak |", "|---|---|---|---|---|---|---|---|"]
     for bs, info in sorted(batches.items()):
         mt = info.get("measured_time_s")
         lines.append(f"| {bs} | {fmt_bytes(info['keep_all_peak_bytes'])} | {info['keep_all_time_s']:.4g} s | "
                      f"{fmt_bytes(info.get('measured_peak_bytes'))} | "
                      f"{'–' if mt is None else f'{mt:.4g} s'} | {fmt_bytes(info['act_bytes_total'])} | "
-                     f"{fmt_bytes(info['fixed_peak_bytes'])} |")
-    lines += ["", "The fixed peak (parameters, gradients, optimizer state, temporaries) is the floor no "
-              "activation plan can go below.", ""]
+                     f"{fmt_bytes(info.get('floor_bytes'))} | {fmt_bytes(info['fixed_peak_bytes'])} |")
+    lines += ["", "The floor (`Problem.peak_floor()`, `floor_bytes` in keep_all.json) is the lowest peak any "
+              "activation plan can reach: at its op, the fixed memory, the op's transient memory and every "
+              "activation in use there; a budget below it is infeasible for every solver. The fixed peak is "
+              "the largest fixed memory alone (every tensor that is not a decidable activation: parameters, "
+              "gradients, optimizer state, inputs, temporaries), one part of the floor.", ""]
     lines += [f"- batch {bs}: executing keep-all failed: {info['execute_error']}"
               for bs, info in sorted(batches.items()) if info.get("execute_error")]
+    lines += [f"- batch {bs}: noisy profile: {info['profile_warning']}"
+              for bs, info in sorted(batches.items()) if info.get("profile_warning")]
     lines += ["## Best solver at each budget", "",
               "Lowest predicted iteration time among feasible plans"
               + (", and lowest measured time among executed ones." if executed else

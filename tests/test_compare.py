@@ -106,7 +106,7 @@ def test_user_model_and_outside_solver(tmp_path, monkeypatch):
         "batch_size": [64, 128], "optimizer": {"name": "sgd", "options": {"momentum": 0.0}},
         "device": "cpu", "budgets": [0.9, "1MiB"], "solvers": ["test_recompute_half", "test_broken", "test_wrong_length", "knapsack"],
         "profile": {"runs": 1, "warmup": 0}, "execute": {"iterations": 1, "warmup": 0}}))
-    run = _run([str(path), "--no-execute"], tmp_path) / "user" / "r"
+    run = _run([str(path), "--no-execute", "--allow-errors"], tmp_path) / "user" / "r"  # test_broken: all errors
     df = _check_run(run, 2 * 2 * 4, executed=False)
     broken = df[df["solver"] == "test_broken"]
     assert (broken["status"] == "error").all() and broken["message"].str.contains("always fails").all()
@@ -208,3 +208,99 @@ def mutwo_simulate(problem):
     from mutwo.simulate import simulate
 
     return simulate(problem, Schedule.keep_all(problem))
+
+
+# ---------------------------------------------------------------------- plan space, solvers by path, exit status
+def test_plan_space_recompute_run_has_no_swaps(tmp_path):
+    args = [str(SCENARIOS / "toy_mlp.yaml"), "--no-execute", "--no-plots", "--plan-space", "recompute",
+            "--solvers", "keep_all,knapsack,mutwo_greedy", "--budgets", "1.0,0.85,0.75"]
+    run = _run(args, tmp_path) / "toy_mlp" / "r"
+    df = pd.read_csv(run / "results.csv")
+    assert (df["n_swap"] == 0).all() and df["n_recompute"].gt(0).any()
+    greedy = df[df["solver"] == "mutwo_greedy"]
+    assert (greedy["solver_options"] == '{"mode": "recompute"}').all()
+    # 0.75 is below what recompute alone reaches on toy_mlp (scenarios/toy_mlp.yaml): only swaps fit it
+    assert not greedy[greedy["budget"] == "0.75"]["status"].isin(FEASIBLE).any()
+    assert json.loads((run / "run.json").read_text())["scenario"]["plan_space"] == {"recompute": True, "swap": False}
+
+
+def test_solver_by_module_function_end_to_end(tmp_path):
+    """A function in a module nobody registered, named in the scenario and on the command line: checked at
+    load like any solver (options, values, plan space), run in the same sandbox, executed."""
+    path = "tests.fixtures_user_solver:recompute_share"
+    scenario = tmp_path / "mine.yaml"
+    data = yaml.safe_load((SCENARIOS / "toy_mlp.yaml").read_text())
+    scenario.write_text(yaml.safe_dump({**data, "name": "mine", "budgets": [1.0, 0.85],
+                                        "solvers": ["keep_all", {"name": path, "options": {"share": 1.0},
+                                                                 "label": "all_of_them"}],
+                                        "solve": {"timeout_s": 60}, "plan_space": "recompute"}))
+    run = _run([str(scenario)], tmp_path) / "mine" / "r"
+    df = _check_run(run, 4, executed=HAS_EXECUTE)
+    mine = df[df["solver"] == "all_of_them"]
+    assert (mine["solver_name"] == path).all() and (mine["solver_options"] == '{"share": 1.0}').all()
+    assert (mine["n_recompute"] > 0).all() and (mine["n_swap"] == 0).all()
+    assert mine["status"].isin(FEASIBLE).all() and mine["solve_time_s"].gt(0).all()
+    # --solvers names it too (default options), next to a registered one
+    assert main([str(scenario), "--solvers", f"keep_all,{path}", "--no-execute", "--no-plots", "--quiet",
+                 "--out", str(tmp_path), "--run-id", "cli"]) == 0
+    cli = pd.read_csv(tmp_path / "mine" / "cli" / "results.csv")
+    assert set(cli["solver"]) == {"keep_all", path}
+    assert (cli[cli["solver"] == path]["solver_options"] == "{}").all()
+
+
+def test_a_solver_whose_every_cell_errored_fails_the_run(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    data = yaml.safe_load((SCENARIOS / "toy_mlp.yaml").read_text())
+    path.write_text(yaml.safe_dump({**data, "name": "broken", "solvers": ["keep_all", "test_broken"],
+                                    "budgets": [1.0, 0.85]}))
+    args = [str(path), "--no-execute", "--no-plots", "--quiet", "--out", str(tmp_path)]
+    assert main([*args, "--run-id", "a"]) == 3
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == (
+        "error: every cell of test_broken is an error (the reasons are in the table above and in report.md); exit "
+        "status 3 (--allow-errors: 0)")
+    table = [line for line in captured.out.splitlines() if "test_broken" in line]
+    assert len(table) == 2 and all("RuntimeError: this solver always fails" in line for line in table)
+    assert main([*args, "--run-id", "b", "--allow-errors"]) == 0
+    # one error among successes is a result, not a broken solver
+    assert main([*args, "--run-id", "c", "--solvers", "keep_all"]) == 0
+
+
+def test_list_solvers_shows_options_defaults_and_accepted_values(capsys):
+    assert main(["--list-solvers"]) == 0
+    out = capsys.readouterr().out
+    for name in ("keep_all", "chen_sqrt", "swap_hidden", "mutwo_greedy", "ilp_cpsat", "checkmate_exact"):
+        assert any(line.startswith(f"{name}: ") for line in out.splitlines()), name
+    assert "      mode    default 'both'         'both', 'recompute' or 'swap'" in out
+    assert "      segments  default null           an integer >= 1 or null" in out
+    assert "decisions: SWAP" in out and "decisions: KEEP only" in out
+    with pytest.raises(SystemExit):  # neither a scenario nor --list-solvers
+        main([])
+
+
+def test_report_floor_is_the_problems_floor(tmp_path):
+    from mutwo.problem import Problem
+    from mutwo.report import fmt_bytes
+
+    run = _run([str(SCENARIOS / "toy_mlp.yaml"), "--no-execute", "--no-plots", "--solvers", "keep_all"],
+               tmp_path) / "toy_mlp" / "r"
+    info = json.loads((run / "batch256" / "keep_all.json").read_text())
+    floor, _ = Problem.load(run / "batch256" / "problem.npz").peak_floor()
+    assert info["floor_bytes"] == floor and floor > info["fixed_peak_bytes"]
+    text = (run / "report.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 256 |"))
+    assert row.endswith(f"| {fmt_bytes(floor)} | {fmt_bytes(info['fixed_peak_bytes'])} |")
+    assert "| activations | floor | fixed peak |" in text and "the floor no activation plan" not in text
+
+
+def test_a_noisy_profile_is_a_warning_and_a_note(tmp_path, capsys, monkeypatch):
+    from mutwo import profile
+
+    monkeypatch.setattr(profile, "SPREAD_WARN", -1.0)  # any spread is "too large"
+    _run([str(SCENARIOS / "toy_mlp.yaml"), "--no-execute", "--no-plots", "--solvers", "keep_all"], tmp_path)
+    run = tmp_path / "toy_mlp" / "r"
+    info = json.loads((run / "batch256" / "keep_all.json").read_text())
+    assert info["profile_spread"] >= 0 and info["profile_warning"].startswith("the profile's own iterations differ")
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warned == [f"warning: {info['profile_warning']}"]
+    assert f"- batch 256: noisy profile: {info['profile_warning']}" in (run / "report.md").read_text()
