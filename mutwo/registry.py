@@ -363,7 +363,7 @@ def _register_path(path: str) -> SolverFn:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise SolverPathError(f"cannot import module {module_name!r} for solver {path!r}: {type(exc).__name__}: "
-                              f"{exc} (is it on PYTHONPATH? `python -m` puts the current directory there)") from exc
+                              f"{exc} (is it on PYTHONPATH? python -m puts the current directory there)") from exc
     fn = getattr(module, fn_name, None)
     if fn is None:
         public = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
