@@ -232,7 +232,7 @@ def spread_warning(prof: Profile) -> str | None:
     if spread is None or spread <= SPREAD_WARN:
         return None
     load = f", machine {prof.load_class}" if prof.load_class else ""
-    return (f"the profile's own iterations differ by {100 * spread:.0f}% (more than {100 * SPREAD_WARN:.0f}%{load}): "
+    return (f"the profile's own iterations differ by {100 * spread:.3g}% (more than {100 * SPREAD_WARN:g}%{load}): "
             f"its op times are noisy; profile again when the machine is quieter (--refresh-profile), or raise "
             f"profile.runs")
 

@@ -304,3 +304,23 @@ def test_a_noisy_profile_is_a_warning_and_a_note(tmp_path, capsys, monkeypatch):
     warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert warned == [f"warning: {info['profile_warning']}"]
     assert f"- batch 256: noisy profile: {info['profile_warning']}" in (run / "report.md").read_text()
+
+
+def test_refresh_profile_measures_again_and_resume_keeps_the_profile(tmp_path):
+    args = [str(SCENARIOS / "toy_mlp.yaml"), "--no-execute", "--no-plots", "--quiet", "--solvers", "keep_all",
+            "--out", str(tmp_path)]
+
+    def profiled(run_id: str) -> tuple[float, str]:
+        info = json.loads((tmp_path / "toy_mlp" / run_id / "batch256" / "keep_all.json").read_text())
+        return info["profile_s"], info["profile_cache_key"]
+
+    assert main([*args, "--run-id", "a"]) == 0
+    assert main([*args, "--run-id", "b", "--refresh-profile"]) == 0
+    assert main([*args, "--run-id", "c"]) == 0
+    (a, key), (b, key_b), (c, _) = profiled("a"), profiled("b"), profiled("c")
+    assert key == key_b and b != a and c == b  # measured again, and the new profile replaced the old one
+    # a resumed run keeps its own profile, --refresh-profile or not
+    cells = tmp_path / "toy_mlp" / "b" / "cells.jsonl"
+    cells.write_text(cells.read_text().splitlines()[0] + "\n")
+    assert main([*args, "--run-id", "b", "--resume", "--refresh-profile"]) == 0
+    assert profiled("b") == (b, key)
