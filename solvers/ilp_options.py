@@ -8,9 +8,8 @@ from typing import Annotated, Literal
 from mutwo.schedule import Schedule
 from mutwo.solver_options import Ge, Gt
 from solvers.modes import Mode, check_mode
-from solvers.options import option_defaults
 
-__all__ = ["IlpOptions", "ILP_OPTION_DEFAULTS", "PREFETCH"]
+__all__ = ["IlpOptions", "PREFETCH"]
 
 PREFETCH = ("free", "default")
 
@@ -47,4 +46,3 @@ class IlpOptions:
 
 
 # what the single-engine ILP solvers take (the registry refuses any other); ilp_ortools_mip adds engine
-ILP_OPTION_DEFAULTS = option_defaults(IlpOptions, drop=("engine",))
