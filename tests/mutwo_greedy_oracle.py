@@ -8,6 +8,8 @@ definitions (prefetch hiding point, swap overhead, end of the peak run) are impo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from mutwo.problem import Problem
@@ -52,18 +54,25 @@ def _state(p: Problem, d: np.ndarray, lo: np.ndarray, tau: np.ndarray) -> tuple[
     return chains, pre, pf, simulate(p, Schedule(d.copy(), pf))
 
 
+def _candidates(p: Problem, d: np.ndarray, P: int, allowed: np.ndarray, code: int) -> Iterator[tuple[int, np.ndarray]]:
+    """KEEP activations that ``allowed`` lets change, hold bytes and are in their gap at the peak op
+    ``P``, whose change to ``code`` leaves the decisions valid: (activation, trial decisions)."""
+    lfu, fbu = p.last_fwd_use, p.first_bwd_use
+    for c in range(p.n_act):
+        if not (d[c] == K and allowed[c] and p.act_bytes[c] > 0 and lfu[c] < P < fbu[c]):
+            continue
+        trial = d.copy()
+        trial[c] = code
+        if _valid(p, trial):
+            yield c, trial
+
+
 def _best_recompute(p: Problem, d: np.ndarray, chains: dict, P: int) -> tuple | None:
     """The recompute candidate with the most bytes freed per second of recompute (its own chain time
     times the chains that will re-run it as a source): (-ratio, index, overhead), or None."""
-    lfu, fbu, lbu = p.last_fwd_use, p.first_bwd_use, p.last_bwd_use
+    fbu, lbu = p.first_bwd_use, p.last_bwd_use
     rc = None
-    for c in range(p.n_act):
-        if not (d[c] == K and p.recomputable[c] and p.act_bytes[c] > 0 and lfu[c] < P < fbu[c]):
-            continue
-        trial = d.copy()
-        trial[c] = R
-        if not _valid(p, trial):
-            continue
+    for c, trial in _candidates(p, d, P, p.recomputable, R):
         t_c = resolve_recompute(p, trial)[c].time_s
         cnt = 1 + sum(1 for ch in chains.values()
                       if c in ch.sources and not fbu[c] <= ch.anchor <= lbu[c])
@@ -81,13 +90,7 @@ def _best_swap(p: Problem, d: np.ndarray, sim: SimResult, pf: np.ndarray, pre: n
     lfu, fbu, fe = p.last_fwd_use, p.first_bwd_use, p.fwd_end
     swaps = np.flatnonzero(d == S)
     sw = None
-    for s in range(p.n_act):
-        if not (d[s] == K and p.swappable[s] and p.act_bytes[s] > 0 and lfu[s] < P < fbu[s]):
-            continue
-        trial = d.copy()
-        trial[s] = S
-        if not _valid(p, trial):
-            continue
+    for s, _ in _candidates(p, d, P, p.swappable, S):
         prev = [sim.swap_out_end_s[q] for q in swaps if (lfu[q], q) < (lfu[s], s)]
         est = max(issue_out[s], max(prev, default=0.0)) + tau[s]
         r = max(int(np.searchsorted(sim.op_start_s, est, side="left")) - 1, int(lfu[s]))
