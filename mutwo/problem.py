@@ -1,8 +1,9 @@
 """The Problem: everything a solver may know about one training iteration, as plain data.
 
 Solvers never see torch objects. A Problem is built from a captured TrainGraph and its Profile
-(`mutwo.problem_builder.build_problem`), or by a synthetic generator (`mutwo.synthetic`), and can be
-saved to / loaded from disk (one ``.npz`` file), so a solver can be written and tested without torch.
+(`mutwo.problem_build.build_problem`, which returns it with the storage binding the executor needs), or
+by a synthetic generator (`mutwo.synthetic`), and can be saved to / loaded from disk (one ``.npz``
+file), so a solver can be written and tested without torch.
 
 Positions
     Ops are numbered ``0 .. n_ops-1`` in execution order. Ops ``0 .. fwd_end`` are the forward pass

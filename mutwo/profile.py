@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 from tqdm.auto import tqdm
 
+from mutwo.files import atomic_path, write_json
 from mutwo.graph import TrainGraph
 from mutwo.memory import (
     OpOutputTracker,
@@ -92,13 +93,10 @@ class Profile:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {k: v for k, v in asdict(self).items() if not isinstance(v, np.ndarray) and v is not None}
-        tmp = folder / "arrays.tmp.npz"
-        np.savez(tmp, op_time_s=self.op_time_s, op_transient_bytes=self.op_transient_bytes,
-                 op_time_runs=self.op_time_runs if self.op_time_runs is not None else np.zeros((0, 0)))
-        tmp.replace(folder / "arrays.npz")
-        tmp = folder / "profile.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(folder / "profile.json")
+        with atomic_path(folder / "arrays.npz") as tmp:
+            np.savez(tmp, op_time_s=self.op_time_s, op_transient_bytes=self.op_transient_bytes,
+                     op_time_runs=self.op_time_runs if self.op_time_runs is not None else np.zeros((0, 0)))
+        write_json(folder / "profile.json", meta)
 
     @classmethod
     def load(cls, folder: Path) -> Profile:

@@ -60,7 +60,8 @@ class ScheduleError(ValueError):
 
 @dataclass
 class RecomputeChain:
-    """How one RECOMPUTE activation is regenerated at its anchor (its first backward use)."""
+    """How one RECOMPUTE activation is regenerated at its anchor (its first backward use, or the earlier
+    ``recompute_at`` the schedule sets)."""
 
     target: int
     anchor: int

@@ -2,7 +2,7 @@
 
 An incumbent may carry slack in its auxiliary variables, so the reported objective is recomputed from
 the decoded plan with every auxiliary variable at its least feasible value, which is the simulator's
-(docs/ilp.md, Objective). The link arithmetic lives in `solvers.ilp_link_walk`.
+(docs/ilp.md, Objective). The link times come from `solvers.ilp_link_walk` (mutwo.linkmodel's walks).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def complete(F: Formulation, d: np.ndarray, pf: np.ndarray) -> tuple[np.ndarray,
     _set_chains(F, x, issues)
     _set_gap_residents(F, x)
     if F.delay_var:
-        _set_link_times(F, x, cum, swap, swapped, chosen, swap_out_end)
+        _set_link_times(F, x, cum, swap, chosen, swap_out_end)
     return x, "; ".join(issues)
 
 
@@ -164,21 +164,17 @@ def _chain_units(F: Formulation, x: np.ndarray, a: int) -> float:
     return float(p.op_time_s[ops].sum()) / F.time_unit
 
 
-def _set_link_times(F: Formulation, x: np.ndarray, cum: np.ndarray, swap: np.ndarray, swapped: list[int],
-                    chosen: dict[int, int], swap_out_end: dict[int, float]) -> None:
-    """Copy-back queue tails, delays and stalls, from the link walk of the plan."""
+def _set_link_times(F: Formulation, x: np.ndarray, cum: np.ndarray, swap: np.ndarray, chosen: dict[int, int],
+                    swap_out_end: dict[int, float]) -> None:
+    """Copy-back queue tails, delays and stalls, from the link walk of the plan (chains anchored at
+    their targets' first backward use, as in the model)."""
     p = F.problem
-    recompute_at: dict[int, float] = {}
-    for a in F.recompute_var:
+    recompute = np.zeros(p.n_ops)
+    for a in sorted(F.recompute_var):
         if x[F.recompute_var[a]] > 0.5 and a in F.chains:
-            t = int(p.first_bwd_use[a])
-            recompute_at[t] = recompute_at.get(t, 0.0) + _chain_units(F, x, a)
-    needed_at: dict[int, list[int]] = {}
-    for a in swapped:
-        needed_at.setdefault(int(p.first_bwd_use[a]), []).append(a)
+            recompute[p.first_bwd_use[a]] += _chain_units(F, x, a)
     copies = [(q, a) for q, a, _ in F.copy_back_tail_vars]
-    walk = copy_back_walk(cum, swap, copies, chosen, swap_out_end, needed_at, F.delay_var, F.stall_var,
-                          recompute_at)
+    walk = copy_back_walk(p, cum, swap, copies, chosen, swap_out_end, recompute)
     for (_, _, h), tail in zip(F.copy_back_tail_vars, walk.tails, strict=True):
         x[h] = tail
     for t, v in F.delay_var.items():

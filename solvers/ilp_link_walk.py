@@ -1,9 +1,11 @@
 """Host-link times of one concrete plan, in model time units: the swap-out queue and the copy-back walk.
 
 The ILP needs them twice outside its rows: to place a start plan's swap-out ends among the candidates,
-and to complete a plan into the model's least assignment (queue tails, delays, stalls). This is the
-seam where `mutwo/linkmodel.py` (the one implementation shared by simulate and the greedy) is meant
-to take over; the arithmetic here is the ILP's own copy until then (docs/ilp.md, Objective).
+and to complete a plan into the model's least assignment (queue tails, delays, stalls). Both are
+`mutwo/linkmodel.py`'s walks, the ones simulate and the greedy use, run on the model's own terms: an op
+is reached at its static start plus the recompute before it (``cum[t] + D[t]`` in the rows, stalls
+aside), in time units. So a stall is its waits added one after another, as simulate adds them, and
+the values satisfy the rows to rounding (docs/ilp.md, Objective).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mutwo.linkmodel import ISSUE, PrefetchEvents, serve_in_order, walk_prefetches
 from mutwo.problem import Problem
 
 __all__ = ["TIME_MARGIN", "static_starts", "swap_out_tails", "CopyBackWalk", "copy_back_walk"]
@@ -29,16 +32,18 @@ def static_starts(problem: Problem) -> np.ndarray:
 
 def swap_out_tails(problem: Problem, cum: np.ndarray, swap: np.ndarray, acts: Iterable[int],
                    swapped: Iterable[int]) -> dict[int, float]:
-    """Device-to-host queue tail after each of ``acts``' turns (one FIFO link, issue order
-    (last forward use, index)); only the ``swapped`` ones occupy the link. Forward has no stalls, so
-    each swap-out is issued at the static start of the op after its last forward use."""
+    """Device-to-host queue tail after each of ``acts``' turns (issue order (last forward use, index));
+    only the ``swapped`` ones occupy the link. Forward has no stalls, so each swap-out is issued at
+    the static start ``cum`` of the op after its last forward use."""
+    lfu = problem.last_fwd_use
+    order = sorted(acts, key=lambda a: (int(lfu[a]), a))
     on = set(swapped)
+    served = [a for a in order if a in on]
+    ends = dict(zip(served, serve_in_order(cum[lfu[served] + 1].tolist(), swap[served].tolist()), strict=True))
     tail = 0.0
     out: dict[int, float] = {}
-    for a in sorted(acts, key=lambda a: (int(problem.last_fwd_use[a]), a)):
-        if a in on:
-            tail = max(tail, cum[problem.last_fwd_use[a] + 1]) + swap[a]
-        out[a] = tail
+    for a in order:
+        out[a] = tail = ends.get(a, tail)
     return out
 
 
@@ -47,46 +52,28 @@ class CopyBackWalk:
     """The copy-back link and the delays of one plan, each at its least value."""
 
     tails: list[float]  # host-to-device queue tail after each entry of the copy sequence
-    delay: dict[int, float]  # position -> stall + recompute accumulated before that op
-    stall: dict[int, float]  # position -> stall at that op
+    delay: np.ndarray  # float [n_ops]: stall + recompute accumulated before each op
+    stall: np.ndarray  # float [n_ops]: stall at each op (its waits, one after another)
 
 
-def copy_back_walk(cum: np.ndarray, swap: np.ndarray, copies: Sequence[tuple[int, int]],
-                   chosen: Mapping[int, int], swap_out_end: Mapping[int, float],
-                   needed_at: Mapping[int, list[int]], delay_positions: Iterable[int],
-                   stall_positions: Iterable[int], recompute_at: Mapping[int, float]) -> CopyBackWalk:
-    """Walk positions in order, issuing copies back, waiting for them, and running recompute chains.
+def copy_back_walk(problem: Problem, cum: np.ndarray, swap: np.ndarray, copies: Sequence[tuple[int, int]],
+                   chosen: Mapping[int, int], swap_out_end: Mapping[int, float], recompute: np.ndarray
+                   ) -> CopyBackWalk:
+    """Issue the chosen copies back, wait for them and run the recompute chains, in op order.
 
-    ``copies``: every (prefetch candidate, activation) pair in queue order (point, index); a pair
-    occupies the link only when ``chosen[activation]`` is that point, and its copy starts once the op
-    is reached, the link is free and its own swap-out has ended (``swap_out_end``). ``needed_at``:
-    position -> swapped activations first used there. ``recompute_at``: position -> chain time
-    anchored there, which delays every later position.
+    ``cum``: static op starts and ``swap``: transfer times, both in time units. ``copies``: every
+    (prefetch candidate, activation) pair in queue order (point, index); a pair occupies the link only
+    when ``chosen[activation]`` is that point. ``swap_out_end``: per swapped activation. ``recompute``:
+    per op, the chain time anchored there, which delays every later op.
     """
-    delay_positions, stall_positions = set(delay_positions), set(stall_positions)
-    arrive: dict[int, float] = {}
-    tails: list[float] = []
-    link = delay = 0.0
-    out_delay: dict[int, float] = {}
-    out_stall: dict[int, float] = {}
-    events = sorted(delay_positions | set(recompute_at) | {q for q, _ in copies})
-    k = 0
-    for t in events:
-        while k < len(copies) and copies[k][0] == t:  # issue the copies back at t, in queue order
-            q, a = copies[k]
-            if chosen.get(a) == q:
-                link = max(cum[q] + delay, link, swap_out_end[a]) + swap[a]
-                arrive[a] = link
-            tails.append(link)
-            k += 1
-        if t in delay_positions:
-            out_delay[t] = delay
-        if t in stall_positions:
-            wait = max([arrive[a] for a in needed_at.get(t, [])], default=-np.inf)
-            s = max(0.0, wait - (cum[t] + delay))
-            out_stall[t] = s
-            delay += s
-        if t in recompute_at:
-            delay += recompute_at[t]
-    tails += [link] * (len(copies) - k)  # every copy position is an event: nothing is left here
-    return CopyBackWalk(tails, out_delay, out_stall)
+    p = problem
+    acts = np.array(sorted(chosen), np.int64)
+    events = PrefetchEvents.of(acts, np.array([chosen[a] for a in acts.tolist()], np.int64),
+                               p.first_bwd_use[acts], p.n_act)
+    recomputed_before = np.concatenate(([0.0], np.cumsum(recompute)[:-1]))
+    ready = np.full(p.n_act, np.nan)
+    ready[acts] = [swap_out_end[a] for a in acts.tolist()]
+    walk = walk_prefetches(events, cum[:-1] + recomputed_before, ready, swap.tolist())
+    tails = [walk.arrival_s[a] if chosen.get(a) == q else walk.link_free_before(q, a) for q, a in copies]
+    first_event = np.searchsorted(events.key, (np.arange(p.n_ops) * 2 + ISSUE) * p.n_act)  # at op t or later
+    return CopyBackWalk(tails, walk.delay_s[first_event] + recomputed_before, walk.stall_at_ops(p.n_ops))

@@ -203,6 +203,26 @@ def test_completed_plans_satisfy_every_row_and_price_exactly(truth):
         assert F.objective_of(x) == pytest.approx(simulate(p, bf).time_s, rel=1e-9)
 
 
+def test_completion_prices_the_links_as_simulate_does():
+    """The completed link times are simulate's (mutwo.linkmodel's walks): each copy back arrives when
+    simulate says and the stalls add up to simulate's, also where one op waits for several copies."""
+    for n, seed, slow, f in ((16, 1, 1.0, 0.3), (12, 2, 0.3, 0.3)):
+        p = random_dag(n, seed)
+        p = dataclasses.replace(p, host_bandwidth_bytes_per_s=p.host_bandwidth_bytes_per_s * slow)
+        b = budgets(p, [f])[0]
+        greedy = get_solver("mutwo_greedy")(p, b)
+        F = build(p, b, plan=(greedy.decisions, greedy.prefetch_at))
+        x, issue = F.complete(greedy.decisions, greedy.prefetch_at)
+        assert issue == "" and F.violation(x) <= 1e-7
+        swapped = np.flatnonzero(greedy.decisions == Decision.SWAP)
+        fbu = p.first_bwd_use[swapped]
+        assert any((fbu == t).sum() > 1 and x[F.stall_var[t]] > 0 for t in fbu.tolist()), "the case covered here"
+        sim, tu = simulate(p, greedy), F.time_unit
+        arrival = {a: x[h] * tu for q, a, h in F.copy_back_tail_vars if q == greedy.prefetch_at[a]}
+        assert arrival == pytest.approx({a: sim.prefetch_end_s[a] for a in swapped.tolist()}, rel=1e-12)
+        assert sum(x[v] for v in F.stall_var.values()) * tu == pytest.approx(sim.stall_s, rel=1e-12)
+
+
 def test_two_phase_and_larger_problem_stay_honest():
     """A time-limited solve on a mid-size problem: whatever it returns fits and is priced right."""
     p = random_dag(120, 5)
