@@ -37,7 +37,8 @@ from mutwo.memory import allocator_peak
 from mutwo.workload import OptimizerConfig, Workload
 
 __all__ = ["Reference", "ReferenceResult", "ReferenceRunner", "CountingBackend", "BLOCK_TYPES", "BACKENDS",
-           "DEFAULT_BACKEND", "DEFAULT_KNOBS", "LOSS_RTOL", "references", "checkpoint_blocks", "reference_row"]
+           "DEFAULT_BACKEND", "DEFAULT_KNOBS", "LOSS_RTOL", "references", "checkpoint_blocks", "reference_row",
+           "TrainStep"]
 
 BACKENDS = ("aot_eager_decomp_partition", "aot_eager", "inductor")
 DEFAULT_BACKEND = "aot_eager_decomp_partition"  # the partitioner and decompositions of inductor, no codegen
@@ -206,7 +207,7 @@ class _LossModule(torch.nn.Module):
 
 
 @dataclass
-class _Stepper:
+class TrainStep:
     """One training step of ``module`` on ``workload``'s batch with ``optimizer``."""
 
     workload: Workload
@@ -266,8 +267,9 @@ class ReferenceRunner:
 
     def __init__(self, build: Callable[[], Workload], optimizer: OptimizerConfig, *, iterations: int = 3,
                  seed: int = 0) -> None:
-        self.build, self.optimizer, self.iterations, self.seed = build, optimizer, max(1, int(iterations)), seed
-        self._eager: _Stepper | None = None
+        self.build, self.optimizer, self.seed = build, optimizer, seed
+        self.iterations = max(1, int(iterations))
+        self._eager: TrainStep | None = None
         self._eager_first: tuple[float, float] | None = None  # eager's first loss and first-step time
         self.device = torch.device("cpu")
 
@@ -285,37 +287,41 @@ class ReferenceRunner:
         self.device = next(iter(wl.model.parameters()), torch.empty(0)).device
         return wl
 
-    def _stepper(self, wl: Workload, module: Callable, backend: CountingBackend | None = None) -> _Stepper:
+    def _train_step(self, wl: Workload, module: Callable, backend: CountingBackend | None = None
+                    ) -> TrainStep:
         from mutwo.capture import eager_optimizer
 
-        return _Stepper(wl, module, eager_optimizer(wl.model, self.optimizer), backend)
+        return TrainStep(wl, module, eager_optimizer(wl.model, self.optimizer), backend)
 
-    def _first(self, s: _Stepper) -> tuple[float, float]:
+    def _first(self, s: TrainStep) -> tuple[float, float]:
         torch.manual_seed(self.seed)  # dropout draws the same masks in every variant's first step
         t0 = time.perf_counter()
         loss = float(s.step())
         return loss, time.perf_counter() - t0
 
-    def eager(self) -> tuple[_Stepper, float, float]:
+    def eager(self) -> tuple[TrainStep, float, float]:
         """The eager step every variant is timed against, after its first step (built once)."""
         if self._eager is None:
             wl = self._fresh()
-            s = self._stepper(wl, _LossModule(wl))
+            s = self._train_step(wl, _LossModule(wl))
             self._eager_first = self._first(s)
             self._eager = s
         return self._eager, *self._eager_first
 
-    def _variant(self, ref: Reference) -> tuple[_Stepper | None, dict]:
+    def stepper(self, ref: Reference) -> tuple[TrainStep | None, dict]:
+        """A fresh workload's step under ``ref`` (not ``eager``), not run yet, and what was wrapped; None
+        for ``checkpoint`` on a model without a known block. Compiled variants compile on the first call,
+        under the ``activation_memory_budget`` in force then (`measure` sets it)."""
         wl = self._fresh()
         if ref.variant == "checkpoint":
             blocks = checkpoint_blocks(wl.model)
             if not blocks:
                 return None, {}
-            return self._stepper(wl, _LossModule(wl)), {"blocks": blocks}
+            return self._train_step(wl, _LossModule(wl)), {"blocks": blocks}
         torch._dynamo.reset()  # a new module with the same forward code would count towards the
         backend = CountingBackend(ref.backend)  # recompile limit, after which Dynamo runs eagerly
         module = torch.compile(_LossModule(wl), backend=backend, dynamic=False)
-        return self._stepper(wl, module, backend), {}
+        return self._train_step(wl, module, backend), {}
 
     def measure(self, ref: Reference) -> ReferenceResult:
         """Measure ``ref`` (see the module docstring); never raises."""
@@ -335,7 +341,7 @@ class ReferenceRunner:
         with _threads(self.device):
             if ref.variant == "eager":
                 return self._metered(ref, eager, None, eager_loss0, eager_first_s, eager_loss0, {})
-            stepper, details = self._variant(ref)
+            stepper, details = self.stepper(ref)
             if stepper is None:
                 return ReferenceResult(ref, "skipped", message=(
                     f"no per-block checkpoint row: {type(eager.workload.model).__name__} has no module of a "
@@ -344,7 +350,7 @@ class ReferenceRunner:
             loss0, first_s = self._first(stepper)
             return self._metered(ref, stepper, eager, loss0, first_s, eager_loss0, details)
 
-    def _metered(self, ref: Reference, s: _Stepper, partner: _Stepper | None, loss0: float, first_s: float,
+    def _metered(self, ref: Reference, s: TrainStep, partner: TrainStep | None, loss0: float, first_s: float,
                  eager_loss0: float, details: dict) -> ReferenceResult:
         """The metered step, then the timed steps (each after a ``partner`` step, when given)."""
         s.optimizer.zero_grad(set_to_none=True)
@@ -388,8 +394,8 @@ def reference_row(result: ReferenceResult, *, scenario: str, model: str, batch_s
         return row
     diff = result.loss_rel_diff if ref.variant != "eager" else None
     row.status, row.executed, row.emulated_swap = CellStatus.MEASURED, True, False
-    row.execute_note = (f"measured: PyTorch reference ({result.peak_method}; each timed step after an eager step, "
-                        f"{REFERENCE_THREADS} torch thread on CPU)")
+    row.execute_note = (f"measured: PyTorch reference ({result.peak_method}; each timed step after an eager "
+                        f"step, {REFERENCE_THREADS} torch thread on CPU)")
     row.measured_peak_bytes, row.measured_time_s = result.peak_bytes, result.time_s
     row.measured_overhead_pct = 100.0 * (result.time_ratio - 1.0)
     row.max_rel_diff = diff
