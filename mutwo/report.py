@@ -196,8 +196,8 @@ def best_at_each_reference(df: pd.DataFrame) -> pd.DataFrame:
 
     Candidates: executed solver rows of the same batch size, feasible, training like the unmodified step
     (``max_rel_diff`` <= `PLAN_RTOL`), not emulated swaps (their CPU saving is not real), whose measured
-    peak is at most the reference's. Best: the lowest measured time; others within `TIME_TIE` of it are
-    ``ties``. ``verdict`` compares the overheads, each over its own unmodified step (the plan: the
+    peak is at most the reference's. Best: the lowest measured time; other plans within `TIME_TIE` of it
+    are ``ties`` (rows sharing one execution, as a plan found at several budgets, are one plan). ``verdict`` compares the overheads, each over its own unmodified step (the plan: the
     captured keep-all step; the reference: the eager steps paired with it): ``mutwo faster``, ``tie``
     (within `TIME_TIE`), ``PyTorch faster``, or ``no mutwo plan at this memory``."""
     cols = ["batch", "pytorch", "pytorch peak", "pytorch overhead %", "best mutwo plan", "plan peak",
@@ -218,7 +218,11 @@ def best_at_each_reference(df: pd.DataFrame) -> pd.DataFrame:
             continue
         cand = cand.sort_values(["measured_time_s", "measured_peak_bytes"], kind="stable")
         best = cand.iloc[0]
-        ties = [f"{c.solver} @ {c.budget}" for c in cand.iloc[1:].itertuples()
+        # rows of one plan share one execution (the same peak and time): the best's are not ties
+        others = cand.iloc[1:].drop_duplicates(["measured_peak_bytes", "measured_time_s"])
+        others = others[(others["measured_peak_bytes"] != best["measured_peak_bytes"])
+                        | (others["measured_time_s"] != best["measured_time_s"])]
+        ties = [f"{c.solver} @ {c.budget}" for c in others.itertuples()
                 if _tie(c.measured_time_s, best["measured_time_s"])]
         mine, theirs = 1 + best["measured_overhead_pct"] / 100, 1 + r.measured_overhead_pct / 100
         verdict = ("n/a" if pd.isna(mine) or pd.isna(theirs) else "tie" if _tie(mine, theirs)
