@@ -377,10 +377,12 @@ class ReferenceRunner:
 
 
 def reference_row(result: ReferenceResult, *, scenario: str, model: str, batch_size: int, device: str,
-                  keep_all: dict | None = None):
+                  keep_all: dict | None = None, memory_limit: int | None = None):
     """The results.csv row (`mutwo.cell.Row`, kind ``reference``) of a measured or failed reference:
     measured columns as for a solver (overhead: over the eager steps paired with it), predicted and
-    budget columns empty. ``keep_all``: the batch size's keep_all.json, for its keep-all columns."""
+    budget columns empty. ``keep_all``: the batch size's keep_all.json, for its keep-all columns.
+    ``memory_limit`` (``execute.memory_limit``) is not enforced while a reference runs (the CPU guard
+    is a dispatch mode, under which Dynamo would run the model eagerly): a peak above it is noted."""
     from mutwo.cell import REFERENCE, CellStatus, Row
 
     ref, keep_all = result.reference, keep_all or {}
@@ -400,4 +402,6 @@ def reference_row(result: ReferenceResult, *, scenario: str, model: str, batch_s
     row.measured_overhead_pct = 100.0 * (result.time_ratio - 1.0)
     row.max_rel_diff = diff
     row.bitwise_equal = None if diff is None else diff == 0.0
+    if memory_limit is not None and result.peak_bytes > memory_limit:
+        row.message += f"; its peak is above execute.memory_limit ({memory_limit} B): it would not fit there"
     return row

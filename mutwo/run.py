@@ -268,7 +268,7 @@ def _run_references(ctx: RunContext, bs: int) -> None:
                 notes[ref.label] = result.message
             else:
                 row = reference_row(result, scenario=ctx.scenario.name, model=ctx.scenario.model, batch_size=bs,
-                                    device=ctx.device, keep_all=info)
+                                    device=ctx.device, keep_all=info, memory_limit=ctx.scenario.execute.memory_limit)
                 run_folder.append_cell(ctx.run_dir, row)
                 ctx.rows.append(row)
             ctx.bar.update()

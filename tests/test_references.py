@@ -254,3 +254,23 @@ def test_reference_points_on_the_trade_off_plot(tmp_path):
     assert overhead_vs_peak(df, tmp_path / "a.png").stat().st_size > 1000
     only_refs = df[df["kind"] == "reference"]  # no solver plan: PyTorch's points still shown
     assert overhead_vs_peak(only_refs, tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_reference_row_columns_and_the_memory_limit_note():
+    from mutwo.references import ReferenceResult, reference_row
+
+    ref = Reference("memory_budget", 0.5, "aot_eager")
+    res = ReferenceResult(ref, "measured", peak_bytes=5000, baseline_bytes=1000, peak_method="cpu-allocator-events",
+                          time_s=2.0, time_min_s=1.9, eager_time_s=1.0, eager_time_min_s=1.0, time_ratio=1.5,
+                          time_spread=0.1, loss0=2.0, eager_loss0=2.0, first_step_s=30.0, compiled_calls=1, graphs=1)
+    row = reference_row(res, scenario="s", model="m", batch_size=2, device="cpu",
+                        keep_all={"keep_all_peak_bytes": 6000, "keep_all_time_s": 1.2}, memory_limit=4096)
+    assert (row.kind, row.status, row.solver, row.solver_name) == ("reference", "measured",
+                                                                   "pytorch:memory_budget@0.5", "memory_budget")
+    assert (row.measured_peak_bytes, row.measured_time_s, row.measured_overhead_pct) == (5000, 2.0, 50.0)
+    assert (row.max_rel_diff, row.bitwise_equal, row.keep_all_peak_bytes) == (0.0, True, 6000)
+    assert row.budget is None and row.predicted_peak_bytes is None and row.n_keep is None
+    assert "1 compiled call(s) metered" in row.message and "above execute.memory_limit (4096 B)" in row.message
+    failed = reference_row(ReferenceResult(ref, "error", message="BackendCompilerFailed: no"), scenario="s",
+                           model="m", batch_size=2, device="cpu")
+    assert (failed.status, failed.executed, failed.message) == ("error", False, "BackendCompilerFailed: no")
