@@ -140,6 +140,9 @@ class ReferenceResult:
             parts.append(f"{self.graphs} graph(s) compiled, {self.compiled_calls} compiled call(s) metered")
         if self.details:
             parts.append(json.dumps(self.details, sort_keys=True))
+        if self.reference.variant != "eager":
+            parts.append(f"eager steps beside it: median {self.eager_time_s:.4g} s; its steps spread "
+                         f"{self.time_spread:.0%}")
         diff = self.loss_rel_diff
         if diff is not None and self.reference.variant != "eager":
             verdict = "ok" if diff <= LOSS_RTOL else f"ABOVE the tolerance {LOSS_RTOL:g}"

@@ -160,10 +160,10 @@ def prepare_batch(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Prepar
     prep = pipeline.prepare_scenario(ctx.scenario, bs, ctx.device, ctx.source, status=ctx.status)
     pipeline.save_tables(prep, folder)
     old = run_folder.read_json(folder / pipeline.KEEP_ALL_FILE)
+    if REFERENCE_NOTES in old:  # resuming: PyTorch references that have no row, and why
+        prep.info[REFERENCE_NOTES] = old[REFERENCE_NOTES]
     if "measured" in old:  # resuming: the keep-all execution is already done
         prep.info["measured"] = old["measured"]
-    if REFERENCE_NOTES in old:
-        prep.info[REFERENCE_NOTES] = old[REFERENCE_NOTES]
     elif ctx.cell.execute_fn is not None:
         ctx.status(f"b{bs}: execute keep-all")
         cell.measure_reference(ctx.cell, prep)

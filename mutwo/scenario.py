@@ -41,7 +41,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
-           "ExecuteSpec", "SolveSpec", "ReferencesSpec", "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S"]
+           "ExecuteSpec", "SolveSpec", "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S",
+           "ReferencesSpec"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
 

@@ -166,12 +166,16 @@ def test_resume_measures_only_the_missing_reference_rows(tmp_path):
     run = tmp_path / "toy_mlp" / "r"
     first = (run / "cells.jsonl").read_text().splitlines()
     assert [json.loads(x)["solver"] for x in first][-1] == "pytorch:eager"
-    more = _scenario(tmp_path, references={"checkpoint": False, "memory_budget": [0.0]})
+    keep_all = json.loads((run / "batch256" / "keep_all.json").read_text())["measured"]
+    # a new budget (its cells need the batch prepared again) and a new knob value
+    more = _scenario(tmp_path, budgets=[1.0, 0.9], references={"checkpoint": False, "memory_budget": [0.0]})
     assert _go(more, tmp_path, "--resume") == 0
     after = (run / "cells.jsonl").read_text().splitlines()
     assert after[: len(first)] == first and [json.loads(x)["solver"] for x in after[len(first):]] == [
-        "pytorch:memory_budget@0"]
+        "keep_all", "recompute_all", "pytorch:memory_budget@0"]
     assert json.loads((run / "run.json").read_text())["cells_resumed"] == len(first)
+    # the keep-all execution is not redone either
+    assert json.loads((run / "batch256" / "keep_all.json").read_text())["measured"] == keep_all
 
 
 def test_a_failing_reference_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch):
