@@ -153,7 +153,8 @@ def run_quality(models: Sequence[str], fractions: Sequence[float] | None = None,
     refs, plans = [], []
     for key in models:
         cfg = model_config(key)
-        ref = run_reference(cfg, budgets, backends, iterations, max(warmup, 1), with_checkpoint, progress)
+        ref = run_reference(cfg, budgets, backends, iterations=iterations, with_checkpoint=with_checkpoint,
+                            progress=progress)
         refs.append(ref)
         levels = [round(float(x), 4) for x in ref.peak_ratio.dropna() if 0 < x < 0.999]
         grid = cfg.fractions if fractions is None else fractions

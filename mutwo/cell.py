@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CellStatus", "FEASIBLE", "Row", "COLUMNS", "results_frame", "CellContext", "Measured", "PlanMemo",
            "cell_key", "run_cell", "batch_oom_row", "measure_reference", "solve", "predict", "execute_plan", "executor",
-           "error_text", "is_oom", "release_memory", "schedule_file_name"]
+           "error_text", "is_oom", "release_memory", "schedule_file_name", "SOLVER", "REFERENCE"]
 
 ExecuteFn = Callable[..., Any]
 
@@ -45,6 +45,7 @@ class CellStatus(str, enum.Enum):
     ERROR = "error"  # the solver raised, or its process died
     INVALID = "invalid"  # the plan fails validation, or claims to fit but simulates above the budget
     OOM = "oom"  # executing the plan (or capturing its batch size) ran out of memory
+    MEASURED = "measured"  # a PyTorch reference row that ran (kind "reference"; it fails as "error")
 
     def __str__(self) -> str:
         return self.value
@@ -54,6 +55,7 @@ class CellStatus(str, enum.Enum):
 
 
 FEASIBLE = (CellStatus.OPTIMAL.value, CellStatus.FEASIBLE.value)  # plain strings: for pandas .isin too
+SOLVER, REFERENCE = "solver", "reference"  # a row's kind: a solver x budget cell, or PyTorch's own saver
 
 
 # ---------------------------------------------------------------------- the row
@@ -93,6 +95,7 @@ class Row:
     n_swap: int | None = None
     schedule_file: str | None = None
     message: str | None = None
+    kind: str = SOLVER  # or REFERENCE: a PyTorch saver measured beside the solvers (mutwo.references)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as cells.jsonl stores it: every column, in order, the status as its string."""
@@ -104,6 +107,7 @@ class Row:
     def from_dict(cls, d: dict[str, Any]) -> Row:
         """A row read back from cells.jsonl (absent columns are None, unknown keys are ignored)."""
         row = cls(**{c: d.get(c) for c in COLUMNS})
+        row.kind = row.kind or SOLVER  # lines written before the kind column are all solver cells
         if row.status is not None:
             row.status = CellStatus(row.status)
         return row

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", help="comma-separated batch sizes, e.g. 2,4")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the scenario's device")
     p.add_argument("--no-execute", action="store_true", help="simulate only; do not run schedules")
+    p.add_argument("--no-references", action="store_true",
+                   help="no PyTorch reference rows (eager, checkpoint, memory budget; see docs/compare.md)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results/)")
     p.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
     p.add_argument("--resume", action="store_true",
@@ -110,6 +112,8 @@ def load(args: argparse.Namespace) -> Scenario:
         scenario.execute.enabled = False
     if args.refresh_profile:
         scenario.profile.refresh = True
+    if args.no_references:
+        scenario.references.enabled = False
     return scenario
 
 

@@ -16,7 +16,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from mutwo import plots, report  # noqa: E402
-from mutwo.cell import FEASIBLE  # noqa: E402
+from mutwo.cell import FEASIBLE, REFERENCE  # noqa: E402
 from mutwo.problem import Problem  # noqa: E402
 from mutwo.schedule import Schedule  # noqa: E402
 from mutwo.simulate import simulate  # noqa: E402
@@ -47,25 +47,64 @@ def _overhead_frame(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _reference_points(df: pd.DataFrame) -> pd.DataFrame:
+    """PyTorch's measured reference rows (kind ``reference``) as points: batch, peak, overhead (%), label."""
+    refs = df[(df["kind"] == REFERENCE) & (df["status"] == "measured")] if "kind" in df else df.iloc[:0]
+    refs = refs.dropna(subset=["measured_peak_bytes", "measured_overhead_pct"])
+    return pd.DataFrame({"batch": refs["batch_size"], "peak": refs["measured_peak_bytes"].astype(float),
+                         "overhead": refs["measured_overhead_pct"],
+                         "label": refs["solver"].str.removeprefix("pytorch:")})
+
+
+def _draw_references(axes: dict, refs: pd.DataFrame, scale: float) -> None:
+    """Each reference as a black star, labelled, on its batch size's panel (``axes``: batch -> Axes)."""
+    for r in refs.itertuples():
+        ax = axes.get(r.batch)
+        if ax is None:
+            continue
+        ax.scatter([r.peak / scale], [r.overhead], marker="*", s=220, color="black", zorder=5,
+                   label="PyTorch (measured)")
+        ax.annotate(r.label, (r.peak / scale, r.overhead), fontsize=7, xytext=(5, 4), textcoords="offset points")
+    for ax in axes.values():  # one legend entry for all stars
+        handles, labels = ax.get_legend_handles_labels()
+        if "PyTorch (measured)" in labels:
+            ax.legend([handles[labels.index("PyTorch (measured)")]], ["PyTorch (measured)"], fontsize=7,
+                      loc="upper right")
+
+
 def overhead_vs_peak(df: pd.DataFrame, path: str | Path) -> Path:
     """Iteration-time overhead over keep-all against peak memory, one colour per solver; predicted
-    (simulator) and measured (executed) points told apart by marker. One panel per batch size."""
-    data = _overhead_frame(df)
-    if data.empty:
+    (simulator) and measured (executed) points told apart by marker. One panel per batch size. PyTorch's
+    reference rows are black stars, labelled (their overhead is over the eager step)."""
+    data, refs = _overhead_frame(report.solver_rows(df)), _reference_points(df)
+    if data.empty and refs.empty:
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.text(0.5, 0.5, "no feasible plan", ha="center", va="center")
         ax.set_axis_off()
         return plots.save(fig, path)
-    unit, scale = unit_for(float(data["peak"].max()))
-    data[f"peak ({unit})"] = data["peak"] / scale
-    batches = sorted(data["batch"].unique())
-    g = sns.relplot(data=data, x=f"peak ({unit})", y="overhead %", hue="solver", style="kind",
-                    markers={"predicted": "o", "measured": "X"}, col="batch" if len(batches) > 1 else None,
-                    kind="scatter", s=70, alpha=0.85, height=4.2, aspect=1.3, facet_kws={"sharex": False})
-    for ax in g.axes.flat:
+    unit, scale = unit_for(float(pd.concat([data["peak"], refs["peak"]]).max()))
+    if data.empty:  # only PyTorch's points
+        batches = sorted(refs["batch"].unique())
+        fig, axs = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4.2), squeeze=False)
+        axes = dict(zip(batches, axs.flat))
+        for b, ax in axes.items():
+            ax.set_xlabel(f"peak ({unit})")
+            ax.set_ylabel("overhead %")
+            ax.set_title(f"batch = {b}")
+        figure = fig
+    else:
+        data[f"peak ({unit})"] = data["peak"] / scale
+        batches = sorted(data["batch"].unique())
+        g = sns.relplot(data=data, x=f"peak ({unit})", y="overhead %", hue="solver", style="kind",
+                        markers={"predicted": "o", "measured": "X"}, col="batch" if len(batches) > 1 else None,
+                        kind="scatter", s=70, alpha=0.85, height=4.2, aspect=1.3, facet_kws={"sharex": False})
+        axes = dict(g.axes_dict) if len(batches) > 1 else {batches[0]: g.ax}
+        figure = g.figure
+    _draw_references(axes, refs, scale)
+    for ax in axes.values():
         ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
-    g.figure.suptitle("time overhead vs peak memory (lower-left is better)", y=1.03)
-    return plots.save(g.figure, path)
+    figure.suptitle("time overhead vs peak memory (lower-left is better)", y=1.03)
+    return plots.save(figure, path)
 
 
 def plan_timelines(problem: Problem, schedules: dict[str, Schedule], budget_bytes: int, path: str | Path,
@@ -207,7 +246,9 @@ def run_figures(df: pd.DataFrame, problems: dict[int, Problem], keep_all: dict[i
     """Every figure of a run into ``run_dir/plots`` (``problems`` and ``keep_all``: each batch size's
     Problem and keep_all.json); returns the files made."""
     out = run_dir / "plots"
-    made = [overhead_vs_peak(df, out / "overhead_vs_peak.png"), solve_times(df, out / "solve_times.png")]
+    made = [overhead_vs_peak(df, out / "overhead_vs_peak.png")]  # with PyTorch's reference points
+    df = report.solver_rows(df)
+    made.append(solve_times(df, out / "solve_times.png"))
     for bs, problem in sorted(problems.items()):
         path = _timeline(df, bs, problem, run_dir)
         if path is not None:

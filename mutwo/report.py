@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mutwo.cell import FEASIBLE
+from mutwo.cell import FEASIBLE, REFERENCE
 from mutwo.files import write_text
 
 __all__ = ["markdown_table", "best_per_budget", "summary_frame", "write_report", "fmt_bytes", "fixed_budgets",
-           "largest_batch_skip_reason", "largest_batch_frame", "KEEP_ALL_BAR", "NO_FIT"]
+           "largest_batch_skip_reason", "largest_batch_frame", "KEEP_ALL_BAR", "NO_FIT", "solver_rows",
+           "best_at_each_reference", "references_section", "TIME_TIE", "PLAN_RTOL"]
 
 KEEP_ALL_BAR = "keep-all (unmodified step)"
 NO_FIT = "fits at no batch size tried"
@@ -176,11 +177,100 @@ def _largest_batch_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[s
         markdown_table(shown), ""]
 
 
+# ---------------------------------------------------------------------- PyTorch's own savers
+TIME_TIE = 0.05  # time ratios within 5% of each other are a tie: the spread of steps on a shared CPU
+PLAN_RTOL = 1e-3  # a plan counts against PyTorch only if it trains like the unmodified step
+
+
+def solver_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The solver x budget cells (every row but PyTorch's reference rows)."""
+    return df[df["kind"].fillna("solver") != REFERENCE] if "kind" in df else df
+
+
+def _tie(a: float, b: float) -> bool:
+    return abs(a / b - 1.0) <= TIME_TIE if a > 0 and b > 0 else a == b
+
+
+def best_at_each_reference(df: pd.DataFrame) -> pd.DataFrame:
+    """Per measured PyTorch reference row: the best mutwo plan at no more memory.
+
+    Candidates: executed solver rows of the same batch size, feasible, training like the unmodified step
+    (``max_rel_diff`` <= `PLAN_RTOL`), not emulated swaps (their CPU saving is not real), whose measured
+    peak is at most the reference's. Best: the lowest measured time; other plans within `TIME_TIE` of it
+    are ``ties`` (rows sharing one execution, as a plan found at several budgets, are one plan). ``verdict`` compares the overheads, each over its own unmodified step (the plan: the
+    captured keep-all step; the reference: the eager steps paired with it): ``mutwo faster``, ``tie``
+    (within `TIME_TIE`), ``PyTorch faster``, or ``no mutwo plan at this memory``."""
+    cols = ["batch", "pytorch", "pytorch peak", "pytorch overhead %", "best mutwo plan", "plan peak",
+            "plan overhead %", "ties", "verdict"]
+    refs = df[(df["kind"] == REFERENCE) & (df["status"] == "measured")] if "kind" in df else df.iloc[:0]
+    plans = solver_rows(df)
+    plans = plans[plans["status"].isin(FEASIBLE) & plans["executed"].fillna(False).astype(bool)
+                  & plans["measured_time_s"].notna() & plans["measured_peak_bytes"].notna()
+                  & (plans["max_rel_diff"].fillna(np.inf) <= PLAN_RTOL)
+                  & ~plans["emulated_swap"].fillna(False).astype(bool)]
+    rows = []
+    for r in refs.itertuples():
+        row = {"batch": r.batch_size, "pytorch": r.solver, "pytorch peak": r.measured_peak_bytes,
+               "pytorch overhead %": r.measured_overhead_pct}
+        cand = plans[(plans["batch_size"] == r.batch_size) & (plans["measured_peak_bytes"] <= r.measured_peak_bytes)]
+        if cand.empty:
+            rows.append({**row, "verdict": "no mutwo plan at this memory"})
+            continue
+        cand = cand.sort_values(["measured_time_s", "measured_peak_bytes"], kind="stable")
+        best = cand.iloc[0]
+        # rows of one plan share one execution (the same peak and time): the best's are not ties
+        others = cand.iloc[1:].drop_duplicates(["measured_peak_bytes", "measured_time_s"])
+        others = others[(others["measured_peak_bytes"] != best["measured_peak_bytes"])
+                        | (others["measured_time_s"] != best["measured_time_s"])]
+        ties = [f"{c.solver} @ {c.budget}" for c in others.itertuples()
+                if _tie(c.measured_time_s, best["measured_time_s"])]
+        mine, theirs = 1 + best["measured_overhead_pct"] / 100, 1 + r.measured_overhead_pct / 100
+        verdict = ("n/a" if pd.isna(mine) or pd.isna(theirs) else "tie" if _tie(mine, theirs)
+                   else "mutwo faster" if mine < theirs else "PyTorch faster")
+        rows.append({**row, "best mutwo plan": f"{best['solver']} @ {best['budget']}",
+                     "plan peak": best["measured_peak_bytes"], "plan overhead %": best["measured_overhead_pct"],
+                     "ties": ", ".join(ties), "verdict": verdict})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def references_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[str]:
+    """report.md's section on PyTorch's own savers: each reference point against the best mutwo plan at
+    no more memory, the eager step beside the captured keep-all step, failures and notes."""
+    lines = ["## PyTorch's own savers", ""]
+    refs = df[df["kind"] == REFERENCE] if "kind" in df else df.iloc[:0]
+    notes = [f"- batch {bs}: {note}" for bs, info in sorted(batches.items())
+             for note in (info.get("reference_notes") or {}).values()]
+    if refs.empty and not notes:
+        return lines + ["No reference rows (`references: false`, `--no-references` or `--no-execute`).", ""]
+    table = best_at_each_reference(df)
+    shown = table.assign(**{c: table[c].map(fmt_bytes) for c in ("pytorch peak", "plan peak")})
+    lines += ["PyTorch's eager step, per-block `torch.utils.checkpoint` and `torch.compile` at "
+              "`activation_memory_budget` knob values, measured in this run with the allocator meter "
+              "(docs/compare.md). At each PyTorch point, the best mutwo plan at no more memory: the executed "
+              "plan of that batch size with the lowest measured time among those whose measured peak is at "
+              f"most the point's (emulated swaps and plans that train differently left out). Overheads are "
+              f"each over its own unmodified step (PyTorch: the eager steps timed beside it; mutwo: the "
+              f"captured keep-all step); within {TIME_TIE:.0%} of each other they are a tie.", "",
+              markdown_table(shown) if len(shown) else "(no measured reference row)", ""]
+    for bs, info in sorted(batches.items()):
+        eager = refs[(refs["batch_size"] == bs) & (refs["solver"] == "pytorch:eager")
+                     & (refs["status"] == "measured")]
+        captured = info.get("profile_measured_peak_bytes")
+        if len(eager) and captured and info.get("peak_method", "").startswith("cpu-allocator"):
+            peak = eager["measured_peak_bytes"].iloc[0]
+            lines.append(f"- batch {bs}: the eager step peaks at {fmt_bytes(peak)}, the captured keep-all step "
+                         f"at {fmt_bytes(captured)} (allocator meter, profile; ratio {peak / captured:.4f})")
+    failed = refs[refs["status"] != "measured"]
+    lines += [f"- batch {r.batch_size}, {r.solver}: {r.status}: {r.message}" for r in failed.itertuples()]
+    return lines + notes + [""]
+
+
 def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[Path],
                  batches: dict[int, dict]) -> Path:
     """report.md: what ran, the best solver at each budget, the full table and the plots."""
     path = Path(path)
     sc = run["scenario"]
+    everything, df = df, solver_rows(df)  # PyTorch's reference rows: their own section, and All results
     executed = bool(df["executed"].any()) if len(df) else False
     lines = [f"# {sc['name']}: activation-memory plans compared", "",
              f"- model `{sc['model']}` {sc.get('model_options') or ''}, optimizer `{sc['optimizer']['name']}` "
@@ -213,7 +303,9 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
                  " (schedules were not executed: no measured column)."), "",
               markdown_table(best_per_budget(df)) if len(df) else "(no rows)", ""]
     lines += _largest_batch_section(df, batches) if len(df) else []
-    lines += ["## All results", "", markdown_table(summary_frame(df)) if len(df) else "(no rows)", ""]
+    lines += references_section(everything, batches)
+    lines += ["## All results", "", markdown_table(summary_frame(everything)) if len(everything) else "(no rows)",
+              ""]
     errors = df[df["status"].isin(["error", "invalid", "timeout", "oom"])]
     if len(errors):
         lines += ["## Errors", ""]

@@ -21,7 +21,9 @@ from mutwo.cell import CellContext, PlanMemo, Row
 from mutwo.pipeline import Prepared
 from mutwo.scenario import Scenario
 
-__all__ = ["RunOptions", "RunContext", "run_scenario", "versions"]
+__all__ = ["RunOptions", "RunContext", "run_scenario", "versions", "reference_list", "REFERENCE_NOTES"]
+
+REFERENCE_NOTES = "reference_notes"  # keep_all.json: {label: why a reference has no row}
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,13 @@ def _run_grid(ctx: RunContext, previous: dict) -> tuple[Path, pd.DataFrame]:
     run_info = _run_info(ctx, previous)
     files.write_json(run_json, run_info)
     files.write_text(ctx.run_dir / "scenario.yaml", Path(ctx.source).read_text())
-    n_cells = len(sc.batch_size) * len(sc.solvers) * len(sc.budgets)
+    n_cells = len(sc.batch_size) * (len(sc.solvers) * len(sc.budgets) + len(reference_list(sc)))
     t_start = time.perf_counter()
     ctx.bar = tqdm(total=n_cells, desc=sc.name, unit="cell", disable=ctx.options.quiet, dynamic_ncols=True)
     try:
         for bs in sc.batch_size:
             _run_batch(ctx, bs)
+            _run_references(ctx, bs)
     except BaseException as exc:  # Ctrl-C or a bug: say so in run.json, keep what is done, re-raise
         ctx.bar.close()
         ctx.write_results()
@@ -159,6 +162,8 @@ def prepare_batch(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Prepar
     key = old.get("profile_cache_key") if ctx.options.resume else None
     prep = pipeline.prepare_scenario(ctx.scenario, bs, ctx.device, ctx.source, status=ctx.status, profile_key=key)
     pipeline.save_tables(prep, folder)
+    if REFERENCE_NOTES in old:  # resuming: PyTorch references that have no row, and why
+        prep.info[REFERENCE_NOTES] = old[REFERENCE_NOTES]
     if "measured" in old:  # resuming: the keep-all execution is already done
         prep.info["measured"] = old["measured"]
     elif ctx.cell.execute_fn is not None:
@@ -213,3 +218,68 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
     ctx.write_results()
     if bs in ctx.batches:
         ctx.batches[bs].release()  # free the model before the next batch size
+
+
+# ---------------------------------------------------------------------- PyTorch's own savers
+def reference_list(scenario: Scenario) -> list:
+    """The `mutwo.references.Reference` s each batch size gets rows for (none when turned off, or when
+    nothing is executed: they are measured runs)."""
+    spec = scenario.references
+    if not (spec.enabled and scenario.execute.enabled):
+        return []
+    from mutwo.references import references
+
+    return references(spec.eager, spec.checkpoint, spec.memory_budget, spec.backend)
+
+
+def _reference_runner(ctx: RunContext, bs: int):
+    from mutwo.references import ReferenceRunner
+    from mutwo.workload import OptimizerConfig
+
+    sc = ctx.scenario
+    return ReferenceRunner(lambda: pipeline.build(sc, bs, ctx.device, ctx.source),
+                           OptimizerConfig(sc.optimizer.name, dict(sc.optimizer.options)),
+                           iterations=sc.execute.iterations, seed=sc.seed)
+
+
+def _run_references(ctx: RunContext, bs: int) -> None:
+    """The reference rows of one batch size, after its cells (each like a cell: appended to cells.jsonl
+    when measured, skipped on --resume when done). A reference that does not apply (checkpoint without a
+    known block) has no row: its note goes to keep_all.json and report.md."""
+    from mutwo.references import reference_row
+
+    refs = reference_list(ctx.scenario)
+    if not refs:
+        return
+    info_path = ctx.run_dir / f"batch{bs}" / pipeline.KEEP_ALL_FILE
+    info = run_folder.read_json(info_path)
+    notes: dict[str, str] = dict(info.get(REFERENCE_NOTES, {}))
+    runner = None
+    try:
+        for ref in refs:
+            key = cell.cell_key(bs, ref.label, None)
+            if key in ctx.done or ref.label in notes:
+                if key in ctx.done:
+                    ctx.rows.append(ctx.done[key])
+                ctx.bar.update()
+                continue
+            ctx.status(f"b{bs} {ref.label}")
+            runner = runner or _reference_runner(ctx, bs)
+            result = runner.measure(ref)
+            if result.status == "skipped":
+                notes[ref.label] = result.message
+            else:
+                row = reference_row(result, scenario=ctx.scenario.name, model=ctx.scenario.model, batch_size=bs,
+                                    device=ctx.device, keep_all=info, memory_limit=ctx.scenario.execute.memory_limit)
+                run_folder.append_cell(ctx.run_dir, row)
+                ctx.rows.append(row)
+            ctx.bar.update()
+    finally:
+        if runner is not None:
+            runner.close()
+    if notes and info:
+        info[REFERENCE_NOTES] = notes
+        files.write_json(info_path, info)
+        if bs in ctx.batches:
+            ctx.batches[bs].info[REFERENCE_NOTES] = notes
+    ctx.write_results()

@@ -106,6 +106,9 @@ def check_resumable(previous: dict, scenario: Scenario, device: str, run_dir: Pa
     old_ex = old.get("execute") or {}
     changed += [(f"execute.{k}", old_ex[k], new["execute"][k]) for k in _RESUME_EXECUTE_KEYS
                 if k in old_ex and old_ex[k] != new["execute"][k]]
+    old_ref, new_ref = old.get("references") or {}, new["references"]  # reference labels omit the backend
+    if old_ref.get("enabled") and new_ref["enabled"] and old_ref.get("backend", new_ref["backend"]) != new_ref["backend"]:
+        changed.append(("references.backend", old_ref["backend"], new_ref["backend"]))
     if previous.get("device") not in (None, device):
         changed.append(("device", previous["device"], device))
     old_solvers = {s["label"]: s for s in old.get("solvers", [])}

@@ -19,6 +19,8 @@ Schema (defaults in brackets)::
     solve: {timeout_s: 1800}        # hard wall-clock limit per solver call [1800]; null: in-process
     profile: {runs: 3, warmup: 1, refresh: false}   # refresh: measure again, not from the cache
     execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null}
+    references: {eager: true, checkpoint: true, memory_budget: [0.5], backend: aot_eager_decomp_partition}
+                                    # PyTorch's own savers as rows (mutwo.references); false: none
     seed: 0
 
 This module is the schema and its error messages only. Everything a file can get wrong is checked when
@@ -43,7 +45,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
-           "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S"]
+           "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "ReferencesSpec", "load_scenario", "validate_scenario",
+           "parse_size", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
 
@@ -289,6 +292,40 @@ class SolveSpec(BaseModel):
     timeout_s: float | None = Field(DEFAULT_TIMEOUT_S, gt=0)
 
 
+class ReferencesSpec(BaseModel):
+    """PyTorch's own savers measured beside the solvers (`mutwo.references`): the eager step, per-block
+    checkpointing, and ``torch.compile`` at each ``activation_memory_budget`` knob value in [0, 1] (a
+    fraction of the partitioner's default activation memory, not a byte budget) on ``backend``.
+    ``references: false`` (or ``--no-references``) turns them all off; they need ``execute.enabled``."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    eager: bool = True
+    checkpoint: bool = True
+    memory_budget: list[float] = Field(default_factory=lambda: [0.5])
+    backend: Literal["aot_eager_decomp_partition", "aot_eager", "inductor"] = "aot_eager_decomp_partition"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return {"enabled": v}
+        if v is None:
+            return {"enabled": False}
+        return v
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _knobs(cls, v: Any) -> Any:
+        items = v if isinstance(v, list) else [v]
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1:
+                raise ValueError(f"{_shown(x)} is not an activation_memory_budget knob; write numbers in [0, 1] "
+                                 f"(1: the partitioner's default, 0: recompute all it can), e.g. [0.5], or [] "
+                                 f"for none")
+        return list(dict.fromkeys(float(x) for x in items))
+
+
 class Scenario(BaseModel):
     """A validated scenario (the file it came from is the ``source`` its errors name)."""
 
@@ -305,6 +342,7 @@ class Scenario(BaseModel):
     solve: SolveSpec = Field(default_factory=SolveSpec)
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     execute: ExecuteSpec = Field(default_factory=ExecuteSpec)
+    references: ReferencesSpec = Field(default_factory=ReferencesSpec)
     seed: int = 0
 
     @field_validator("name")

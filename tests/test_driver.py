@@ -67,7 +67,7 @@ def test_problem_and_schedule_save_atomically_under_any_name(tmp_path):
 
 # ---------------------------------------------------------------------- Row, cells.jsonl
 def test_cell_status_holds_the_solver_statuses_and_oom():
-    assert {s.value for s in Status} | {"oom"} == {s.value for s in CellStatus}
+    assert {s.value for s in Status} | {"oom", "measured"} == {s.value for s in CellStatus}  # measured: references
     assert FEASIBLE == ("optimal", "feasible")
     assert f"{CellStatus.OOM}" == str(CellStatus.OOM) == "oom" and CellStatus.FEASIBLE in FEASIBLE
     assert pd.Series(["optimal", "oom"]).isin(FEASIBLE).tolist() == [True, False]
@@ -77,7 +77,8 @@ def test_an_old_cells_line_round_trips_byte_for_byte():
     row = Row.from_dict(json.loads(OLD_LINE))
     assert row.status is CellStatus.FEASIBLE and row.executed is True and row.n_keep == 6
     assert list(row.to_dict()) == COLUMNS
-    assert json.dumps(files.jsonable(row.to_dict())) == OLD_LINE
+    # written before the kind column: a solver cell, the same line with its kind added
+    assert row.kind == "solver" and json.dumps(files.jsonable(row.to_dict())) == OLD_LINE[:-1] + ', "kind": "solver"}'
     assert row.key == "128|mutwo_greedy|600KiB"
 
 
