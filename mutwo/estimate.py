@@ -50,6 +50,8 @@ _FLOP_ALIASES = {
 # ops that only move bytes (beside in-place writes, which are copies too); mutwo's boundary markers clone
 _COPIES = {"clone", "_to_copy", "copy", "cat", "stack", "constant_pad_nd", "slice_backward", "select_backward",
            "fwd_end", "bwd_start", "contiguous"}
+# ops that read rows of a table: of each input they read at most what they write
+_GATHERS = {"embedding", "index", "index_select", "gather"}
 # memory-bound families that carry no pointwise / reduction tag (matched in the op's name)
 _NORM_WORDS = ("norm", "softmax")
 _MEMORY_WORDS = ("embedding", "index", "gather", "scatter", "loss", "pool", "cumsum", "tril", "triu", "where",
@@ -115,10 +117,15 @@ def _flops(node: fx.Node) -> tuple[float | None, str]:
         return None, f"FLOP formula failed: {type(exc).__name__}: {str(exc)[:80]}"
 
 
+def _name(node: fx.Node) -> str:
+    """The op's name without namespace and overload: "mm" for aten.mm.default."""
+    return node.target.__name__.split(".")[0] if hasattr(node.target, "__name__") else str(node.target)
+
+
 def _class(node: fx.Node, flops: float | None, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
            aliased: bool) -> str:
     """The op class (see OP_CLASSES); "unknown" when none applies."""
-    name = node.target.__name__.split(".")[0] if hasattr(node.target, "__name__") else str(node.target)
+    name = _name(node)
     if flops is not None:
         return "attention" if "attention" in name else "conv" if "conv" in name else "matmul"
     if mutated_args(node):
@@ -157,6 +164,8 @@ def op_cost(node: fx.Node, spec: DeviceSpec, *, tf32_matmul: bool = False, tf32_
         else:
             aliased = False
             written += t.untyped_storage().nbytes()
+    if _name(node) in _GATHERS:
+        read = {k: min(v, written) for k, v in read.items()}
     flops, note = _flops(node)
     cls = _class(node, flops, inputs, outputs, aliased)
     nbytes = sum(read.values()) + written if cls != "view" else 0

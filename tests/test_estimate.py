@@ -83,6 +83,15 @@ def test_broadcast_input_is_read_once():
     assert op_cost(add, ROUND).nbytes == 4 * (1024 * 1024 + 1024 + 1024 * 1024)
 
 
+def test_embedding_reads_the_rows_it_gathers_not_the_table():
+    gm = make_fx(lambda w, i: torch.nn.functional.embedding(i, w), tracing_mode="fake")(
+        torch.empty(1000, 64), torch.zeros(8, dtype=torch.int64))
+    (emb,) = [n for n in gm.graph.nodes if n.op == "call_function"]
+    c = op_cost(emb, ROUND)
+    out = 8 * 64 * 4
+    assert c.op_class == "memory" and c.nbytes == out + 8 * 8 + out  # rows read, ids read, rows written
+
+
 def test_views_cost_the_floor_and_move_nothing():
     nodes = _nodes(lambda x: x.view(-1, 32).t(), (64, 64))
     assert len(nodes) == 2
@@ -187,3 +196,13 @@ def test_local_cpu_calibration_measures_positive_rates():
     assert spec.name == "local-cpu" and spec.source.startswith("calibrated")
     assert spec.flops("fp32") > 1e8 and spec.flops("bf16") > 1e8 and spec.hbm_bytes_per_s > 1e8
     assert 0 < spec.launch_latency_s < 1e-2 and set(spec.efficiency.values()) == {1.0}
+
+
+def test_estimate_check_script_runs(tmp_path):
+    from benchmarks import estimate_check
+
+    df = estimate_check.main(["--models", "mlp:4", "--runs", "1", "--warmup", "0", "--device", "cpu"], out=tmp_path)
+    assert (tmp_path / "estimate_check.csv").exists() and (tmp_path / "estimate_check.md").exists()
+    total = df[df.op_class == "all ops"].iloc[0]
+    assert total.n_ops == df[df.op_class != "all ops"].n_ops.sum() and total.measured_ms > 0
+    assert total.estimated_ms > 0 and np.isfinite(total.median_ratio)

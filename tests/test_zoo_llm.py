@@ -150,3 +150,15 @@ def test_real_tiny_llama_recompute_plan_trains_like_the_unmodified_step():
     res = execute(graph, problem, Schedule.from_decisions(problem, rec), flat, iterations=0, warmup=0,
                   ref=reference(graph, flat, 1), binding=binding)
     assert res.bitwise_equal
+
+
+def test_llm_scale_script_runs(tmp_path):
+    from benchmarks import llm_scale
+
+    stages, plans, summary = llm_scale.main(["--model", "llama-tiny", "--seq-len", "32", "--batch", "2",
+                                             "--budgets", "64MiB", "2MiB", "--modes", "both", "--repeat", "1"],
+                                            out=tmp_path)
+    assert (tmp_path / "llm_scale.md").exists() and (tmp_path / "llm_scale_plans.csv").exists()
+    assert summary["cost_source"] == "estimated:h100-sxm" and summary["peak_rss_GiB"] > 0
+    assert list(plans.status) == ["feasible", "infeasible"]  # 2 MiB is below the fixed memory
+    assert summary["floor_GiB"] <= summary["keep_all_peak_GiB"]
