@@ -7,8 +7,8 @@ build the Problem, simulate keep-all and plan with the μ-TWO greedy at fixed bu
 Targets (issue 16): capture + Problem <= 10 min and <= 8 GiB peak resident, simulate <= 100 ms,
 mutwo_greedy <= 5 s at each budget. Wall times are this machine's (shared: see the load column);
 the peak resident size is the process's ``ru_maxrss``. Predicted peaks and times are for the target
-(estimated op times, never measured). Writes ``results/benchmarks/llm_scale_{stages,plans}.csv`` and
-a markdown table of both.
+(estimated op times, never measured). Writes ``results/benchmarks/llm_scale_{stages,plans,classes}.csv``
+and ``llm_scale.md``.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def _plans(problem, keep, budgets: list[str], modes: list[str], repeat: int) -> 
 def run(model: str = "llama-7b", batch: int = 1, seq_len: int = 4096, dtype: str = "bfloat16",
         target: str = "h100-sxm", optimizer: str = "adamw", budgets: tuple[str, ...] = ("80GiB", "60GiB", "40GiB"),
         modes: tuple[str, ...] = ("both", "recompute", "swap"), repeat: int = 3,
-        model_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The stage table, the plan table and a summary of one model at one size."""
+        model_options: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """The stage table, the plan table, where the estimated step time goes (per op class) and a summary
+    of one model at one size."""
     st = Stages()
     opts = {"seq_len": seq_len, "dtype": dtype, "meta": True, **(model_options or {})}
     wl = st.run("build (meta)", lambda: build_workload(model, batch, **opts))
@@ -107,6 +108,13 @@ def run(model: str = "llama-7b", batch: int = 1, seq_len: int = 4096, dtype: str
     stages.loc[len(stages)] = {"stage": "simulate keep-all (median)", "wall_s": statistics.median(sim_times),
                                "rss_GiB": rss_bytes() / GiB, "peak_rss_GiB": peak_rss_bytes() / GiB}
     plans = pd.DataFrame(_plans(problem, keep, list(budgets), list(modes), repeat))
+    classes = (pd.DataFrame({"op_class": est.op_class, "time_s": est.op_time_s, "flops": est.op_flops,
+                             "bytes": est.op_bytes})
+               .groupby("op_class").agg(n_ops=("time_s", "size"), time_s=("time_s", "sum"), TFLOP=("flops", "sum"),
+                                        GB=("bytes", "sum"))
+               .assign(TFLOP=lambda d: d.TFLOP / 1e12, GB=lambda d: d.GB / 1e9,
+                       share=lambda d: d.time_s / d.time_s.sum())
+               .sort_values("time_s", ascending=False).reset_index())
     floor, _ = problem.peak_floor()
     summary = {
         "model": model, "batch": batch, "seq_len": seq_len, "dtype": dtype, "optimizer": optimizer, "target": target,
@@ -118,10 +126,11 @@ def run(model: str = "llama-7b", batch: int = 1, seq_len: int = 4096, dtype: str
         "capture_problem_s": float(stages.wall_s[:4].sum()), "peak_rss_GiB": peak_rss_bytes() / GiB,
         "simulate_ms": 1e3 * statistics.median(sim_times),
         "greedy_s_max": float(plans.solve_s.max()) if len(plans) else float("nan"), **machine()}
-    return stages, plans, summary
+    return stages, plans, classes, summary
 
 
-def main(argv: list[str] | None = None, out: Path = RESULTS) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def main(argv: list[str] | None = None, out: Path = RESULTS) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                                  dict]:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,20 +146,21 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> tuple[pd.DataFra
     ap.add_argument("--torch-threads", type=int, default=1)
     args = ap.parse_args(argv)
     set_threads(args.torch_threads)
-    stages, plans, summary = run(args.model, args.batch, args.seq_len, args.dtype, args.target, args.optimizer,
-                                 tuple(args.budgets), tuple(args.modes), args.repeat)
+    stages, plans, classes, summary = run(args.model, args.batch, args.seq_len, args.dtype, args.target,
+                                          args.optimizer, tuple(args.budgets), tuple(args.modes), args.repeat)
     write_csv(stages, "llm_scale_stages.csv", out)
     write_csv(plans, "llm_scale_plans.csv", out)
+    write_csv(classes, "llm_scale_classes.csv", out)
     checks = {k: f"{summary[k]:.3g} (target <= {v:g})" for k, v in
               {"capture_problem_s": TARGETS["capture_problem_s"], "peak_rss_GiB": TARGETS["peak_rss_GiB"],
                "simulate_ms": TARGETS["simulate_ms"], "greedy_s_max": TARGETS["greedy_s"]}.items()}
     text = "\n\n".join([
         "\n".join(f"- {k}: {v}" for k, v in summary.items()), "Targets:\n" + "\n".join(f"- {k}: {v}" for k, v in
                                                                                       checks.items()),
-        markdown(stages), markdown(plans)])
+        markdown(stages), markdown(plans), "Estimated keep-all step time per op class:\n\n" + markdown(classes)])
     files.write_text(out / "llm_scale.md", text + "\n")
     print(text)
-    return stages, plans, summary
+    return stages, plans, classes, summary
 
 
 if __name__ == "__main__":

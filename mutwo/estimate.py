@@ -50,8 +50,8 @@ _FLOP_ALIASES = {
 # ops that only move bytes (beside in-place writes, which are copies too); mutwo's boundary markers clone
 _COPIES = {"clone", "_to_copy", "copy", "cat", "stack", "constant_pad_nd", "slice_backward", "select_backward",
            "fwd_end", "bwd_start", "contiguous"}
-# ops that read rows of a table: of each input they read at most what they write
-_GATHERS = {"embedding", "index", "index_select", "gather"}
+# ops that read rows of a table (or one entry per row, the loss): of each input at most what they write
+_GATHERS = {"embedding", "index", "index_select", "gather", "nll_loss_forward", "nll_loss2d_forward"}
 # memory-bound families that carry no pointwise / reduction tag (matched in the op's name)
 _NORM_WORDS = ("norm", "softmax")
 _MEMORY_WORDS = ("embedding", "index", "gather", "scatter", "loss", "pool", "cumsum", "tril", "triu", "where",

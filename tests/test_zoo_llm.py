@@ -155,10 +155,11 @@ def test_real_tiny_llama_recompute_plan_trains_like_the_unmodified_step():
 def test_llm_scale_script_runs(tmp_path):
     from benchmarks import llm_scale
 
-    stages, plans, summary = llm_scale.main(["--model", "llama-tiny", "--seq-len", "32", "--batch", "2",
+    stages, plans, classes, summary = llm_scale.main(["--model", "llama-tiny", "--seq-len", "32", "--batch", "2",
                                              "--budgets", "64MiB", "2MiB", "--modes", "both", "--repeat", "1"],
                                             out=tmp_path)
     assert (tmp_path / "llm_scale.md").exists() and (tmp_path / "llm_scale_plans.csv").exists()
     assert summary["cost_source"] == "estimated:h100-sxm" and summary["peak_rss_GiB"] > 0
     assert list(plans.status) == ["feasible", "infeasible"]  # 2 MiB is below the fixed memory
     assert summary["floor_GiB"] <= summary["keep_all_peak_GiB"]
+    assert classes.time_s.sum() == pytest.approx(summary["keep_all_time_s"])  # keep-all: no recompute, no stall
