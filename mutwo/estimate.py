@@ -52,6 +52,8 @@ _COPIES = {"clone", "_to_copy", "copy", "cat", "stack", "constant_pad_nd", "slic
            "fwd_end", "bwd_start", "contiguous"}
 # ops that read rows of a table (or one entry per row, the loss): of each input at most what they write
 _GATHERS = {"embedding", "index", "index_select", "gather", "nll_loss_forward", "nll_loss2d_forward"}
+# ops whose first argument is only the destination (its old values are not read)
+_OVERWRITES = {"copy_", "copy"}
 # memory-bound families that carry no pointwise / reduction tag (matched in the op's name)
 _NORM_WORDS = ("norm", "softmax")
 _MEMORY_WORDS = ("embedding", "index", "gather", "scatter", "loss", "pool", "cumsum", "tril", "triu", "where",
@@ -166,6 +168,9 @@ def op_cost(node: fx.Node, spec: DeviceSpec, *, tf32_matmul: bool = False, tf32_
             written += t.untyped_storage().nbytes()
     if _name(node) in _GATHERS:
         read = {k: min(v, written) for k, v in read.items()}
+    if _name(node) in _OVERWRITES:  # the destination is written, not read
+        for t in _vals(node.args[0].meta.get("val")):
+            read.pop(StorageWeakRef(t.untyped_storage()), None)
     flops, note = _flops(node)
     cls = _class(node, flops, inputs, outputs, aliased)
     nbytes = sum(read.values()) + written if cls != "view" else 0

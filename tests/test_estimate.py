@@ -206,3 +206,9 @@ def test_estimate_check_script_runs(tmp_path):
     total = df[df.op_class == "all ops"].iloc[0]
     assert total.n_ops == df[df.op_class != "all ops"].n_ops.sum() and total.measured_ms > 0
     assert total.estimated_ms > 0 and np.isfinite(total.median_ratio)
+
+
+def test_copy_reads_the_source_and_writes_the_destination():
+    (copy,) = _nodes(lambda dst, src: dst.copy_(src), (1024,), (1024,))
+    c = op_cost(copy, ROUND)
+    assert c.op_class == "copy" and c.nbytes == 2 * 1024 * 4  # not 3: the old values are not read
