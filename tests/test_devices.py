@@ -145,3 +145,12 @@ def test_devices_imports_without_torch():
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_docs_table_lists_every_device_with_its_figures():
+    doc = (Path(__file__).parent.parent / "docs" / "devices.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")}
+    for name, d in DEVICES.items():
+        assert name in rows, f"docs/devices.md has no row for {name}"
+        assert f"{d.hbm_bytes_per_s / 1e9:,.0f} GB/s" in rows[name]
+        assert f"{d.memory_bytes / GiB:g} GiB" in rows[name]
