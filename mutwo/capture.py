@@ -16,8 +16,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.func import functionalize
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.optim.adam import adam as _adam_update
 from torch.optim.adamw import adamw as _adamw_update
@@ -146,6 +148,16 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} ({f.line})"
 
 
+def _fake_cpu(args: Sequence) -> list:
+    """Meta tensors as fake CPU tensors of one fake mode (nothing allocated). On ``meta`` PyTorch picks
+    kernels as no real device would: SDPA falls back to its math decomposition (an S x S matrix where a
+    fused kernel saves none) and autocast does not apply. As fake CPU tensors they trace as on a device."""
+    if not any(isinstance(t, torch.Tensor) and t.is_meta for t in args):
+        return list(args)
+    mode = FakeTensorMode(allow_fallback_kernels=True, shape_env=ShapeEnv(), static_shapes=True)
+    return [FakeTensor(mode, t, torch.device("cpu")) if t.is_meta else mode.from_tensor(t) for t in args]
+
+
 def _trace(fn, args, mode: str) -> fx.GraphModule:
     try:
         return make_fx(fn, tracing_mode=mode)(*args)
@@ -185,7 +197,8 @@ def capture(workload: Workload, optimizer: OptimizerConfig | str = "adam", *, tr
     """Trace ``workload``'s whole training step into a TrainGraph.
 
     ``tracing="fake"`` allocates no activation memory (fake tensors), so large batches can be analysed;
-    models built on the ``meta`` device are analysed without allocating parameters either.
+    models built on the ``meta`` device are analysed without allocating parameters either (traced as
+    fake CPU tensors, so kernels are chosen as on a real device).
     """
     config = OptimizerConfig(optimizer) if isinstance(optimizer, str) else optimizer
     model = workload.model
@@ -196,7 +209,7 @@ def capture(workload: Workload, optimizer: OptimizerConfig | str = "adam", *, tr
     n_states = roles.count(Role.OPT_STATE)
     step = _step_fn(workload, config, n_params, n_buffers, n_states)
     # tracing must not touch the real tensors: run on clones where values matter (real mode)
-    args = flat if tracing == "fake" else [t.clone() for t in flat]
+    args = _fake_cpu(flat) if tracing == "fake" else [t.clone() for t in flat]
     gm0 = _trace(step, args, tracing)
     gm = _trace(functionalize(gm0, remove="mutations"), args, tracing)
     gm = _cleanup(gm)

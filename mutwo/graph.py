@@ -34,8 +34,18 @@ def _schema(node: fx.Node):
 
 
 def is_random_op(node: fx.Node) -> bool:
+    """Whether the op draws random numbers (recomputing it would give other values). Fused attention is
+    tagged as seeded for its dropout; with ``dropout_p=0`` (training LLMs, inference) it draws none."""
     tags = getattr(node.target, "tags", ())
-    return torch.Tag.nondeterministic_seeded in tags
+    if torch.Tag.nondeterministic_seeded not in tags:
+        return False
+    schema = _schema(node)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    if "dropout_p" in names:
+        i = names.index("dropout_p")
+        p = node.args[i] if i < len(node.args) else node.kwargs.get("dropout_p", schema.arguments[i].default_value)
+        return p != 0
+    return True
 
 
 def is_view_op(node: fx.Node) -> bool:

@@ -80,6 +80,9 @@ class Problem:
     host_bandwidth_bytes_per_s: float = 12e9  # one link per direction (device->host, host->device)
     device: str = "cpu"
     notes: dict = field(default_factory=dict)  # free-form provenance (model, batch, versions)
+    # where op_time_s comes from: "measured:cpu", "measured:cuda:<GPU name>" or "estimated:<target>"
+    # (a prediction for a device that did not run it); "" means measured on ``device``
+    cost_source: str = ""
     # bytes op t allocates for its outputs (in fixed_bytes[t], not yet allocated while recompute chains
     # anchored at t run); zeros when unknown, which only makes chain memory more conservative
     op_output_bytes: np.ndarray | None = None
@@ -96,6 +99,7 @@ class Problem:
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         self.op_time_s = np.asarray(self.op_time_s, dtype=np.float64)
+        self.cost_source = self.cost_source or f"measured:{self.device}"
         if self.op_output_bytes is None:
             self.op_output_bytes = np.zeros(len(self.op_time_s), dtype=np.int64)
         for name in ("op_transient_bytes", "fixed_bytes", "op_output_bytes", "act_bytes", "created", "last_fwd_use",
@@ -221,7 +225,7 @@ class Problem:
         path = Path(path)
         ro_off, ro_flat = _csr(self.recompute_ops)
         rs_off, rs_flat = _csr(self.recompute_sources)
-        meta = {"name": self.name, "fwd_end": self.fwd_end, "device": self.device,
+        meta = {"name": self.name, "fwd_end": self.fwd_end, "device": self.device, "cost_source": self.cost_source,
                 "host_bandwidth_bytes_per_s": self.host_bandwidth_bytes_per_s, "notes": self.notes,
                 "op_names": self.op_names, "act_names": self.act_names}
         from mutwo.files import atomic_path
@@ -252,7 +256,7 @@ class Problem:
                 recompute_sources=_uncsr(z["rs_off"], z["rs_flat"]),
                 recompute_temp_bytes=z["recompute_temp_bytes"],
                 host_bandwidth_bytes_per_s=float(meta["host_bandwidth_bytes_per_s"]),
-                device=meta["device"], notes=meta["notes"],
+                device=meta["device"], notes=meta["notes"], cost_source=meta.get("cost_source", ""),
                 op_output_bytes=z.get("op_output_bytes"), **{k: z.get(k) for k in cls._DATAFLOW})
 
     def peak_floor(self, movable: np.ndarray | None = None) -> tuple[int, int]:
@@ -280,7 +284,7 @@ class Problem:
         return int(floor[t]), t
 
     def summary(self) -> dict:
-        return {"name": self.name, "n_ops": self.n_ops, "n_act": self.n_act,
+        return {"name": self.name, "cost_source": self.cost_source, "n_ops": self.n_ops, "n_act": self.n_act,
                 "act_bytes_total": int(self.act_bytes.sum()), "fixed_peak_bytes": int(self.fixed_bytes.max()),
                 "compute_s": self.total_compute_s, "n_recomputable": int(self.recomputable.sum()),
                 "n_swappable": int(self.swappable.sum())}

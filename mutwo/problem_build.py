@@ -24,7 +24,7 @@ from mutwo.graph import Role, StorageInfo, TrainGraph, is_random_op, mutated_arg
 from mutwo.problem import Problem
 from mutwo.profile import Profile
 
-__all__ = ["build_problem", "StorageBinding", "recompute_walk", "forward_dataflow", "activation_table",
+__all__ = ["build_problem", "cost_source", "StorageBinding", "recompute_walk", "forward_dataflow", "activation_table",
            "STATE_UPDATING_OPS"]
 
 # ops that write running statistics in place but whose outputs do not depend on them in training mode;
@@ -84,7 +84,8 @@ class StorageBinding:
 
 
 def build_problem(graph: TrainGraph, prof: Profile, name: str | None = None) -> tuple[Problem, StorageBinding]:
-    """The Problem for ``graph`` with the costs measured in ``prof``, and its binding to ``graph``."""
+    """The Problem for ``graph`` with the costs of ``prof`` (measured, or estimated for a target by
+    `mutwo.estimate.estimate_profile`), and its binding to ``graph``."""
     acts = graph.activations
     act_index = {s.sid: i for i, s in enumerate(acts)}
     n = len(graph.ops)
@@ -126,10 +127,23 @@ def build_problem(graph: TrainGraph, prof: Profile, name: str | None = None) -> 
         recomputable=recomputable, swappable=[True] * len(acts), recompute_ops=recompute_ops,
         recompute_sources=recompute_sources, recompute_temp_bytes=temp_bytes,
         host_bandwidth_bytes_per_s=prof.host_bandwidth_bytes_per_s, device=prof.device,
+        cost_source=cost_source(prof),
         notes={**graph.description, "bandwidth_source": prof.bandwidth_source,
                "transient_measured": prof.transient_measured},
         op_output_bytes=outputs, **dataflow)
     return problem, StorageBinding(tuple(s.sid for s in acts))
+
+
+def cost_source(prof: Profile) -> str:
+    """Where a profile's op times come from: ``estimated:<target>`` for an estimate, else
+    ``measured:cpu`` or ``measured:cuda:<GPU name>`` (the name of the GPU that measured them)."""
+    own = getattr(prof, "cost_source", "")
+    if own:
+        return own
+    device = torch.device(prof.device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"measured:cuda:{torch.cuda.get_device_name(device)}"
+    return f"measured:{device.type}"
 
 
 def forward_dataflow(graph: TrainGraph) -> tuple[dict, dict[int, int]]:
