@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 CORE = ["mutwo.problem", "mutwo.schedule", "mutwo.linkmodel", "mutwo.simulate", "mutwo.synthetic",
-        "mutwo.registry", "mutwo.sandbox", "mutwo.plan_space", "mutwo.solver_options"]
+        "mutwo.registry", "mutwo.sandbox", "mutwo.plan_space", "mutwo.solver_options",
+        "mutwo.devices"]
 SOLVERS = ["solvers", *sorted(f"solvers.{p.stem}" for p in (ROOT / "solvers").glob("*.py") if p.stem != "__init__")]
 # torch side, but importing them must not need torch: a scenario is validated against them
 SCHEMA_SIDE = ["mutwo.workload", "mutwo.zoo", "mutwo.scenario"]
