@@ -201,7 +201,12 @@ def test_local_cpu_calibration_measures_positive_rates():
 def test_estimate_check_script_runs(tmp_path):
     from benchmarks import estimate_check
 
-    df = estimate_check.main(["--models", "mlp:4", "--runs", "1", "--warmup", "0", "--device", "cpu"], out=tmp_path)
+    threads = torch.get_num_threads()
+    try:  # a benchmark's main pins torch's threads for its process; the test process gets its own back
+        df = estimate_check.main(["--models", "mlp:4", "--runs", "1", "--warmup", "0", "--device", "cpu"],
+                                 out=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
     assert (tmp_path / "estimate_check.csv").exists() and (tmp_path / "estimate_check.md").exists()
     total = df[df.op_class == "all ops"].iloc[0]
     assert total.n_ops == df[df.op_class != "all ops"].n_ops.sum() and total.measured_ms > 0

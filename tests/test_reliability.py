@@ -456,8 +456,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     def start(*extra: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "mutwo.compare", str(path), "--out", str(tmp_path), "--run-id", "killed",
                "--quiet", "--no-plots", "--no-execute", *extra]
-        return subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        # the same torch thread count as the in-process reference run: it is part of the profile cache key
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     # kill 1: as soon as the run folder is there (while the model is built / captured)
     _kill_when(start(), lambda: (run / "run.json").exists())
