@@ -7,6 +7,8 @@ unmodified graph); time ratios over the unmodified graph timed between the plan'
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from mutwo import cell
 from mutwo.pipeline import Prepared
 from mutwo.scenario import SolverSpec
 from mutwo.schedule import Schedule
+from mutwo.simulate import simulate
 
 __all__ = ["prepare", "default_solvers", "recompute_only", "sweep", "measured_columns"]
 
@@ -121,6 +124,13 @@ class _Sweep:
     max_attempts: int
     measured: dict[bytes, tuple[dict, str]] = field(default_factory=dict)
 
+    @functools.cached_property
+    def no_transients(self):
+        """The Problem as if ops had no in-kernel scratch (the model before CPU transients were measured),
+        to show what the scratch adds to each prediction."""
+        p = self.prep.problem
+        return dataclasses.replace(p, op_transient_bytes=np.zeros_like(p.op_transient_bytes))
+
     def run_plan(self, schedule: Schedule, who: str) -> dict:
         key = schedule.plan_key()
         if key in self.measured:
@@ -153,7 +163,8 @@ class _Sweep:
             return row
         row.update(predicted_peak_bytes=sim.peak_bytes, predicted_time_s=sim.time_s,
                    predicted_recompute_s=sim.recompute_s, predicted_stall_s=sim.stall_s,
-                   predicted_peak_op=sim.peak_op, fits=sim.fits(budget) if budget is not None else True)
+                   predicted_peak_op=sim.peak_op, fits=sim.fits(budget) if budget is not None else True,
+                   predicted_peak_no_transients_bytes=simulate(self.no_transients, schedule).peak_bytes)
         if self.execute:
             try:
                 row.update(self.run_plan(schedule, f"{spec.label}@{fraction}"))
