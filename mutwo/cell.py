@@ -258,7 +258,8 @@ def execute_plan(execute_fn: ExecuteFn, batch: Prepared, schedule: Schedule, *, 
     """Run ``schedule`` on the batch's captured step for real (``execute_fn``: `executor`'s); its timed
     iterations are rerun up to ``max_attempts`` times while the machine's load moves."""
     return execute_fn(batch.graph, batch.problem, schedule, batch.flat, binding=batch.binding,
-                      iterations=iterations, warmup=warmup, seed=seed, max_attempts=max_attempts)
+                      iterations=iterations, warmup=warmup, seed=seed, max_attempts=max_attempts,
+                      references=batch.references)
 
 
 def error_text(exc: BaseException) -> str:

@@ -556,8 +556,16 @@ def _time(train_graph: TrainGraph, module: fx.GraphModule, work: list[torch.Tens
 
 def execute(train_graph: TrainGraph, problem: Problem, schedule: Schedule, flat_inputs: Sequence[torch.Tensor],
             iterations: int = 3, warmup: int = 1, seed: int = 0, ref: Reference | None = None, *,
-            binding: StorageBinding, max_attempts: int = 3) -> ExecResult:
-    """Apply ``schedule`` to the graph and run it for real (the only place a schedule is run)."""
+            binding: StorageBinding, max_attempts: int = 3, references: dict | None = None) -> ExecResult:
+    """Apply ``schedule`` to the graph and run it for real (the only place a schedule is run).
+
+    ``references``: a cache of the unmodified graph's runs (`reference`) for these inputs, shared by the
+    plans of one batch size (filled here when it lacks this iteration count and seed)."""
     module = apply(train_graph, problem, schedule, binding=binding)
+    if ref is None and references is not None:
+        key = (max(warmup, 1) + iterations, seed)
+        if key not in references:
+            references[key] = reference(train_graph, flat_inputs, key[0], seed)
+        ref = references[key]
     return run(train_graph, module, flat_inputs, iterations=iterations, warmup=warmup, seed=seed, ref=ref,
                max_attempts=max_attempts)

@@ -55,6 +55,9 @@ class Prepared:
     info: dict = field(default_factory=dict)  # keep_all.json: reference figures, measured ones included
     binding: StorageBinding | None = None  # activation -> graph storage, needed to execute
     floor: tuple[int, int] = (0, 0)  # problem.peak_floor(): no plan peaks below it
+    # the unmodified step's runs that executed plans are checked against (mutwo.execute.reference), by
+    # (iterations, seed): computed once per batch size, on the host
+    references: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.floor == (0, 0) and self.problem is not None:
@@ -63,6 +66,7 @@ class Prepared:
     def release(self) -> None:
         """Drop the model and its state (before the next batch size is built)."""
         self.graph = self.flat = self.binding = None
+        self.references = {}
 
 
 def seed_everything(seed: int) -> None:

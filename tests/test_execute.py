@@ -280,6 +280,17 @@ def test_times_the_iterations_after_the_measured_one(mlp):
     assert keep.reference_times_s == [] and keep.time_ratio == 1.0
 
 
+def test_plans_of_one_batch_size_share_the_unmodified_runs_they_are_checked_against(mlp):
+    references: dict = {}
+    first = execute(mlp.graph, mlp.problem, mlp.schedules["mixed"], mlp.flat, iterations=1, binding=mlp.binding,
+                    references=references)
+    (key, ref), = references.items()
+    assert key == (2, 0) and ref.iterations == 2
+    again = execute(mlp.graph, mlp.problem, mlp.schedules["recompute_all"], mlp.flat, iterations=1,
+                    binding=mlp.binding, references=references)
+    assert list(references.values()) == [ref] and first.bitwise_equal and again.bitwise_equal
+
+
 def test_graph_output_is_not_an_activation(mlp):
     """The loss is returned by the step: it must survive anyway (moving it would free nothing), so it
     is no decidable activation, and swap-all moves everything else and trains identically."""
