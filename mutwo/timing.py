@@ -1,7 +1,7 @@
 """Timing a plan's execution on a machine others share: a chosen torch thread count, the unmodified
 step timed between the plan's iterations (reference, plan, reference, ..., reference: each plan
 iteration has a bracket on each side, and its time ratio is over these, so drifts of the load
-cancel), and a rerun when the brackets or the iterations disagree. `mutwo.execute.run` times every
+cancel), and more iterations while the brackets or the iterations disagree. `mutwo.execute.run` times every
 plan this way, for ``python -m mutwo.compare`` and the benchmarks alike; docs/benchmarks.md says why
 each rule is there.
 """
@@ -67,20 +67,41 @@ def _spread(times: list[float]) -> float:
 
 @dataclass
 class Timing:
-    """One plan's timed iterations and the unmodified step's brackets around them (last attempt)."""
+    """A plan's timed iterations and the unmodified step's brackets around them: reference, plan,
+    reference, ..., reference (``reference_times_s`` has one more entry than ``plan_times_s``)."""
 
     plan_times_s: list[float]
-    reference_times_s: list[float] = field(default_factory=list)  # len(plan) + 1; empty: its own reference
-    attempts: int = 1
+    reference_times_s: list[float] = field(default_factory=list)  # empty: the plan is its own reference
+    wanted: int = 0  # how many calm iterations the caller asked for (0: as many as were run)
     threads: int = 0
 
     @property
+    def attempts(self) -> int:
+        """1 + the extra iterations run because brackets disagreed, in units of the iterations wanted."""
+        return max(1, -(-len(self.plan_times_s) // max(self.wanted, 1)))
+
+    def calm(self) -> list[int]:
+        """Iterations whose two brackets agree within `STEADY` (all of them without brackets)."""
+        r = self.reference_times_s
+        if not r:
+            return list(range(len(self.plan_times_s)))
+        return [i for i in range(len(self.plan_times_s)) if _spread([r[i], r[i + 1]]) <= STEADY]
+
+    def _used(self) -> list[int]:
+        """The iterations the figures come from: the calm ones, or all when none is."""
+        return self.calm() or list(range(len(self.plan_times_s)))
+
+    @property
     def time_s(self) -> float:
-        return statistics.median(self.plan_times_s) if self.plan_times_s else float("nan")
+        used = self._used()
+        return statistics.median(self.plan_times_s[i] for i in used) if used else float("nan")
 
     @property
     def reference_time_s(self) -> float:
-        return statistics.median(self.reference_times_s) if self.reference_times_s else self.time_s
+        if not self.reference_times_s:
+            return self.time_s
+        r = self.reference_times_s
+        return statistics.median((r[i] + r[i + 1]) / 2 for i in self._used())
 
     @property
     def ratios(self) -> list[float]:
@@ -92,17 +113,21 @@ class Timing:
 
     @property
     def ratio(self) -> float:
-        """Plan time over the unmodified step's: the median of the per-iteration ratios (1 for the
-        unmodified step itself)."""
-        return statistics.median(self.ratios) if self.plan_times_s else float("nan")
+        """Plan time over the unmodified step's: the median of the per-iteration ratios of the calm
+        iterations (of all, when none is calm; 1 for the unmodified step itself)."""
+        ratios = self.ratios
+        used = self._used()
+        return statistics.median(ratios[i] for i in used) if used else float("nan")
 
     @property
     def bracket_spread(self) -> float:
-        return _spread(self.reference_times_s)
+        """The largest disagreement of two brackets around one of the iterations used."""
+        r = self.reference_times_s
+        return max((_spread([r[i], r[i + 1]]) for i in self._used()), default=0.0) if r else 0.0
 
     @property
     def iteration_spread(self) -> float:
-        return _spread(self.plan_times_s)
+        return _spread([self.plan_times_s[i] for i in self._used()])
 
     @property
     def spread(self) -> float:
@@ -111,7 +136,8 @@ class Timing:
 
     @property
     def steady(self) -> bool:
-        return self.bracket_spread <= STEADY and self.iteration_spread <= SPREAD_LIMIT
+        return (len(self.calm()) >= min(max(self.wanted, 1), len(self.plan_times_s))
+                and self.iteration_spread <= SPREAD_LIMIT)
 
     def note(self) -> str:
         """Empty when steady; else why the figure may be off, with the limits."""
@@ -124,9 +150,10 @@ class Timing:
         if self.iteration_spread > SPREAD_LIMIT:
             why.append(f"the plan's iterations spread {100 * self.iteration_spread:.0f}% "
                        f"(limit {100 * SPREAD_LIMIT:.0f}%)")
-        tries = f"after {self.attempts} attempts" if self.attempts > 1 else (
-            f"one attempt: iterations over {RETRY_MAX_S:g} s are not rerun" if self.time_s > RETRY_MAX_S
-            else "one attempt")
+        n = len(self.plan_times_s)
+        tries = (f"{len(self.calm())} calm of {n} iterations" if n > self.wanted else
+                 f"{n} iteration{'s' * (n > 1)}: over {RETRY_MAX_S:g} s, not rerun" if self.time_s > RETRY_MAX_S
+                 else f"{n} iteration{'s' * (n > 1)}")
         return f"timing not steady ({tries}): " + "; ".join(why) + " - the machine's load changed"
 
 
@@ -141,29 +168,28 @@ def _timed(step: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, An
 def interleaved(plan: Callable[[], Any], reference: Callable[[], Any] | None, iterations: int, *,
                 after_plan: Callable[[int, Any], None] | None = None, sync: Callable[[], None] = lambda: None,
                 max_attempts: int = 3) -> Timing:
-    """Time ``iterations`` calls of ``plan`` with a call of ``reference`` (the unmodified step; None
-    when the plan is the unmodified step, its own reference) before the first and after each.
+    """Time calls of ``plan`` with a call of ``reference`` (the unmodified step; None when the plan is
+    the unmodified step, its own reference) before the first and after each, until ``iterations`` of
+    them are calm (their two brackets agree within `STEADY`) and the plan's own times agree within
+    `SPREAD_LIMIT`, or ``iterations * max_attempts`` have run, or one took over `RETRY_MAX_S`.
 
-    ``after_plan(i, output)`` runs untimed after plan iteration ``i`` of the first attempt (e.g. to
-    check what it computed). While the attempt is not `Timing.steady`, it is run again, up to
-    ``max_attempts`` times, unless an iteration takes over `RETRY_MAX_S`. Returns the last attempt.
+    Each extra iteration costs one plan and one reference call (the last bracket is the next one's
+    first). ``after_plan(i, output)`` runs untimed after each of the first ``iterations`` calls (e.g.
+    to check what they computed; later ones train on past what a reference ran).
     """
     import torch
 
-    timing = Timing([])
-    for attempt in range(1, max(max_attempts, 1) + 1):
-        plan_times, ref_times = [], []
+    plan_times: list[float] = []
+    ref_times = [] if reference is None else [_timed(reference, sync)[0]]
+    timing = Timing(plan_times, ref_times, iterations, torch.get_num_threads())
+    while len(plan_times) < iterations * max(max_attempts, 1):
+        t, out = _timed(plan, sync)
+        plan_times.append(t)
+        if after_plan is not None and len(plan_times) <= iterations:
+            after_plan(len(plan_times) - 1, out)
+        del out
         if reference is not None:
             ref_times.append(_timed(reference, sync)[0])
-        for i in range(iterations):
-            t, out = _timed(plan, sync)
-            plan_times.append(t)
-            if after_plan is not None and attempt == 1:
-                after_plan(i, out)
-            del out
-            if reference is not None:
-                ref_times.append(_timed(reference, sync)[0])
-        timing = Timing(plan_times, ref_times, attempt, torch.get_num_threads())
-        if timing.steady or not plan_times or timing.time_s > RETRY_MAX_S:
+        if len(plan_times) >= iterations and (timing.steady or t > RETRY_MAX_S):
             break
     return timing

@@ -124,29 +124,30 @@ class _Clock:
         self.now += next(self.reference)
 
 
-def test_interleaved_brackets_every_iteration_and_reruns_while_the_load_moves(monkeypatch):
-    # attempt 1: the unmodified step went from 1 s to 2 s (the load doubled); attempt 2 is calm
-    clock = _Clock(monkeypatch, plan=[1.5] * 4, reference=[1.0, 2.0, 2.0, 1.0, 1.0, 1.0])
+def test_interleaved_brackets_every_iteration_and_runs_more_while_the_load_moves(monkeypatch):
+    # the unmodified step went from 1 s to 2 s during the first plan iteration (the load doubled): that
+    # iteration's brackets disagree, so one more iteration runs (one plan and one reference call)
+    clock = _Clock(monkeypatch, plan=[1.5, 3.0, 3.0], reference=[1.0, 2.0, 2.0, 2.0])
     checked = []
     t = timing.interleaved(clock.run_plan, clock.run_reference, 2, after_plan=lambda i, out: checked.append((i, out)))
-    assert t.attempts == 2 and t.steady and t.note() == ""
-    assert t.plan_times_s == [1.5, 1.5] and t.reference_times_s == [1.0, 1.0, 1.0]
-    assert t.ratio == 1.5 and t.reference_time_s == 1.0 and t.time_s == 1.5
-    assert checked == [(0, 1), (1, 2)], "only the first attempt's outputs are checked"
-    # each iteration over the mean of its two brackets, then the median
+    assert t.plan_times_s == [1.5, 3.0, 3.0] and t.reference_times_s == [1.0, 2.0, 2.0, 2.0]
+    assert t.calm() == [1, 2] and t.steady and t.note() == "" and t.attempts == 2
+    assert t.ratio == 1.5 and t.reference_time_s == 2.0 and t.time_s == 3.0  # from the calm iterations
+    assert checked == [(0, 1), (1, 2)], "only the first iterations' outputs are checked"
+    # each iteration over the mean of its two brackets
     assert timing.Timing([2.0, 3.0], [1.0, 3.0, 1.0]).ratios == [1.0, 1.5]
 
 
 def test_interleaved_stops_at_max_attempts_for_slow_plans_and_for_its_own_reference(monkeypatch):
-    clock = _Clock(monkeypatch, plan=[1.0, 3.0] * 3, reference=[1.0] * 9)
+    clock = _Clock(monkeypatch, plan=[1.0, 3.0] * 3, reference=[1.0] * 7)
     noisy = timing.interleaved(clock.run_plan, clock.run_reference, 2, max_attempts=3)
-    assert noisy.attempts == 3 and not noisy.steady and noisy.spread == pytest.approx(2.0)
-    assert "after 3 attempts" in noisy.note() and "iterations spread 200% (limit 20%)" in noisy.note()
+    assert len(noisy.plan_times_s) == 6 and noisy.attempts == 3 and not noisy.steady
+    assert noisy.spread == pytest.approx(2.0) and "iterations spread 200% (limit 20%)" in noisy.note()
     slow = timing.RETRY_MAX_S + 1
     clock = _Clock(monkeypatch, plan=[slow], reference=[1.0, 3.0])
     once = timing.interleaved(clock.run_plan, clock.run_reference, 1)
     assert once.attempts == 1 and not once.steady and "not rerun" in once.note()
-    assert "brackets spread 200% (limit 10%)" in once.note()
+    assert "brackets spread 200% (limit 10%)" in once.note() and once.ratio == slow / 2.0
     clock = _Clock(monkeypatch, plan=[2.0, 2.0], reference=[])
     own = timing.interleaved(clock.run_plan, None, 2)
     assert own.ratio == 1.0 and own.reference_time_s == 2.0 and own.attempts == 1 and own.steady

@@ -272,9 +272,11 @@ def test_the_binding_ties_each_activation_to_its_storage_and_is_checked(mlp, tmp
 
 def test_times_the_iterations_after_the_measured_one(mlp):
     res = mlp.result("mixed")
-    assert len(res.iteration_times_s) == 2 and res.iteration_time_s > 0 and res.reference_time_s > 0
+    # two iterations, more (up to 3 x 2) while the load moved
+    assert 2 <= len(res.iteration_times_s) <= 6 and res.iteration_time_s > 0 and res.reference_time_s > 0
     # the unmodified step ran before, between and after them: each iteration has a bracket on each side
-    assert len(res.reference_times_s) == 3 and res.time_ratio > 0 and 1 <= res.timing_attempts <= 3
+    assert len(res.reference_times_s) == len(res.iteration_times_s) + 1
+    assert res.time_ratio > 0 and 1 <= res.timing_attempts <= 3
     assert res.bitwise_equal and res.threads == torch.get_num_threads()
     keep = mlp.result("keep_all")  # the unmodified step is its own reference
     assert keep.reference_times_s == [] and keep.time_ratio == 1.0
