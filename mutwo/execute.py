@@ -485,10 +485,10 @@ def run(train_graph: TrainGraph, module: fx.GraphModule, flat_inputs: Sequence[t
     ``module``'s peak memory and iteration time and the largest difference of what they compute.
 
     The first warm-up iteration (there is always one) is the one whose peak is measured, by the
-    allocator (the meter slows it, so it is never timed); the last ``iterations`` are timed, each
-    between two runs of the unmodified step on a copy of its own (`mutwo.timing.interleaved`, rerun up
-    to ``max_attempts`` times while the load moves; a module that changes nothing is its own
-    reference). Each iteration starts from ``torch.manual_seed(seed + i)`` so dropout draws the same
+    allocator (the meter slows it, so it is never timed); the ``iterations`` after the warm-up are
+    timed, each between two runs of the unmodified step on a copy of its own
+    (`mutwo.timing.interleaved`: more iterations, up to ``max_attempts`` times as many, while the load
+    moves; a module that changes nothing is its own reference). Each iteration starts from ``torch.manual_seed(seed + i)`` so dropout draws the same
     masks as the reference. The reference runs first (or is given: ``reference(...)`` with the same
     iteration count and seed) and waits on the host, so only the module's own tensors are on the
     device while its peak is measured. ``flat_inputs`` is not modified.
