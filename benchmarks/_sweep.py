@@ -197,8 +197,8 @@ def sweep(cfg: ModelConfig, prep: Prepared, solvers: Sequence[SolverSpec], fract
     own row (``budget_fraction`` NaN) that the measured ratios are relative to.
 
     Each plan's iterations are timed between runs of the unmodified step (`mutwo.timing.interleaved`:
-    reruns while the load changes, up to ``max_attempts``); ``load_steady`` says whether the last
-    attempt was calm."""
+    more iterations while the load moves, up to ``max_attempts`` times as many); ``load_steady`` says
+    whether the median ratio came out precise."""
     run = _Sweep(cfg, prep, iterations, warmup, execute, max_attempts)
     keep = Schedule.keep_all(prep.problem, solver="keep_all")
     rows = [run.describe(keep, SolverSpec(name="keep_all", label="unmodified (keep_all)"), None, None, 0.0)]

@@ -1,7 +1,8 @@
 """Timing a plan's execution on a machine others share: a chosen torch thread count, the unmodified
 step timed between the plan's iterations (reference, plan, reference, ..., reference: each plan
 iteration has a bracket on each side, and its time ratio is over these, so drifts of the load
-cancel), and more iterations while the brackets or the iterations disagree. `mutwo.execute.run` times every
+cancel), enough iterations of a short step for their median to average out its jitter, and more
+iterations while the brackets or the iterations disagree. `mutwo.execute.run` times every
 plan this way, for ``python -m mutwo.compare`` and the benchmarks alike; docs/benchmarks.md says why
 each rule is there.
 """
@@ -9,18 +10,21 @@ each rule is there.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STEADY", "SPREAD_LIMIT", "RETRY_MAX_S", "Timing", "interleaved", "threads_for", "torch_threads",
-           "set_threads"]
+__all__ = ["STEADY", "PRECISION", "RETRY_MAX_S", "MIN_TIMED_S", "MAX_SHORT_ITERATIONS", "Timing", "interleaved",
+           "threads_for", "torch_threads", "set_threads"]
 
-STEADY = 0.10  # the brackets of one attempt within 10% of each other: the load did not change
-SPREAD_LIMIT = 0.20  # the plan's own iterations within 20% of each other
+STEADY = 0.10  # one or two iterations: their brackets within 10% of each other
+PRECISION = 0.05  # three or more: the median ratio's estimated standard error within 5% (`Timing.error`)
 RETRY_MAX_S = 10.0  # plans slower than this per iteration (ResNet-152 recompute-all: ~80 s) run once
+MIN_TIMED_S = 2.0  # short steps get iterations until this much plan time: one step jitters by 10-20% here
+MAX_SHORT_ITERATIONS = 10  # ... but no more than this many for that reason
 
 
 def set_threads(n: int | None) -> None:
@@ -72,36 +76,21 @@ class Timing:
 
     plan_times_s: list[float]
     reference_times_s: list[float] = field(default_factory=list)  # empty: the plan is its own reference
-    wanted: int = 0  # how many calm iterations the caller asked for (0: as many as were run)
+    wanted: int = 0  # how many iterations are wanted (0: as many as were run)
     threads: int = 0
 
     @property
     def attempts(self) -> int:
-        """1 + the extra iterations run because brackets disagreed, in units of the iterations wanted."""
+        """The iterations run, in units of those wanted (1: no extra iteration was needed)."""
         return max(1, -(-len(self.plan_times_s) // max(self.wanted, 1)))
-
-    def calm(self) -> list[int]:
-        """Iterations whose two brackets agree within `STEADY` (all of them without brackets)."""
-        r = self.reference_times_s
-        if not r:
-            return list(range(len(self.plan_times_s)))
-        return [i for i in range(len(self.plan_times_s)) if _spread([r[i], r[i + 1]]) <= STEADY]
-
-    def _used(self) -> list[int]:
-        """The iterations the figures come from: the calm ones, or all when none is."""
-        return self.calm() or list(range(len(self.plan_times_s)))
 
     @property
     def time_s(self) -> float:
-        used = self._used()
-        return statistics.median(self.plan_times_s[i] for i in used) if used else float("nan")
+        return statistics.median(self.plan_times_s) if self.plan_times_s else float("nan")
 
     @property
     def reference_time_s(self) -> float:
-        if not self.reference_times_s:
-            return self.time_s
-        r = self.reference_times_s
-        return statistics.median((r[i] + r[i + 1]) / 2 for i in self._used())
+        return statistics.median(self.reference_times_s) if self.reference_times_s else self.time_s
 
     @property
     def ratios(self) -> list[float]:
@@ -113,48 +102,60 @@ class Timing:
 
     @property
     def ratio(self) -> float:
-        """Plan time over the unmodified step's: the median of the per-iteration ratios of the calm
-        iterations (of all, when none is calm; 1 for the unmodified step itself)."""
-        ratios = self.ratios
-        used = self._used()
-        return statistics.median(ratios[i] for i in used) if used else float("nan")
+        """Plan time over the unmodified step's: the median of the per-iteration ratios (1 for the
+        unmodified step itself). Every iteration counts: picking "calm" ones biased it here."""
+        return statistics.median(self.ratios) if self.plan_times_s else float("nan")
 
     @property
     def bracket_spread(self) -> float:
-        """The largest disagreement of two brackets around one of the iterations used."""
+        """How far the two brackets of an iteration differ (max / min - 1), the median over iterations:
+        how much the load moved within one step."""
         r = self.reference_times_s
-        return max((_spread([r[i], r[i + 1]]) for i in self._used()), default=0.0) if r else 0.0
+        return statistics.median(_spread([r[i], r[i + 1]]) for i in range(len(r) - 1)) if len(r) > 1 else 0.0
 
-    @property
-    def iteration_spread(self) -> float:
-        return _spread([self.plan_times_s[i] for i in self._used()])
+    def _values(self) -> list[float]:
+        """What the figure is the median of: the ratios, or the plan's own times without brackets."""
+        return self.ratios if self.reference_times_s else self.plan_times_s
 
     @property
     def spread(self) -> float:
-        """The larger of the two spreads, as a fraction (0.1: 10%)."""
-        return max(self.bracket_spread, self.iteration_spread)
+        """How much the iterations disagree, as a fraction (0.1: 10%): the median absolute deviation of
+        the per-iteration ratios over their median; for one iteration, how far its brackets differ."""
+        values = self._values()
+        if len(values) < 2:
+            return self.bracket_spread
+        mid = statistics.median(values)
+        return statistics.median(abs(v - mid) for v in values) / mid if mid > 0 else 0.0
+
+    @property
+    def error(self) -> float:
+        """Estimated relative standard error of the median ratio, from three iterations on: 1.25 x
+        sigma / sqrt(n), sigma estimated as 1.48 x the median absolute deviation (normal jitter)."""
+        n = len(self._values())
+        return 1.2533 * 1.4826 * self.spread / math.sqrt(n) if n >= 3 else float("nan")
 
     @property
     def steady(self) -> bool:
-        return (len(self.calm()) >= min(max(self.wanted, 1), len(self.plan_times_s))
-                and self.iteration_spread <= SPREAD_LIMIT)
+        """Three or more iterations: `error` within `PRECISION`; fewer: their brackets (and, for two,
+        their ratios) within `STEADY`."""
+        if len(self._values()) >= 3:
+            return self.error <= PRECISION
+        return self.bracket_spread <= STEADY and _spread(self._values()) <= STEADY
 
     def note(self) -> str:
-        """Empty when steady; else why the figure may be off, with the limits."""
+        """Empty when steady; else why the figure may be off, with the limit."""
         if self.steady:
             return ""
-        why = []
-        if self.bracket_spread > STEADY:
-            why.append(f"the unmodified step's brackets spread {100 * self.bracket_spread:.0f}% "
-                       f"(limit {100 * STEADY:.0f}%)")
-        if self.iteration_spread > SPREAD_LIMIT:
-            why.append(f"the plan's iterations spread {100 * self.iteration_spread:.0f}% "
-                       f"(limit {100 * SPREAD_LIMIT:.0f}%)")
         n = len(self.plan_times_s)
-        tries = (f"{len(self.calm())} calm of {n} iterations" if n > self.wanted else
-                 f"{n} iteration{'s' * (n > 1)}: over {RETRY_MAX_S:g} s, not rerun" if self.time_s > RETRY_MAX_S
-                 else f"{n} iteration{'s' * (n > 1)}")
-        return f"timing not steady ({tries}): " + "; ".join(why) + " - the machine's load changed"
+        runs = f"{n} iteration{'s' * (n > 1)}" + (f", over {RETRY_MAX_S:g} s: not rerun" if n <= self.wanted
+                                                   and self.time_s > RETRY_MAX_S else "")
+        if n >= 3:
+            why = (f"the median ratio's standard error is {100 * self.error:.0f}% (limit {100 * PRECISION:.0f}%; "
+                   f"iterations spread {100 * self.spread:.0f}%)")
+        else:
+            why = (f"the unmodified step before and after differs by {100 * self.bracket_spread:.0f}% "
+                   f"(limit {100 * STEADY:.0f}%)")
+        return f"timing not steady ({runs}): {why} - the machine's load moved"
 
 
 def _timed(step: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
@@ -169,20 +170,22 @@ def interleaved(plan: Callable[[], Any], reference: Callable[[], Any] | None, it
                 after_plan: Callable[[int, Any], None] | None = None, sync: Callable[[], None] = lambda: None,
                 max_attempts: int = 3) -> Timing:
     """Time calls of ``plan`` with a call of ``reference`` (the unmodified step; None when the plan is
-    the unmodified step, its own reference) before the first and after each, until ``iterations`` of
-    them are calm (their two brackets agree within `STEADY`) and the plan's own times agree within
-    `SPREAD_LIMIT`, or ``iterations * max_attempts`` have run, or one took over `RETRY_MAX_S`.
+    the unmodified step, its own reference) before the first and after each.
 
-    Each extra iteration costs one plan and one reference call (the last bracket is the next one's
-    first). ``after_plan(i, output)`` runs untimed after each of the first ``iterations`` calls (e.g.
-    to check what they computed; later ones train on past what a reference ran).
+    ``wanted`` = ``iterations``, or more for a short step: as many as make `MIN_TIMED_S` of plan time
+    (at most `MAX_SHORT_ITERATIONS`), since one iteration jitters by 10-15% on a shared machine and
+    the median of several does not. Runs until ``wanted`` have run and `Timing.steady`, or ``wanted *
+    max_attempts`` have run, or one took over `RETRY_MAX_S`. Each extra iteration costs one plan and
+    one reference call (the last bracket is the next one's first). ``after_plan(i, output)`` runs
+    untimed after each of the first ``iterations`` calls (e.g. to check what they computed; later
+    ones train on past what a reference ran).
     """
     import torch
 
     plan_times: list[float] = []
     ref_times = [] if reference is None else [_timed(reference, sync)[0]]
     timing = Timing(plan_times, ref_times, iterations, torch.get_num_threads())
-    while len(plan_times) < iterations * max(max_attempts, 1):
+    while iterations > 0 and len(plan_times) < timing.wanted * max(max_attempts, 1):
         t, out = _timed(plan, sync)
         plan_times.append(t)
         if after_plan is not None and len(plan_times) <= iterations:
@@ -190,6 +193,8 @@ def interleaved(plan: Callable[[], Any], reference: Callable[[], Any] | None, it
         del out
         if reference is not None:
             ref_times.append(_timed(reference, sync)[0])
-        if len(plan_times) >= iterations and (timing.steady or t > RETRY_MAX_S):
+        if len(plan_times) == 1 and t > 0:
+            timing.wanted = max(iterations, min(MAX_SHORT_ITERATIONS, math.ceil(MIN_TIMED_S / t)))
+        if len(plan_times) >= timing.wanted and (timing.steady or t > RETRY_MAX_S):
             break
     return timing

@@ -5,6 +5,7 @@ prepared and reloaded."""
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -125,29 +126,38 @@ class _Clock:
 
 
 def test_interleaved_brackets_every_iteration_and_runs_more_while_the_load_moves(monkeypatch):
-    # the unmodified step went from 1 s to 2 s during the first plan iteration (the load doubled): that
-    # iteration's brackets disagree, so one more iteration runs (one plan and one reference call)
-    clock = _Clock(monkeypatch, plan=[1.5, 3.0, 3.0], reference=[1.0, 2.0, 2.0, 2.0])
+    # 4 s steps: one iteration is wanted. The unmodified step went from 4 s to 6 s during it (the
+    # load moved), so more run (one plan and one reference call each: the last bracket is reused)
+    # until the median ratio is precise
+    clock = _Clock(monkeypatch, plan=[6.0, 7.2, 7.2], reference=[4.0, 6.0, 6.0, 6.0])
     checked = []
-    t = timing.interleaved(clock.run_plan, clock.run_reference, 2, after_plan=lambda i, out: checked.append((i, out)))
-    assert t.plan_times_s == [1.5, 3.0, 3.0] and t.reference_times_s == [1.0, 2.0, 2.0, 2.0]
-    assert t.calm() == [1, 2] and t.steady and t.note() == "" and t.attempts == 2
-    assert t.ratio == 1.5 and t.reference_time_s == 2.0 and t.time_s == 3.0  # from the calm iterations
-    assert checked == [(0, 1), (1, 2)], "only the first iterations' outputs are checked"
-    # each iteration over the mean of its two brackets
-    assert timing.Timing([2.0, 3.0], [1.0, 3.0, 1.0]).ratios == [1.0, 1.5]
+    t = timing.interleaved(clock.run_plan, clock.run_reference, 1, after_plan=lambda i, out: checked.append((i, out)))
+    assert t.plan_times_s == pytest.approx([6.0, 7.2, 7.2]) and t.reference_times_s == pytest.approx([4, 6, 6, 6])
+    assert t.wanted == 1 and t.steady and t.note() == "" and t.attempts == 3
+    assert t.ratios == pytest.approx([1.2] * 3) and t.ratio == pytest.approx(1.2)  # each over its brackets' mean
+    assert checked == [(0, 1)], "only the first iterations' outputs are checked"
+
+
+def test_short_steps_get_enough_iterations_for_a_precise_median(monkeypatch):
+    # 0.5 s steps: MIN_TIMED_S / 0.5 = 4 iterations wanted; ratios 1.1, 0.9, 1.0, 1.0 are steady
+    clock = _Clock(monkeypatch, plan=[0.55, 0.45, 0.5, 0.5], reference=[0.5] * 5)
+    t = timing.interleaved(clock.run_plan, clock.run_reference, 1)
+    assert t.wanted == math.ceil(timing.MIN_TIMED_S / 0.55) == 4 and len(t.plan_times_s) == 4
+    assert t.ratio == 1.0 and t.spread == pytest.approx(0.05) and t.steady
+    assert t.error == pytest.approx(1.2533 * 1.4826 * 0.05 / 2)
 
 
 def test_interleaved_stops_at_max_attempts_for_slow_plans_and_for_its_own_reference(monkeypatch):
-    clock = _Clock(monkeypatch, plan=[1.0, 3.0] * 3, reference=[1.0] * 7)
+    clock = _Clock(monkeypatch, plan=[1.0, 3.0, 2.0] * 2, reference=[1.0] * 7)  # 1 s steps: 2 wanted
     noisy = timing.interleaved(clock.run_plan, clock.run_reference, 2, max_attempts=3)
     assert len(noisy.plan_times_s) == 6 and noisy.attempts == 3 and not noisy.steady
-    assert noisy.spread == pytest.approx(2.0) and "iterations spread 200% (limit 20%)" in noisy.note()
+    assert noisy.ratio == 2.0 and noisy.spread == pytest.approx(0.5) and "6 iterations" in noisy.note()
+    assert "standard error is 38% (limit 5%" in noisy.note()
     slow = timing.RETRY_MAX_S + 1
     clock = _Clock(monkeypatch, plan=[slow], reference=[1.0, 3.0])
     once = timing.interleaved(clock.run_plan, clock.run_reference, 1)
-    assert once.attempts == 1 and not once.steady and "not rerun" in once.note()
-    assert "brackets spread 200% (limit 10%)" in once.note() and once.ratio == slow / 2.0
+    assert once.attempts == 1 and not once.steady and "over 10 s: not rerun" in once.note()
+    assert "differs by 200% (limit 10%)" in once.note() and once.ratio == slow / 2.0
     clock = _Clock(monkeypatch, plan=[2.0, 2.0], reference=[])
     own = timing.interleaved(clock.run_plan, None, 2)
     assert own.ratio == 1.0 and own.reference_time_s == 2.0 and own.attempts == 1 and own.steady

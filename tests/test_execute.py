@@ -272,8 +272,8 @@ def test_the_binding_ties_each_activation_to_its_storage_and_is_checked(mlp, tmp
 
 def test_times_the_iterations_after_the_measured_one(mlp):
     res = mlp.result("mixed")
-    # two iterations, more (up to 3 x 2) while the load moved
-    assert 2 <= len(res.iteration_times_s) <= 6 and res.iteration_time_s > 0 and res.reference_time_s > 0
+    # a ms step: as many iterations as MIN_TIMED_S allows (at most 10), more (up to 3 x) while the load moved
+    assert 10 <= len(res.iteration_times_s) <= 30 and res.iteration_time_s > 0 and res.reference_time_s > 0
     # the unmodified step ran before, between and after them: each iteration has a bracket on each side
     assert len(res.reference_times_s) == len(res.iteration_times_s) + 1
     assert res.time_ratio > 0 and 1 <= res.timing_attempts <= 3
