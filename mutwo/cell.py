@@ -157,7 +157,7 @@ class CellContext:
 
 
 EMULATED_SWAP_NOTE = ("swaps emulated on CPU: each is a memcpy out and back on the compute thread, which the "
-                      "model takes for an overlapped host-link transfer (measured time not comparable)")
+                      "model takes for an overlapped host-link transfer; the measured time includes those copies")
 
 
 @dataclass(frozen=True)
@@ -255,8 +255,9 @@ def executor(enabled: bool) -> tuple[ExecuteFn | None, str]:
 
 def execute_plan(execute_fn: ExecuteFn, batch: Prepared, schedule: Schedule, *, iterations: int, warmup: int,
                  seed: int = 0, max_attempts: int = 3) -> Any:
-    """Run ``schedule`` on the batch's captured step for real (``execute_fn``: `executor`'s); its timed
-    iterations are rerun up to ``max_attempts`` times while the machine's load moves."""
+    """Run ``schedule`` on the batch's captured step for real (``execute_fn``: `executor`'s), checked
+    against the batch's shared reference runs; while the machine's load moves, up to ``max_attempts``
+    times as many iterations are timed."""
     return execute_fn(batch.graph, batch.problem, schedule, batch.flat, binding=batch.binding,
                       iterations=iterations, warmup=warmup, seed=seed, max_attempts=max_attempts,
                       references=batch.references)
