@@ -107,6 +107,7 @@ def measured_columns(res) -> dict:
             "time_spread": float(res.time_spread), "baseline_time_s": float(res.reference_time_s),
             "baseline_time_min_s": float(min(base)), "load_steady": bool(res.timing_steady),
             "attempts": int(res.timing_attempts), "timing_note": res.timing_note, "torch_threads": res.threads,
+            "timing_clock": res.timing_clock,
             "max_rel_diff": float(res.max_rel_diff), "bitwise_equal": bool(res.bitwise_equal),
             "emulated_swap": bool(res.emulated_swap), "peak_method": res.method,
             "exec_warnings": "; ".join(res.notes.get("warnings", []))[:300]}

@@ -377,6 +377,7 @@ class ExecResult:
     timing_attempts: int = 1
     timing_note: str = ""  # why the times may be off (empty when steady)
     threads: int = 0  # torch threads while timing
+    timing_clock: str = "wall"  # what time_ratio is taken on: "thread-cpu" (CPU, one thread) or "wall"
 
     def to_row(self) -> dict:
         """Scalars only, for one row of a results table."""
@@ -387,7 +388,8 @@ class ExecResult:
                 "emulated_device_peak_bytes": self.emulated_device_peak_bytes,
                 "op_output_peak_bytes": self.op_output_peak_bytes, "time_ratio": self.time_ratio,
                 "time_spread": self.time_spread, "timing_steady": self.timing_steady,
-                "timing_attempts": self.timing_attempts, "timing_note": self.timing_note, "threads": self.threads}
+                "timing_attempts": self.timing_attempts, "timing_note": self.timing_note, "threads": self.threads,
+                "timing_clock": self.timing_clock}
 
 
 def _rel_diff(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
@@ -526,7 +528,7 @@ def run(train_graph: TrainGraph, module: fx.GraphModule, flat_inputs: Sequence[t
         emulated_device_peak_bytes=m.emulated_device_peak_bytes, op_output_peak_bytes=op_outputs,
         reference_times_s=timing.reference_times_s, time_ratio=timing.ratio, time_spread=timing.spread,
         timing_steady=timing.steady, timing_attempts=timing.attempts, timing_note=timing.note(),
-        threads=timing.threads)
+        threads=timing.threads, timing_clock=timing.clock)
 
 
 def _time(train_graph: TrainGraph, module: fx.GraphModule, work: list[torch.Tensor], flat_inputs: Sequence,
@@ -551,7 +553,7 @@ def _time(train_graph: TrainGraph, module: fx.GraphModule, work: list[torch.Tens
     ref_work = None if unmodified else [t.detach().clone() for t in flat_inputs]
     unmodified_step = None if ref_work is None else (lambda: train_graph.gm(*ref_work))
     return timing_.interleaved(plan, unmodified_step, iterations, after_plan=after_plan, sync=lambda: sync(device),
-                               max_attempts=max_attempts)
+                               max_attempts=max_attempts, clock=timing_.ratio_clock(device.type, torch.get_num_threads()))
 
 
 def execute(train_graph: TrainGraph, problem: Problem, schedule: Schedule, flat_inputs: Sequence[torch.Tensor],

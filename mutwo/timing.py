@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STEADY", "PRECISION", "RETRY_MAX_S", "MIN_TIMED_S", "MAX_SHORT_ITERATIONS", "Timing", "interleaved",
+__all__ = ["STEADY", "PRECISION", "RETRY_MAX_S", "MIN_TIMED_S", "MAX_SHORT_ITERATIONS", "Timing", "interleaved", "ratio_clock",
            "threads_for", "torch_threads", "set_threads"]
 
 STEADY = 0.10  # one or two iterations: their brackets within 10% of each other
@@ -74,10 +74,23 @@ class Timing:
     """A plan's timed iterations and the unmodified step's brackets around them: reference, plan,
     reference, ..., reference (``reference_times_s`` has one more entry than ``plan_times_s``)."""
 
-    plan_times_s: list[float]
-    reference_times_s: list[float] = field(default_factory=list)  # empty: the plan is its own reference
+    plan_times_s: list[float]  # wall
+    reference_times_s: list[float] = field(default_factory=list)  # wall; empty: the plan is its own reference
     wanted: int = 0  # how many iterations are wanted (0: as many as were run)
     threads: int = 0
+    # the timing thread's CPU time of the same calls, when ratios are taken on it (`ratio_clock`)
+    plan_cpu_s: list[float] | None = None
+    reference_cpu_s: list[float] | None = None
+
+    @property
+    def clock(self) -> str:
+        """What the ratios are taken on: ``thread-cpu`` or ``wall``."""
+        return "wall" if self.plan_cpu_s is None else "thread-cpu"
+
+    def _ratio_times(self) -> tuple[list[float], list[float]]:
+        if self.plan_cpu_s is None:
+            return self.plan_times_s, self.reference_times_s
+        return self.plan_cpu_s, self.reference_cpu_s or []
 
     @property
     def attempts(self) -> int:
@@ -94,11 +107,12 @@ class Timing:
 
     @property
     def ratios(self) -> list[float]:
-        """Per plan iteration, its time over the mean of the reference steps just before and after."""
-        if not self.reference_times_s:
-            return [1.0] * len(self.plan_times_s)
-        r = self.reference_times_s
-        return [p / ((r[i] + r[i + 1]) / 2) for i, p in enumerate(self.plan_times_s)]
+        """Per plan iteration, its time over the mean of the reference steps just before and after (on
+        the ratio clock)."""
+        plan, r = self._ratio_times()
+        if not r:
+            return [1.0] * len(plan)
+        return [p / ((r[i] + r[i + 1]) / 2) for i, p in enumerate(plan)]
 
     @property
     def ratio(self) -> float:
@@ -110,12 +124,12 @@ class Timing:
     def bracket_spread(self) -> float:
         """How far the two brackets of an iteration differ (max / min - 1), the median over iterations:
         how much the load moved within one step."""
-        r = self.reference_times_s
+        r = self._ratio_times()[1]
         return statistics.median(_spread([r[i], r[i + 1]]) for i in range(len(r) - 1)) if len(r) > 1 else 0.0
 
     def _values(self) -> list[float]:
         """What the figure is the median of: the ratios, or the plan's own times without brackets."""
-        return self.ratios if self.reference_times_s else self.plan_times_s
+        return self.ratios if self.reference_times_s else self._ratio_times()[0]
 
     @property
     def spread(self) -> float:
@@ -158,17 +172,25 @@ class Timing:
         return f"timing not steady ({runs}): {why} - the machine's load moved"
 
 
-def _timed(step: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
+def ratio_clock(device: str, threads: int) -> str:
+    """``thread-cpu`` on CPU with one torch thread (the step runs on the timing thread; its CPU time
+    leaves out the time other jobs had the core, which is most of the jitter of a shared machine),
+    else ``wall`` (CUDA kernels run asynchronously; several threads' CPU time is not the step's)."""
+    return "thread-cpu" if str(device).startswith("cpu") and threads == 1 else "wall"
+
+
+def _timed(step: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, float, Any]:
+    """(wall seconds, this thread's CPU seconds, output) of one call."""
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     out = step()
     sync()
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.thread_time() - c0, out
 
 
 def interleaved(plan: Callable[[], Any], reference: Callable[[], Any] | None, iterations: int, *,
                 after_plan: Callable[[int, Any], None] | None = None, sync: Callable[[], None] = lambda: None,
-                max_attempts: int = 3) -> Timing:
+                max_attempts: int = 3, clock: str = "wall") -> Timing:
     """Time calls of ``plan`` with a call of ``reference`` (the unmodified step; None when the plan is
     the unmodified step, its own reference) before the first and after each.
 
@@ -178,21 +200,35 @@ def interleaved(plan: Callable[[], Any], reference: Callable[[], Any] | None, it
     max_attempts`` have run, or one took over `RETRY_MAX_S`. Each extra iteration costs one plan and
     one reference call (the last bracket is the next one's first). ``after_plan(i, output)`` runs
     untimed after each of the first ``iterations`` calls (e.g. to check what they computed; later
-    ones train on past what a reference ran).
+    ones train on past what a reference ran). ``clock`` (`ratio_clock`): what the ratios are taken on;
+    times are wall times either way.
     """
     import torch
 
     plan_times: list[float] = []
-    ref_times = [] if reference is None else [_timed(reference, sync)[0]]
-    timing = Timing(plan_times, ref_times, iterations, torch.get_num_threads())
+    ref_times: list[float] = []
+    cpu = clock == "thread-cpu"
+    timing = Timing(plan_times, ref_times, iterations, torch.get_num_threads(), [] if cpu else None,
+                    [] if cpu else None)
+
+    def time_reference() -> None:
+        wall, used, _ = _timed(reference, sync)
+        ref_times.append(wall)
+        if cpu:
+            timing.reference_cpu_s.append(used)
+
+    if reference is not None:
+        time_reference()
     while iterations > 0 and len(plan_times) < timing.wanted * max(max_attempts, 1):
-        t, out = _timed(plan, sync)
+        t, used, out = _timed(plan, sync)
         plan_times.append(t)
+        if cpu:
+            timing.plan_cpu_s.append(used)
         if after_plan is not None and len(plan_times) <= iterations:
             after_plan(len(plan_times) - 1, out)
         del out
         if reference is not None:
-            ref_times.append(_timed(reference, sync)[0])
+            time_reference()
         if len(plan_times) == 1 and t > 0:
             timing.wanted = max(iterations, min(MAX_SHORT_ITERATIONS, math.ceil(MIN_TIMED_S / t)))
         if len(plan_times) >= timing.wanted and (timing.steady or t > RETRY_MAX_S):

@@ -113,7 +113,10 @@ class _Clock:
     def __init__(self, monkeypatch, plan: list[float], reference: list[float]) -> None:
         self.now, self.plan, self.reference = 0.0, iter(plan), iter(reference)
         self.plan_calls = self.reference_calls = 0
-        monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: self.now))
+        monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: self.now, thread_time=self.cpu))
+
+    def cpu(self) -> float:  # this thread had the core half the time: CPU time runs at half the wall's pace
+        return self.now / 2
 
     def run_plan(self):
         self.plan_calls += 1
@@ -145,6 +148,15 @@ def test_short_steps_get_enough_iterations_for_a_precise_median(monkeypatch):
     assert t.wanted == math.ceil(timing.MIN_TIMED_S / 0.55) == 4 and len(t.plan_times_s) == 4
     assert t.ratio == 1.0 and t.spread == pytest.approx(0.05) and t.steady
     assert t.error == pytest.approx(1.2533 * 1.4826 * 0.05 / 2)
+
+
+def test_ratios_on_the_thread_s_cpu_time_on_a_one_thread_cpu(monkeypatch):
+    assert timing.ratio_clock("cpu", 1) == "thread-cpu"
+    assert timing.ratio_clock("cpu", 2) == timing.ratio_clock("cuda", 1) == "wall"
+    clock = _Clock(monkeypatch, plan=[6.0], reference=[4.0, 4.0])
+    t = timing.interleaved(clock.run_plan, clock.run_reference, 1, clock="thread-cpu")
+    assert t.clock == "thread-cpu" and t.plan_cpu_s == [3.0] and t.reference_cpu_s == [2.0, 2.0]
+    assert t.time_s == 6.0 and t.reference_time_s == 4.0 and t.ratio == 1.5  # times stay wall times
 
 
 def test_interleaved_stops_at_max_attempts_for_slow_plans_and_for_its_own_reference(monkeypatch):
