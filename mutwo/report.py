@@ -82,7 +82,7 @@ def _measurement_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[str
               "what a device with its own memory would hold; **emulated, not measured**.",
               f"- time: each plan iteration between two runs of the unmodified step, torch threads "
               f"{', '.join(map(str, threads)) or '–'}; `meas overhead %` is the median of the per-iteration "
-              "ratios to those brackets."]
+              "ratios to those brackets (on CPU with one thread, of the timing thread's CPU time)."]
     noted = executed[_series(executed, "timing_note").fillna("").astype(str) != ""]
     for note, group in noted.groupby("timing_note", sort=False):
         cells = ", ".join(f"{r.solver} @ {r.budget} (b{r.batch_size})" for r in group.itertuples())
