@@ -1,11 +1,14 @@
 """Solve, simulate and execute many plans on one real model: the engine behind ``fidelity`` and
 ``quality``. Identical plans (same decisions and prefetch points) are executed once and shared, since
-they give identical rewritten graphs. Peak ratios are over the executed keep-all plan (the unmodified
-graph); time ratios over the unmodified graph timed right after each plan's execution
-(`mutwo.timing.bracketed`)."""
+they give identical rewritten graphs. Peaks are the allocator's (`mutwo.memory.allocator_peak`; for
+CPU swaps also the emulated device figure); peak ratios are over the executed keep-all plan (the
+unmodified graph); time ratios over the unmodified graph timed between the plan's iterations, as
+``python -m mutwo.compare`` times them (`mutwo.timing.interleaved`, inside `mutwo.execute.run`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._common import ModelConfig
-from mutwo import cell, timing
+from mutwo import cell
 from mutwo.pipeline import Prepared
 from mutwo.scenario import SolverSpec
 from mutwo.schedule import Schedule
+from mutwo.simulate import simulate
 
-__all__ = ["prepare", "default_solvers", "recompute_only", "sweep"]
+__all__ = ["prepare", "default_solvers", "recompute_only", "sweep", "measured_columns"]
 
 
 def recompute_only(spec: SolverSpec) -> bool:
@@ -91,6 +95,24 @@ def _is_ilp(name: str) -> bool:
     return name.startswith("ilp") or name == "checkmate_exact"
 
 
+def measured_columns(res) -> dict:
+    """A `mutwo.execute.ExecResult` as the sweep's measured columns (``baseline``: the unmodified step
+    timed between the plan's iterations; a plan that changes nothing is its own baseline)."""
+    times = list(res.iteration_times_s) or [res.iteration_time_s]
+    base = list(res.reference_times_s) or times
+    return {"measured_peak_bytes": int(res.measured_peak_bytes),
+            "emulated_device_peak_bytes": res.emulated_device_peak_bytes,
+            "op_output_peak_bytes": res.op_output_peak_bytes, "measured_time_s": float(res.iteration_time_s),
+            "measured_time_min_s": float(min(times)), "interleaved_time_ratio": float(res.time_ratio),
+            "time_spread": float(res.time_spread), "baseline_time_s": float(res.reference_time_s),
+            "baseline_time_min_s": float(min(base)), "load_steady": bool(res.timing_steady),
+            "attempts": int(res.timing_attempts), "timing_note": res.timing_note, "torch_threads": res.threads,
+            "timing_clock": res.timing_clock,
+            "max_rel_diff": float(res.max_rel_diff), "bitwise_equal": bool(res.bitwise_equal),
+            "emulated_swap": bool(res.emulated_swap), "peak_method": res.method,
+            "exec_warnings": "; ".join(res.notes.get("warnings", []))[:300]}
+
+
 @dataclass
 class _Sweep:
     """One model's sweep: its plans, executed once each (``measured``: plan -> (figures, who first))."""
@@ -103,6 +125,13 @@ class _Sweep:
     max_attempts: int
     measured: dict[bytes, tuple[dict, str]] = field(default_factory=dict)
 
+    @functools.cached_property
+    def no_transients(self):
+        """The Problem as if ops had no in-kernel scratch (the model before CPU transients were measured),
+        to show what the scratch adds to each prediction."""
+        p = self.prep.problem
+        return dataclasses.replace(p, op_transient_bytes=np.zeros_like(p.op_transient_bytes))
+
     def run_plan(self, schedule: Schedule, who: str) -> dict:
         key = schedule.plan_key()
         if key in self.measured:
@@ -111,11 +140,8 @@ class _Sweep:
         execute_fn, note = cell.executor(True)
         if execute_fn is None:
             raise RuntimeError(note)
-        prep, n = self.prep, self.iterations
-        unmodified = not np.any(np.asarray(schedule.decisions) != 0)
-        m = timing.bracketed(
-            lambda: cell.execute_plan(execute_fn, prep, schedule, iterations=n, warmup=self.warmup),
-            None if unmodified else lambda: timing.time_unmodified(prep.graph, prep.flat, n), self.max_attempts)
+        m = measured_columns(cell.execute_plan(execute_fn, self.prep, schedule, iterations=self.iterations,
+                                               warmup=self.warmup, max_attempts=self.max_attempts))
         self.measured[key] = (m, who)
         return {**m, "same_plan_as": ""}
 
@@ -138,7 +164,8 @@ class _Sweep:
             return row
         row.update(predicted_peak_bytes=sim.peak_bytes, predicted_time_s=sim.time_s,
                    predicted_recompute_s=sim.recompute_s, predicted_stall_s=sim.stall_s,
-                   predicted_peak_op=sim.peak_op, fits=sim.fits(budget) if budget is not None else True)
+                   predicted_peak_op=sim.peak_op, fits=sim.fits(budget) if budget is not None else True,
+                   predicted_peak_no_transients_bytes=simulate(self.no_transients, schedule).peak_bytes)
         if self.execute:
             try:
                 row.update(self.run_plan(schedule, f"{spec.label}@{fraction}"))
@@ -170,8 +197,9 @@ def sweep(cfg: ModelConfig, prep: Prepared, solvers: Sequence[SolverSpec], fract
     """One row per solver x budget (budget = fraction x simulated keep-all peak), plus keep-all's
     own row (``budget_fraction`` NaN) that the measured ratios are relative to.
 
-    Each plan's execution is timed by `mutwo.timing.bracketed` (reruns while the load changes, up to
-    ``max_attempts``); ``load_steady`` says whether the last attempt was calm."""
+    Each plan's iterations are timed between runs of the unmodified step (`mutwo.timing.interleaved`:
+    more iterations while the load moves, up to ``max_attempts`` times as many); ``load_steady`` says
+    whether the median ratio came out precise."""
     run = _Sweep(cfg, prep, iterations, warmup, execute, max_attempts)
     keep = Schedule.keep_all(prep.problem, solver="keep_all")
     rows = [run.describe(keep, SolverSpec(name="keep_all", label="unmodified (keep_all)"), None, None, 0.0)]
@@ -196,8 +224,8 @@ def _ratios(df: pd.DataFrame, prep: Prepared) -> pd.DataFrame:
     df["predicted_time_ratio"] = df.get("predicted_time_s", np.nan) / prep.keep_all_time_s
     df["measured_peak_ratio"] = df["measured_peak_bytes"] / base["measured_peak_bytes"]
     if "baseline_time_s" not in df:
-        df["baseline_time_s"] = df["baseline_time_min_s"] = np.nan
-    df["measured_time_ratio"] = df["measured_time_s"] / df["baseline_time_s"]
+        df["baseline_time_s"] = df["baseline_time_min_s"] = df["interleaved_time_ratio"] = np.nan
+    df["measured_time_ratio"] = df["interleaved_time_ratio"]  # median of per-iteration ratios to its brackets
     df["measured_time_min_ratio"] = df["measured_time_min_s"] / df["baseline_time_min_s"]
     df["measured_time_ratio_vs_keep_all_run"] = df["measured_time_s"] / base["measured_time_s"]
     has_swap = df.get("n_swap", pd.Series(0, index=df.index)).fillna(0) > 0

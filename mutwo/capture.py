@@ -29,7 +29,7 @@ from mutwo.graph import Role, TrainGraph
 from mutwo.workload import OptimizerConfig, Workload  # defined there (torch-free); still importable here
 
 __all__ = ["Workload", "OptimizerConfig", "CaptureError", "capture", "fwd_end", "flat_state",
-           "eager_optimizer"]
+           "eager_optimizer", "eager_step", "run_step"]
 
 
 # ---------------------------------------------------------------------- boundary markers
@@ -68,6 +68,17 @@ def eager_optimizer(model: torch.nn.Module, config: OptimizerConfig) -> torch.op
     opts = config.resolved()
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.name]
     return cls(model.parameters(), foreach=False, **opts)
+
+
+def eager_step(workload: Workload, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None) -> torch.Tensor:
+    """One eager PyTorch training step of ``model`` (default: the workload's) on the workload's batch:
+    forward, loss, backward, ``optimizer.step()`` (e.g. `eager_optimizer`'s). Returns the loss."""
+    model = workload.model if model is None else model
+    optimizer.zero_grad()
+    loss = workload.loss_fn(model, *workload.inputs)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def _init_state(params: Sequence[torch.Tensor], config: OptimizerConfig) -> list[list[torch.Tensor]]:

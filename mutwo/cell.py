@@ -96,6 +96,14 @@ class Row:
     schedule_file: str | None = None
     message: str | None = None
     kind: str = SOLVER  # or REFERENCE: a PyTorch saver measured beside the solvers (mutwo.references)
+    # the allocator meter and the interleaved timing (issue 14); results/README.md says what each means
+    emulated_device_peak_bytes: int | None = None  # CPU swap plans only: the peak without live host copies
+    op_output_peak_bytes: int | None = None  # diagnostic: op-output storages only, never "measured"
+    peak_method: str | None = None
+    reference_time_s: float | None = None  # the unmodified step, timed between the plan's iterations
+    measured_time_spread_pct: float | None = None
+    timing_note: str | None = None  # why a measured time may be off (load, emulated swaps); empty: steady
+    torch_threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as cells.jsonl stores it: every column, in order, the status as its string."""
@@ -123,9 +131,10 @@ def cell_key(batch_size: int | None, solver: str | None, budget: str | None) -> 
 
 
 COLUMNS = [f.name for f in fields(Row)]
-_INTS = ("budget_bytes", "predicted_peak_bytes", "measured_peak_bytes", "n_keep", "n_recompute", "n_swap")
+_INTS = ("budget_bytes", "predicted_peak_bytes", "measured_peak_bytes", "n_keep", "n_recompute", "n_swap",
+         "emulated_device_peak_bytes", "op_output_peak_bytes", "torch_threads")
 _FLOATS = ("predicted_time_s", "measured_time_s", "predicted_overhead_pct", "measured_overhead_pct",
-           "max_rel_diff", "solve_time_s")
+           "max_rel_diff", "solve_time_s", "reference_time_s", "measured_time_spread_pct")
 
 
 def results_frame(rows: Sequence[Row]) -> pd.DataFrame:
@@ -151,6 +160,10 @@ class CellContext:
     debug: bool = False
 
 
+EMULATED_SWAP_NOTE = ("swaps emulated on CPU: each is a memcpy out and back on the compute thread, which the "
+                      "model takes for an overlapped host-link transfer; the measured time includes those copies")
+
+
 @dataclass(frozen=True)
 class Measured:
     """What executing a plan measured (keep_all.json's ``measured``; the row's measured columns)."""
@@ -160,11 +173,29 @@ class Measured:
     max_rel_diff: float
     bitwise_equal: bool
     emulated_swap: bool
+    emulated_device_peak_bytes: int | None = None
+    op_output_peak_bytes: int | None = None
+    peak_method: str | None = None
+    reference_time_s: float | None = None
+    measured_overhead_pct: float | None = None  # from the plan / unmodified-step ratios, interleaved
+    measured_time_spread_pct: float | None = None
+    timing_note: str | None = None
+    torch_threads: int | None = None
 
     @classmethod
     def from_result(cls, res: Any) -> Measured:
+        emulated = bool(res.emulated_swap)
+        ratio = getattr(res, "time_ratio", None)
+        notes = [getattr(res, "timing_note", "") or "", EMULATED_SWAP_NOTE if emulated else ""]
+        spread = getattr(res, "time_spread", None)
         return cls(int(res.measured_peak_bytes), float(res.iteration_time_s), float(res.max_rel_diff),
-                   bool(getattr(res, "bitwise_equal", False)), bool(res.emulated_swap))
+                   bool(getattr(res, "bitwise_equal", False)), emulated,
+                   emulated_device_peak_bytes=getattr(res, "emulated_device_peak_bytes", None) if emulated else None,
+                   op_output_peak_bytes=getattr(res, "op_output_peak_bytes", None),
+                   peak_method=getattr(res, "method", None), reference_time_s=getattr(res, "reference_time_s", None),
+                   measured_overhead_pct=None if ratio is None else 100.0 * (float(ratio) - 1.0),
+                   measured_time_spread_pct=None if spread is None else 100.0 * float(spread),
+                   timing_note="; ".join(n for n in notes if n), torch_threads=getattr(res, "threads", None))
 
     @classmethod
     def from_dict(cls, d: dict) -> Measured:
@@ -227,10 +258,13 @@ def executor(enabled: bool) -> tuple[ExecuteFn | None, str]:
 
 
 def execute_plan(execute_fn: ExecuteFn, batch: Prepared, schedule: Schedule, *, iterations: int, warmup: int,
-                 seed: int = 0) -> Any:
-    """Run ``schedule`` on the batch's captured step for real (``execute_fn``: `executor`'s)."""
+                 seed: int = 0, max_attempts: int = 3) -> Any:
+    """Run ``schedule`` on the batch's captured step for real (``execute_fn``: `executor`'s), checked
+    against the batch's shared reference runs; while the machine's load moves, up to ``max_attempts``
+    times as many iterations are timed."""
     return execute_fn(batch.graph, batch.problem, schedule, batch.flat, binding=batch.binding,
-                      iterations=iterations, warmup=warmup, seed=seed)
+                      iterations=iterations, warmup=warmup, seed=seed, max_attempts=max_attempts,
+                      references=batch.references)
 
 
 def error_text(exc: BaseException) -> str:
@@ -266,10 +300,11 @@ def _execute_guarded(ctx: CellContext, batch: Prepared, schedule: Schedule) -> t
     """Execute under ``execute.memory_limit``: (result, None), or (None, why) when it ran out of memory
     (memory released before returning). Other exceptions propagate."""
     from mutwo.memory import memory_limit
+    from mutwo.timing import threads_for, torch_threads
 
     ex = ctx.scenario.execute
     try:
-        with memory_limit(ex.memory_limit, ctx.device):
+        with memory_limit(ex.memory_limit, ctx.device), torch_threads(threads_for(ctx.device, ex.threads)):
             return execute_plan(ctx.execute_fn, batch, schedule, iterations=ex.iterations, warmup=ex.warmup,
                                 seed=ctx.scenario.seed), None
     except Exception as exc:
@@ -456,8 +491,6 @@ def _execute_cell(ctx: CellContext, batch: Prepared, memo: PlanMemo, schedule: S
         setattr(row, k, v)
     row.executed, row.execute_note = True, note
     row.emulated_swap = measured.emulated_swap and bool(row.n_swap)
-    base_time = batch.info.get("measured_time_s")
-    row.measured_overhead_pct = 100.0 * (measured.measured_time_s / base_time - 1.0) if base_time else None
     return row
 
 

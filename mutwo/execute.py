@@ -11,9 +11,11 @@
 * SWAP ``a``: ``swap_out`` after its last forward use copies the storage to the host, ``swap_in`` at
   ``prefetch_at`` starts the copy back, ``swap_wait`` before its first backward use waits for it; the
   backward uses read the waited value. On CUDA the copies run on two side streams (one per direction,
-  as the model's two links) into pinned memory. On CPU there is no host/device split, so it is
-  emulated: the "host" copy is made with every dispatch mode switched off, so the CPU live-storage
-  tracker does not count it, and the copy back is an ordinary (counted) clone.
+  as the model's two links) into pinned memory, outside the device allocator. On CPU there is no
+  host/device split, so it is emulated: the "host" copy is made inside
+  `mutwo.memory.host_copy_region` (the allocator meter reports the process peak with it, and an
+  emulated device peak without it) and with every dispatch mode switched off (the op-output
+  diagnostic does not count it); the copy back is an ordinary clone.
 
 Where memory departs from the cost model, on purpose:
 
@@ -31,13 +33,13 @@ Where memory departs from the cost model, on purpose:
 
 At one backward op the inserted nodes run in the model's order: prefetch issues, waits, then recompute
 chains in creation order. ``run`` measures the rewritten module against the unmodified graph from
-identical copies of the inputs; ``execute`` is ``apply`` + ``run`` and the only place a schedule runs.
+identical copies of the inputs (peak: the allocator meter; time: interleaved with the unmodified step,
+`mutwo.timing`); ``execute`` is ``apply`` + ``run`` and the only place a schedule runs.
 """
 
 from __future__ import annotations
 
 import operator
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -49,8 +51,9 @@ import torch.fx as fx
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
+from mutwo import timing as timing_
 from mutwo.graph import Role, TrainGraph, is_random_op, mutated_args
-from mutwo.memory import device_of, measure_peak, sync
+from mutwo.memory import OpOutputTracker, allocator_peak, device_of, host_copy_region, sync
 from mutwo.problem import Problem
 from mutwo.problem_build import STATE_UPDATING_OPS, StorageBinding
 from mutwo.schedule import Decision, Schedule, resolve_recompute, validate
@@ -111,8 +114,9 @@ def swap_out(x: torch.Tensor) -> _Swapped:
     """Copy ``x``'s storage to the host; the caller drops ``x`` afterwards (that frees the device copy)."""
     meta = dict(dtype=x.dtype, size=tuple(x.size()), stride=tuple(x.stride()), offset=x.storage_offset(),
                 device=x.device)
-    if x.device.type != "cuda":  # emulated: a copy no dispatch mode (memory tracker) sees
-        with _disable_current_modes():
+    if x.device.type != "cuda":  # emulated: a copy no dispatch mode (op-output tracker) sees, tagged for the
+        # allocator meter as a host copy (its emulated device figure leaves it out until it is freed)
+        with _disable_current_modes(), host_copy_region():
             return _Swapped(_bytes_of(x).clone(), **meta)
     d2h, _ = _streams(x.device)
     ready = torch.cuda.Event()
@@ -342,27 +346,50 @@ def apply(train_graph: TrainGraph, problem: Problem, schedule: Schedule, *,
 # ---------------------------------------------------------------------------- run and compare
 @dataclass
 class ExecResult:
-    """What running a schedule for real gave, against the unmodified graph."""
+    """What running a schedule for real gave, against the unmodified graph.
 
-    measured_peak_bytes: int  # bytes of live storages at the peak, the step's inputs included
+    Memory is what the allocator held (`mutwo.memory.allocator_peak`) in the first iteration, the
+    step's inputs included; times come from the later iterations, interleaved with the unmodified step
+    (`mutwo.timing.interleaved`).
+    """
+
+    measured_peak_bytes: int  # the allocator's peak: in-kernel scratch and (on CPU) host copies included
     iteration_time_s: float  # median over the timed iterations
     max_rel_diff: float  # largest max|x - ref| / max|ref| over loss, gradients and updated state
     bitwise_equal: bool  # every compared tensor identical in every iteration
     emulated_swap: bool  # swaps ran on a device without a host split (CPU): memory only, no transfers
-    method: str  # how the peak was measured: "cuda-allocator" or "cpu-live-storages"
+    method: str  # how the peak was measured: "cuda-allocator" or "cpu-allocator-events"
     iterations: int
     warmup: int
     diffs: dict[str, float] = field(default_factory=dict)  # max_rel_diff per part (loss, grads, state)
     iteration_times_s: list[float] = field(default_factory=list)
-    reference_time_s: float = float("nan")  # median time of the unmodified graph over the same iterations
+    reference_time_s: float = float("nan")  # median time of the unmodified step, interleaved with the plan's
     notes: dict = field(default_factory=dict)
+    # CPU: the allocator's total minus the live host copies of swapped tensors, what a device with its own
+    # memory would hold (equal to measured_peak_bytes without swaps); None on CUDA, where host copies are
+    # pinned host memory and measured_peak_bytes is already the device's figure
+    emulated_device_peak_bytes: int | None = None
+    op_output_peak_bytes: int = 0  # diagnostic: the same iteration's op-output storages (`OpOutputTracker`)
+    reference_times_s: list[float] = field(default_factory=list)  # the brackets around the timed iterations
+    time_ratio: float = float("nan")  # plan / unmodified step, median of the interleaved per-iteration ratios
+    time_spread: float = 0.0  # the larger spread of the plan's iterations and of its brackets (fraction)
+    timing_steady: bool = True
+    timing_attempts: int = 1
+    timing_note: str = ""  # why the times may be off (empty when steady)
+    threads: int = 0  # torch threads while timing
+    timing_clock: str = "wall"  # what time_ratio is taken on: "thread-cpu" (CPU, one thread) or "wall"
 
     def to_row(self) -> dict:
         """Scalars only, for one row of a results table."""
         return {"measured_peak_bytes": self.measured_peak_bytes, "iteration_time_s": self.iteration_time_s,
                 "max_rel_diff": self.max_rel_diff, "bitwise_equal": self.bitwise_equal,
                 "emulated_swap": self.emulated_swap, "peak_method": self.method,
-                "reference_time_s": self.reference_time_s}
+                "reference_time_s": self.reference_time_s,
+                "emulated_device_peak_bytes": self.emulated_device_peak_bytes,
+                "op_output_peak_bytes": self.op_output_peak_bytes, "time_ratio": self.time_ratio,
+                "time_spread": self.time_spread, "timing_steady": self.timing_steady,
+                "timing_attempts": self.timing_attempts, "timing_note": self.timing_note, "threads": self.threads,
+                "timing_clock": self.timing_clock}
 
 
 def _rel_diff(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
@@ -374,15 +401,6 @@ def _rel_diff(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
     scale = r64.abs().max().item() if r64.numel() else 0.0
     err = (x64 - r64).abs().max().item()
     return (err / scale if scale > 0 else float("inf")), False
-
-
-def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
-    seen: dict[int, int] = {}
-    for t in tensors:
-        if isinstance(t, torch.Tensor):
-            st = t.untyped_storage()
-            seen[st.data_ptr() if st.nbytes() else id(st)] = int(st.nbytes())
-    return sum(seen.values())
 
 
 def _to_host(tensors: Sequence) -> list:
@@ -424,73 +442,132 @@ def reference(train_graph: TrainGraph, flat_inputs: Sequence[torch.Tensor], iter
     return Reference(outputs, _to_host(ref), times, seed)
 
 
+class _Checker:
+    """Compares what the module computes with the reference, part by part (loss, grads, state)."""
+
+    def __init__(self, ref: Reference) -> None:
+        self.ref = ref
+        self.diffs = {"loss": 0.0, "grads": 0.0, "state": 0.0}
+        self.bitwise = True
+
+    def _part(self, part: str, xs: Sequence, refs: Sequence) -> None:
+        for x, r in zip(xs, refs, strict=True):
+            if isinstance(r, torch.Tensor):
+                rel, same = _rel_diff(x.detach().to("cpu"), r)
+                self.diffs[part] = max(self.diffs[part], rel)
+                self.bitwise = self.bitwise and same
+
+    def output(self, i: int, out) -> None:
+        flat_out = tree_flatten(out)[0]
+        self._part("loss", flat_out[:1], self.ref.outputs[i][:1])
+        self._part("grads", flat_out[1:], self.ref.outputs[i][1:])
+
+    def state(self, work: Sequence) -> None:
+        self._part("state", work, self.ref.state)
+
+
+def _metered(module: fx.GraphModule, work: list[torch.Tensor], device: torch.device):
+    """One iteration under the allocator meter, with the op-output tracker inside it (a diagnostic, and
+    the CPU `memory_limit` guard): (output, allocator measurement, op-output peak)."""
+    holder: list = []
+    tracker = OpOutputTracker(work)
+
+    def step() -> None:
+        with tracker:
+            holder.append(module(*work))
+
+    m = allocator_peak(step, work, device)
+    return holder.pop(), m, int(tracker.peak)
+
+
 def run(train_graph: TrainGraph, module: fx.GraphModule, flat_inputs: Sequence[torch.Tensor],
-        iterations: int = 3, warmup: int = 1, seed: int = 0, ref: Reference | None = None) -> ExecResult:
+        iterations: int = 3, warmup: int = 1, seed: int = 0, ref: Reference | None = None, *,
+        max_attempts: int = 3) -> ExecResult:
     """Train ``module`` and the unmodified graph from identical copies of ``flat_inputs``; measure
     ``module``'s peak memory and iteration time and the largest difference of what they compute.
 
-    The first warm-up iteration (there is always one) is the one whose peak is measured; the last
-    ``iterations`` are timed. Each iteration pair starts from the same ``torch.manual_seed`` so
-    dropout draws the same masks. The reference runs first (or is given: ``reference(...)`` with the
-    same iteration count and seed) and waits on the host, so only the module's own tensors are on the
-    device while it is measured. ``flat_inputs`` is not modified.
+    The first warm-up iteration (there is always one) is the one whose peak is measured, by the
+    allocator (the meter slows it, so it is never timed); the ``iterations`` after the warm-up are
+    timed, each between two runs of the unmodified step on a copy of its own
+    (`mutwo.timing.interleaved`: more iterations, up to ``max_attempts`` times as many, while the load
+    moves; a module that changes nothing is its own reference). Each iteration starts from ``torch.manual_seed(seed + i)`` so dropout draws the same
+    masks as the reference. The reference runs first (or is given: ``reference(...)`` with the same
+    iteration count and seed) and waits on the host, so only the module's own tensors are on the
+    device while its peak is measured. ``flat_inputs`` is not modified.
     """
     device = device_of(flat_inputs)
-    total = max(warmup, 1) + iterations
+    first = max(warmup, 1)
+    total = first + iterations
     if ref is None:
         ref = reference(train_graph, flat_inputs, total, seed)
     if ref.iterations != total or ref.seed != seed:
         raise ValueError(f"the reference ran {ref.iterations} iterations from seed {ref.seed}; this run needs "
-                         f"{total} (warmup {max(warmup, 1)} + {iterations}) from seed {seed}")
+                         f"{total} (warmup {first} + {iterations}) from seed {seed}")
     work = [t.detach().clone() for t in flat_inputs]
-    diffs = {"loss": 0.0, "grads": 0.0, "state": 0.0}
-    bitwise = True
-
-    def record(part: str, xs: Sequence, refs: Sequence) -> None:
-        nonlocal bitwise
-        for x, r in zip(xs, refs, strict=True):
-            if isinstance(r, torch.Tensor):
-                rel, same = _rel_diff(x.detach().to("cpu"), r)
-                diffs[part] = max(diffs[part], rel)
-                bitwise = bitwise and same
-
-    times: list[float] = []
-    holder: list = []
-    peak, method = 0, ""
+    check = _Checker(ref)
+    info = module.meta.get("mutwo", {})
     with torch.no_grad():
-        for i in range(total):
+        for i in range(first):
             torch.manual_seed(seed + i)
             if i == 0:
-                m = measure_peak(lambda: holder.append(module(*work)), work, device)
-                out = holder.pop()
-                # count the step's own inputs, nothing else that happened to be on the device
-                peak = m.peak_bytes - m.baseline_bytes + _storage_bytes(work)
-                method = m.method
+                out, m, op_outputs = _metered(module, work, device)
             else:
-                sync(device)
-                t0 = time.perf_counter()
                 out = module(*work)
-                sync(device)
-                if i >= total - iterations:
-                    times.append(time.perf_counter() - t0)
-            flat_out = tree_flatten(out)[0]
-            record("loss", flat_out[:1], ref.outputs[i][:1])
-            record("grads", flat_out[1:], ref.outputs[i][1:])
-            del out, flat_out
-    record("state", work, ref.state)
-    info = module.meta.get("mutwo", {})
-    ref_times = ref.iteration_times_s[total - iterations:]
+            check.output(i, out)
+            del out
+        if iterations == 0:
+            check.state(work)
+        timing = _time(train_graph, module, work, flat_inputs, iterations, seed, first, check, device,
+                       unmodified=not (info.get("n_recompute") or info.get("n_swap")), max_attempts=max_attempts)
+    emulated = bool(info.get("n_swap", 0)) and device.type != "cuda"
     return ExecResult(
-        measured_peak_bytes=int(peak), iteration_time_s=statistics.median(times) if times else float("nan"),
-        max_rel_diff=max(diffs.values()), bitwise_equal=bitwise,
-        emulated_swap=bool(info.get("n_swap", 0)) and device.type != "cuda", method=method,
-        iterations=iterations, warmup=max(warmup, 1), diffs=diffs, iteration_times_s=times,
-        reference_time_s=statistics.median(ref_times) if ref_times else float("nan"), notes=dict(info))
+        measured_peak_bytes=int(m.peak_bytes), iteration_time_s=timing.time_s,
+        max_rel_diff=max(check.diffs.values()), bitwise_equal=check.bitwise, emulated_swap=emulated,
+        method=m.method, iterations=iterations, warmup=first, diffs=check.diffs,
+        iteration_times_s=timing.plan_times_s, reference_time_s=timing.reference_time_s, notes=dict(info),
+        emulated_device_peak_bytes=m.emulated_device_peak_bytes, op_output_peak_bytes=op_outputs,
+        reference_times_s=timing.reference_times_s, time_ratio=timing.ratio, time_spread=timing.spread,
+        timing_steady=timing.steady, timing_attempts=timing.attempts, timing_note=timing.note(),
+        threads=timing.threads, timing_clock=timing.clock)
+
+
+def _time(train_graph: TrainGraph, module: fx.GraphModule, work: list[torch.Tensor], flat_inputs: Sequence,
+          iterations: int, seed: int, first: int, check: _Checker, device: torch.device, *, unmodified: bool,
+          max_attempts: int) -> timing_.Timing:
+    """The timed iterations of `run`, interleaved with the unmodified step on a copy of its own; the
+    first attempt's outputs, and the state after them, are checked against the reference (a rerun
+    trains on, past the reference's iterations)."""
+    if iterations == 0:
+        return timing_.Timing([], threads=torch.get_num_threads())
+    step = iter(range(first, 1 << 62))
+
+    def after_plan(i: int, out) -> None:
+        check.output(first + i, out)
+        if i == iterations - 1:
+            check.state(work)
+
+    def plan():
+        torch.manual_seed(seed + next(step))
+        return module(*work)
+
+    ref_work = None if unmodified else [t.detach().clone() for t in flat_inputs]
+    unmodified_step = None if ref_work is None else (lambda: train_graph.gm(*ref_work))
+    return timing_.interleaved(plan, unmodified_step, iterations, after_plan=after_plan, sync=lambda: sync(device),
+                               max_attempts=max_attempts, clock=timing_.ratio_clock(device.type, torch.get_num_threads()))
 
 
 def execute(train_graph: TrainGraph, problem: Problem, schedule: Schedule, flat_inputs: Sequence[torch.Tensor],
             iterations: int = 3, warmup: int = 1, seed: int = 0, ref: Reference | None = None, *,
-            binding: StorageBinding) -> ExecResult:
-    """Apply ``schedule`` to the graph and run it for real (the only place a schedule is run)."""
+            binding: StorageBinding, max_attempts: int = 3, references: dict | None = None) -> ExecResult:
+    """Apply ``schedule`` to the graph and run it for real (the only place a schedule is run).
+
+    ``references``: a cache of the unmodified graph's runs (`reference`) for these inputs, shared by the
+    plans of one batch size (filled here when it lacks this iteration count and seed)."""
     module = apply(train_graph, problem, schedule, binding=binding)
-    return run(train_graph, module, flat_inputs, iterations=iterations, warmup=warmup, seed=seed, ref=ref)
+    if ref is None and references is not None:
+        key = (max(warmup, 1) + iterations, seed)
+        if key not in references:
+            references[key] = reference(train_graph, flat_inputs, key[0], seed)
+        ref = references[key]
+    return run(train_graph, module, flat_inputs, iterations=iterations, warmup=warmup, seed=seed, ref=ref,
+               max_attempts=max_attempts)

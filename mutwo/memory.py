@@ -7,10 +7,17 @@ statistics; on CPU the c10 CPU allocator's own allocation/free events, recorded 
 with ``profile_memory``. `allocator_region` marks parts of the metered call (e.g. one op each) so that
 `AllocatorLog.region_transients` can tell what each part allocated and freed inside itself.
 
+Swaps on CPU are emulated: the "host" copy of a swapped activation lives in the same memory, so the
+process peak does not fall. Code that makes such a copy does it inside `host_copy_region`; the event
+walk tags those allocations (by their pointer, until that block is freed) and
+`PeakMeasurement.emulated_device_peak_bytes` is the allocator total minus the host copies live at each
+moment: what a device with a separate host memory would have held. On CUDA host copies are pinned host
+memory, outside the device allocator, so the measured peak already is the device's.
+
 `OpOutputTracker` is a diagnostic: it adds up the storages that ops *return* (a dispatch mode sees each
 one created, a weakref finalizer sees it die), which is the cost model's own quantity and misses kernels'
-internal scratch. `measure_peak` still reports it on CPU (the CUDA allocator on CUDA) until execution
-switches to the allocator meter.
+internal scratch; it is never reported as measured. `measure_peak` gives its figure on CPU (the CUDA
+allocator on CUDA), for callers that want the op-output count explicitly.
 
 A memory limit (``with memory_limit(nbytes):``) turns the op-output tracker into a guard: a tracker made
 inside it raises `MemoryLimitExceeded` as soon as its live bytes exceed the limit, so a plan that would
@@ -34,8 +41,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["allocator_peak", "cpu_allocator_events", "allocator_region", "AllocatorLog", "AllocatorEventsUnavailable",
-           "OpOutputTracker", "PeakMeasurement", "MemoryLimitExceeded", "memory_limit", "measure_peak",
+__all__ = ["allocator_peak", "cpu_allocator_events", "allocator_region", "host_copy_region", "AllocatorLog",
+           "AllocatorEventsUnavailable", "OpOutputTracker", "PeakMeasurement", "MemoryLimitExceeded", "memory_limit", "measure_peak",
            "input_bytes", "host_bandwidth", "sync", "device_of"]
 
 # the limit trackers made now enforce (None: no limit); a context variable, so measure_peak's own
@@ -123,6 +130,9 @@ class PeakMeasurement:
     peak_bytes: int
     baseline_bytes: int  # what the peak counts as already there (see the function that made it)
     method: str  # "cuda-allocator", "cpu-allocator-events" or "cpu-live-storages" (op outputs only)
+    # CPU allocator only: the peak of the total minus the live host copies (`host_copy_region`), what a
+    # device with its own memory would hold; None elsewhere (on CUDA peak_bytes is the device's own)
+    emulated_device_peak_bytes: int | None = None
 
 
 def device_of(tensors: Iterable[torch.Tensor]) -> torch.device:
@@ -171,6 +181,7 @@ def measure_peak(fn: Callable[[], object], inputs: list[torch.Tensor], device: t
 _REGION = "mutwo::meter::region::"  # record-function names the event walk recognises
 _INPUT_FREED = "mutwo::meter::input_freed::"
 _PROBE = "mutwo::meter::probe"
+_HOST = "mutwo::meter::host_copy"  # allocations inside are host copies of swapped tensors (emulated)
 _PROBE_BYTES = 64
 _OUTSIDE, _IN_PROBE = -1, -2  # region of events outside any marked region / in the availability probe
 
@@ -199,6 +210,14 @@ def allocator_region(index: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def host_copy_region() -> Iterator[None]:
+    """Tag what is allocated inside as host copies of swapped tensors (CPU swap emulation): the
+    enclosing meter leaves them out of the emulated device figure until they are freed."""
+    with _RecordFunctionFast(_HOST):
+        yield
+
+
 @dataclass
 class AllocatorLog:
     """What the CPU allocator did during one metered call, in time order.
@@ -206,19 +225,43 @@ class AllocatorLog:
     ``sizes`` are signed bytes (allocations positive, frees negative); frees of the caller's inputs are
     included (they lower the level below the baseline), frees of other blocks that existed before are
     not (they were never counted). ``regions`` is the `allocator_region` each event fell in, -1 if none.
+    ``host`` marks the events of host-copy blocks (allocated in a `host_copy_region`, and their frees).
     """
 
     baseline_bytes: int
     sizes: np.ndarray
     regions: np.ndarray
+    host: np.ndarray | None = None  # bool per event; None: no host copies
 
     def levels(self) -> np.ndarray:
         """Bytes held above the baseline after each event."""
         return np.cumsum(self.sizes, dtype=np.int64)
 
+    def device_levels(self) -> np.ndarray:
+        """`levels` without the host copies live after each event (the emulated device's share)."""
+        if self.host is None:
+            return self.levels()
+        return np.cumsum(np.where(self.host, 0, self.sizes), dtype=np.int64)
+
     @property
     def peak_bytes(self) -> int:
+        return self._peak(self.levels())
+
+    @property
+    def emulated_device_peak_bytes(self) -> int:
+        """The peak without host copies: what a device with a separate host memory would hold."""
+        return self._peak(self.device_levels())
+
+    @property
+    def host_copy_bytes_at_peak(self) -> int:
+        """Host-copy bytes live at the moment of the process peak (0 without host copies)."""
         levels = self.levels()
+        if not levels.size or self.host is None:
+            return 0
+        at = int(np.argmax(levels))
+        return int(levels[at] - self.device_levels()[at])
+
+    def _peak(self, levels: np.ndarray) -> int:
         return self.baseline_bytes + max(0, int(levels.max()) if levels.size else 0)
 
     def region_transients(self, n_regions: int) -> np.ndarray:
@@ -264,53 +307,59 @@ def _last_first(events) -> list:
 
 
 def _events(result) -> tuple[list[tuple], int]:
-    """(time, order, size, ptr, region, freed input) for every CPU allocation event and input-death
-    marker in the profiler's event tree, in time order; and how many probe events were seen."""
+    """(time, order, size, ptr, region, freed input, in a host-copy region) for every CPU allocation
+    event and input-death marker in the profiler's event tree, in time order; and how many probe
+    events were seen."""
     rows: list[tuple] = []
     probe = 0
-    stack = [(e, _OUTSIDE) for e in _last_first(result.experimental_event_tree())]
+    stack = [(e, _OUTSIDE, False) for e in _last_first(result.experimental_event_tree())]
     while stack:  # depth-first, children in time order: one thread's events stay in program order
-        e, region = stack.pop()
+        e, region, host = stack.pop()
         f = e.extra_fields
         if isinstance(f, _ExtraFields_Allocation):
             if region == _IN_PROBE:
                 probe += f.alloc_size == _PROBE_BYTES
             elif f.device.type == "cpu":
-                rows.append((e.start_time_ns, len(rows), int(f.alloc_size), int(f.ptr), region, -1))
+                rows.append((e.start_time_ns, len(rows), int(f.alloc_size), int(f.ptr), region, -1, host))
             continue
         name = e.name
         if name.startswith(_INPUT_FREED):
-            rows.append((e.start_time_ns, len(rows), 0, 0, region, int(name[len(_INPUT_FREED):])))
+            rows.append((e.start_time_ns, len(rows), 0, 0, region, int(name[len(_INPUT_FREED):]), False))
         elif name.startswith(_REGION):
             region = int(name[len(_REGION):])
         elif name == _PROBE:
             region = _IN_PROBE
-        stack.extend((c, region) for c in _last_first(e.children))
+        elif name == _HOST:
+            host = True
+        stack.extend((c, region, host) for c in _last_first(e.children))
     rows.sort(key=lambda r: (r[0], r[1]))  # threads interleave by time; ties keep program order
     return rows, probe
 
 
-def _signed_sizes(rows: list[tuple], input_index: dict[int, int], input_sizes: list[int]) -> tuple[list, list]:
-    """Match frees to allocations: a free of a block allocated during the call undoes it; the first
-    sign of an input's death (its free, if the allocator knew its size, or its finalizer) removes it
-    from the baseline once; a free of anything else that existed before was never counted."""
-    live: dict[int, int] = {}
+def _signed_sizes(rows: list[tuple], input_index: dict[int, int], input_sizes: list[int]) -> tuple[list, list, list]:
+    """Match frees to allocations: a free of a block allocated during the call undoes it (a host copy's
+    free is a host-copy event: the tag follows the block, not the pointer, which the allocator reuses);
+    the first sign of an input's death (its free, if the allocator knew its size, or its finalizer)
+    removes it from the baseline once; a free of anything else that existed before was never counted."""
+    live: dict[int, tuple[int, bool]] = {}
     released: set[int] = set()
-    sizes, regions = [], []
-    for _, _, size, ptr, region, freed in rows:
+    sizes, regions, hosts = [], [], []
+    for _, _, size, ptr, region, freed, host in rows:
         if freed < 0 and size > 0:
-            live[ptr] = size
+            live[ptr] = (size, host)
         elif freed < 0 and ptr in live:
-            size = -live.pop(ptr)
+            size, host = live.pop(ptr)
+            size = -size
         else:
             k = freed if freed >= 0 else input_index.get(ptr, -1)
             if k < 0 or k in released:
                 continue
             released.add(k)
-            size = -input_sizes[k]
+            size, host = -input_sizes[k], False
         sizes.append(size)
         regions.append(region)
-    return sizes, regions
+        hosts.append(host)
+    return sizes, regions, hosts
 
 
 @contextlib.contextmanager
@@ -339,8 +388,9 @@ def cpu_allocator_events(inputs: Iterable = ()) -> Iterator[AllocatorLog]:
     rows, probe = _events(prof.kineto_results)
     if probe == 0:
         raise _unavailable("the profiler recorded no event for a probe allocation")
-    sizes, regions = _signed_sizes(rows, input_index, input_sizes)
+    sizes, regions, hosts = _signed_sizes(rows, input_index, input_sizes)
     log.sizes, log.regions = np.asarray(sizes, np.int64), np.asarray(regions, np.int64)
+    log.host = np.asarray(hosts, bool) if any(hosts) else None
 
 
 def allocator_peak(fn: Callable[[], object], inputs: Iterable[torch.Tensor],
@@ -348,8 +398,9 @@ def allocator_peak(fn: Callable[[], object], inputs: Iterable[torch.Tensor],
     """Peak of what the allocator holds while ``fn()`` runs: the bytes of ``inputs`` (the baseline: the
     tensors the caller already holds, e.g. the step's parameters, optimizer state and batch) plus the
     highest rise of the allocator's total during the call, in-kernel scratch and workspaces included (on
-    CPU also host copies of "swapped" tensors: they live in the same memory). ``device`` defaults to the
-    inputs' device."""
+    CPU also host copies of "swapped" tensors: they live in the same memory; the result's
+    ``emulated_device_peak_bytes`` leaves out those made in a `host_copy_region`). ``device`` defaults
+    to the inputs' device."""
     inputs = inputs if isinstance(inputs, list | tuple) else list(inputs)
     device = device_of(inputs) if device is None else torch.device(device)
     if device.type == "cuda":
@@ -361,11 +412,14 @@ def allocator_peak(fn: Callable[[], object], inputs: Iterable[torch.Tensor],
         sync(device)
         rise = torch.cuda.max_memory_allocated(device) - start
         del out
+        # host copies of swapped tensors are pinned host memory, outside this allocator: the figure is
+        # the device's own, nothing is emulated
         return PeakMeasurement(base + max(0, int(rise)), base, "cuda-allocator")
     with cpu_allocator_events(inputs) as log:
         out = fn()
     del out
-    return PeakMeasurement(log.peak_bytes, log.baseline_bytes, "cpu-allocator-events")
+    return PeakMeasurement(log.peak_bytes, log.baseline_bytes, "cpu-allocator-events",
+                           emulated_device_peak_bytes=log.emulated_device_peak_bytes)
 
 
 def host_bandwidth(device: torch.device, nbytes: int = 64 << 20, default: float = 12e9) -> tuple[float, str]:

@@ -2,7 +2,9 @@
 Problem and simulate keep-all (what fractional budgets are fractions of).
 
 `prepare` is the one capture -> profile -> Problem sequence; the comparison (`prepare_scenario`),
-the benchmarks and the optimizer call it. `reload` is the way back from a run folder on ``--resume``.
+the benchmarks and the optimizer call it. `prepare_scenario` also checks the captured step against
+eager PyTorch once per batch size (`eager_check`, in keep_all.json). `reload` is the way back from a
+run folder on ``--resume``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from mutwo.workload import OptimizerConfig, Workload
 
 __all__ = ["Prepared", "prepare", "prepare_scenario", "keep_all_info", "save_tables", "reload", "seed_everything",
-           "build", "target_device", "PROBLEM_FILE", "KEEP_ALL_FILE"]
+           "build", "target_device", "eager_check", "PROBLEM_FILE", "KEEP_ALL_FILE"]
 
 PROBLEM_FILE = "problem.npz"
 KEEP_ALL_FILE = "keep_all.json"
@@ -53,6 +55,9 @@ class Prepared:
     info: dict = field(default_factory=dict)  # keep_all.json: reference figures, measured ones included
     binding: StorageBinding | None = None  # activation -> graph storage, needed to execute
     floor: tuple[int, int] = (0, 0)  # problem.peak_floor(): no plan peaks below it
+    # the unmodified step's runs that executed plans are checked against (mutwo.execute.reference), by
+    # (iterations, seed): computed once per batch size, on the host
+    references: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.floor == (0, 0) and self.problem is not None:
@@ -61,6 +66,7 @@ class Prepared:
     def release(self) -> None:
         """Drop the model and its state (before the next batch size is built)."""
         self.graph = self.flat = self.binding = None
+        self.references = {}
 
 
 def seed_everything(seed: int) -> None:
@@ -117,20 +123,89 @@ def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, 
 
 def prepare_scenario(scenario: Scenario, batch_size: int, device: str, source: str = "<scenario>",
                      status: Status = _silent, profile_key: str | None = None) -> Prepared:
-    """`prepare` one batch size of a scenario (seeded first), with its keep-all figures in ``info``
+    """`prepare` one batch size of a scenario (seeded first; profiled with the thread count plans are
+    timed with, ``execute.threads``), with its keep-all figures and the `eager_check` in ``info``
     (``profile.refresh`` measures the profile again, unless ``profile_key`` names the one to reuse)."""
+    from mutwo.timing import threads_for, torch_threads
     from mutwo.workload import OptimizerConfig
 
     seed_everything(scenario.seed)
     status(f"b{batch_size}: build {scenario.model}")
     workload = build(scenario, batch_size, device, source)
     opt = OptimizerConfig(scenario.optimizer.name, dict(scenario.optimizer.options))
-    prep = prepare(workload, opt, batch_size=batch_size, runs=scenario.profile.runs, warmup=scenario.profile.warmup,
-                   name=f"{scenario.name}-b{batch_size}", status=status,
-                   refresh=scenario.profile.refresh and profile_key is None, profile_key=profile_key)
-    prep.problem.notes.update({"scenario": scenario.name, "batch_size": batch_size})
-    prep.info = keep_all_info(prep)
+    with torch_threads(threads_for(device, scenario.execute.threads)):
+        prep = prepare(workload, opt, batch_size=batch_size, runs=scenario.profile.runs,
+                       warmup=scenario.profile.warmup, name=f"{scenario.name}-b{batch_size}", status=status,
+                       refresh=scenario.profile.refresh and profile_key is None, profile_key=profile_key)
+        prep.problem.notes.update({"scenario": scenario.name, "batch_size": batch_size})
+        prep.info = keep_all_info(prep)
+        status(f"b{batch_size}: check against eager PyTorch")
+        prep.info["eager_check"] = eager_check(workload, opt, prep.graph, prep.flat, seed=scenario.seed)
     return prep
+
+
+# torch.testing.assert_close's default (rtol, atol) per dtype (its documentation's table)
+_CLOSE_DEFAULTS = {"torch.float16": (1e-3, 1e-5), "torch.bfloat16": (1.6e-2, 1e-5), "torch.float32": (1.3e-6, 1e-5),
+                   "torch.float64": (1e-7, 1e-7)}
+
+
+def eager_check(workload: Workload, optimizer: OptimizerConfig, graph: Any, flat: list, seed: int = 0) -> dict:
+    """One step of eager PyTorch (forward, loss, backward, the torch.optim step, on a copy of the model)
+    against one step of the captured graph, unmodified, on a copy of ``flat``, both from
+    ``torch.manual_seed(seed)``: the largest relative and absolute differences of the loss and the
+    updated parameters and buffers, whether they are bitwise equal, and whether they pass
+    ``torch.testing.assert_close`` with its defaults for their dtype (the tolerance, stated). A step
+    that raises is recorded as ``error``; the run goes on."""
+    import copy
+
+    import torch
+
+    from mutwo.capture import eager_optimizer, eager_step, run_step
+
+    try:
+        model = copy.deepcopy(workload.model)
+        torch.manual_seed(seed)
+        eager_loss = eager_step(workload, eager_optimizer(model, optimizer), model)
+        eager = [eager_loss, *(p.detach() for p in model.parameters()), *(b.detach() for b in model.buffers())]
+        work = [t.detach().clone() for t in flat]
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            graph_loss, _ = run_step(graph, work)
+        captured = [graph_loss, *work[:len(eager) - 1]]
+        return _compare(captured, eager)
+    except Exception as exc:  # noqa: BLE001 - a failing check is recorded, not the end of the run
+        return {"error": f"{type(exc).__name__}: {exc}".strip()}
+
+
+def _compare(actual: list, expected: list) -> dict:
+    """Largest differences of ``actual`` against ``expected`` (tensor by tensor) and the verdict."""
+    import torch
+
+    rel = abs_ = 0.0
+    bitwise = close = True
+    dtypes = set()
+    for a, e in zip(actual, expected, strict=True):
+        a = a.detach().to("cpu")
+        e = e.detach().to("cpu")
+        if torch.equal(a, e):
+            continue
+        bitwise = False
+        dtypes.add(str(e.dtype))
+        diff = float((a.double() - e.double()).abs().max()) if a.shape == e.shape else float("inf")
+        scale = float(e.double().abs().max()) if e.numel() else 0.0
+        abs_, rel = max(abs_, diff), max(rel, diff / scale if scale > 0 else float("inf"))
+        try:
+            torch.testing.assert_close(a, e)
+        except AssertionError:
+            close = False
+    if bitwise:
+        tolerance = "bitwise (every compared tensor identical)"
+    else:
+        tolerance = "torch.testing.assert_close defaults: " + ", ".join(
+            f"{d} rtol {_CLOSE_DEFAULTS[d][0]:g} atol {_CLOSE_DEFAULTS[d][1]:g}" if d in _CLOSE_DEFAULTS
+            else f"{d} exact" for d in sorted(dtypes))
+    return {"compared": "loss, updated parameters and buffers after one step", "max_rel_diff": rel,
+            "max_abs_diff": abs_, "bitwise_equal": bitwise, "within_tolerance": close, "tolerance": tolerance}
 
 
 def keep_all_info(prep: Prepared) -> dict:

@@ -26,7 +26,7 @@ import gc
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -244,17 +244,11 @@ def _timed(step: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-@contextlib.contextmanager
-def _threads(device: torch.device) -> Iterator[None]:
-    from mutwo.timing import set_threads
+def _threads(device: torch.device) -> contextlib.AbstractContextManager[int]:
+    """The torch thread count references run with: the one plans are timed with (`mutwo.timing`)."""
+    from mutwo.timing import threads_for, torch_threads
 
-    before = torch.get_num_threads()
-    if device.type == "cpu":
-        set_threads(REFERENCE_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(threads_for(device.type, REFERENCE_THREADS if device.type == "cpu" else None))
 
 
 def _error(exc: BaseException) -> str:
@@ -403,6 +397,8 @@ def reference_row(result: ReferenceResult, *, scenario: str, model: str, batch_s
                         f"step, {REFERENCE_THREADS} torch thread on CPU)")
     row.measured_peak_bytes, row.measured_time_s = result.peak_bytes, result.time_s
     row.measured_overhead_pct = 100.0 * (result.time_ratio - 1.0)
+    row.peak_method, row.reference_time_s = result.peak_method, result.eager_time_s
+    row.torch_threads = REFERENCE_THREADS if device.startswith("cpu") else None
     row.max_rel_diff = diff
     row.bitwise_equal = None if diff is None else diff == 0.0
     if memory_limit is not None and result.peak_bytes > memory_limit:

@@ -57,11 +57,57 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
         "solver": df["solver"], "status": df["status"],
         "pred peak MiB": df["predicted_peak_bytes"] / 2**20, "pred time s": df["predicted_time_s"],
         "pred overhead %": df["predicted_overhead_pct"],
-        "meas peak MiB": df["measured_peak_bytes"] / 2**20, "meas time s": df["measured_time_s"],
+        "meas peak MiB": df["measured_peak_bytes"] / 2**20,
+        "emulated device peak MiB": _column(df, "emulated_device_peak_bytes") / 2**20,
+        "meas time s": df["measured_time_s"], "meas overhead %": df["measured_overhead_pct"],
         "max rel diff": df["max_rel_diff"], "solve s": df["solve_time_s"],
         "R/S": df["n_recompute"].astype("Int64").astype(str) + "/" + df["n_swap"].astype("Int64").astype(str),
     })
     return out
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column, NaN where the table predates it."""
+    return pd.to_numeric(df[name], errors="coerce") if name in df else pd.Series(np.nan, index=df.index)
+
+
+def _measurement_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[str]:
+    """How peaks and times were measured, the eager check, and every note a measured time carries."""
+    executed = df[df["executed"].fillna(False).astype(bool)] if len(df) else df
+    lines = ["## How it was measured", ""]
+    methods = sorted({str(m) for m in _series(executed, "peak_method").dropna()})
+    threads = sorted({int(t) for t in _column(executed, "torch_threads").dropna()})
+    lines += [f"- peak: the allocator meter ({', '.join(f'`{m}`' for m in methods) or 'none'}): in-kernel scratch "
+              "and, on CPU, the host copies of swapped tensors included. `emulated device peak`: rows whose "
+              "swaps were emulated on CPU, the allocator total minus the host copies live at each moment - "
+              "what a device with its own memory would hold; **emulated, not measured**.",
+              f"- time: each plan iteration between two runs of the unmodified step, torch threads "
+              f"{', '.join(map(str, threads)) or '–'}; `meas overhead %` is the median of the per-iteration "
+              "ratios to those brackets (on CPU with one thread, of the timing thread's CPU time)."]
+    noted = executed[_series(executed, "timing_note").fillna("").astype(str) != ""]
+    for note, group in noted.groupby("timing_note", sort=False):
+        cells = ", ".join(f"{r.solver} @ {r.budget} (b{r.batch_size})" for r in group.itertuples())
+        lines.append(f"- {note}: {cells}")
+    return lines + [""]
+
+
+def _eager_lines(batches: dict[int, dict]) -> list[str]:
+    """The check of the captured, unmodified step against eager PyTorch, per batch size."""
+    lines = []
+    for bs, info in sorted(batches.items()):
+        eager = info.get("eager_check") or {}
+        if eager.get("error"):
+            lines.append(f"- batch {bs}: the check against eager PyTorch failed: {eager['error']}")
+        elif eager:
+            verdict = "within" if eager.get("within_tolerance") else "**outside**"
+            lines.append(f"- batch {bs}: the captured step against eager PyTorch ({eager.get('compared')}): max "
+                         f"rel diff {eager.get('max_rel_diff', float('nan')):.3g}, {verdict} tolerance "
+                         f"({eager.get('tolerance')})")
+    return lines + [""] if lines else []
+
+
+def _series(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df else pd.Series(None, index=df.index, dtype=object)
 
 
 def best_per_budget(df: pd.DataFrame) -> pd.DataFrame:
@@ -297,6 +343,7 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
               for bs, info in sorted(batches.items()) if info.get("execute_error")]
     lines += [f"- batch {bs}: noisy profile: {info['profile_warning']}"
               for bs, info in sorted(batches.items()) if info.get("profile_warning")]
+    lines += _eager_lines(batches)
     lines += ["## Best solver at each budget", "",
               "Lowest predicted iteration time among feasible plans"
               + (", and lowest measured time among executed ones." if executed else
@@ -306,6 +353,7 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
     lines += references_section(everything, batches)
     lines += ["## All results", "", markdown_table(summary_frame(everything)) if len(everything) else "(no rows)",
               ""]
+    lines += _measurement_section(df, batches) if executed else []
     errors = df[df["status"].isin(["error", "invalid", "timeout", "oom"])]
     if len(errors):
         lines += ["## Errors", ""]

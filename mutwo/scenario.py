@@ -18,7 +18,7 @@ Schema (defaults in brackets)::
     plan_space: {recompute: true, swap: true}   # the decisions any plan may use besides KEEP [both]
     solve: {timeout_s: 1800}        # hard wall-clock limit per solver call [1800]; null: in-process
     profile: {runs: 3, warmup: 1, refresh: false}   # refresh: measure again, not from the cache
-    execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null}
+    execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null, threads: null}
     references: {eager: true, checkpoint: true, memory_budget: [0.5], backend: aot_eager_decomp_partition}
                                     # PyTorch's own savers as rows (mutwo.references); false: none
     seed: 0
@@ -260,7 +260,9 @@ class ExecuteSpec(BaseModel):
     (a plan recomputing long chains can take minutes per iteration); null runs every feasible plan.
     ``memory_limit``: a size ('20GiB') the executed step's live tensor storages may not exceed; a plan
     that goes above it stops at once and its row is ``oom`` (on CPU the live-storage tracker enforces it,
-    on CUDA the allocator is capped). null: no limit but the device's own."""
+    on CUDA the allocator is capped). null: no limit but the device's own.
+    ``threads``: torch threads while plans are profiled, executed and timed (restored after); null: 1 on
+    CPU (on a shared CPU a second OpenMP thread stalls, docs/benchmarks.md), torch's default on CUDA."""
 
     model_config = _STRICT
     enabled: bool = True
@@ -268,6 +270,7 @@ class ExecuteSpec(BaseModel):
     warmup: int = Field(1, ge=0)
     max_slowdown: float | None = Field(3.0, gt=1.0)
     memory_limit: int | None = None
+    threads: int | None = Field(None, gt=0)
 
     @field_validator("memory_limit", mode="before")
     @classmethod

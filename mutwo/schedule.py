@@ -32,8 +32,8 @@ import numpy as np
 from mutwo.problem import Problem
 
 __all__ = ["Decision", "Status", "Schedule", "ScheduleError", "RecomputeChain", "resolve_recompute",
-           "recompute_chain", "recompute_anchors", "anchor_cost", "chain_peak", "member_peaks", "default_prefetch",
-           "latest_hiding_points", "check_points", "validate"]
+           "recompute_chain", "recompute_anchors", "anchor_cost", "chain_peak", "member_peaks", "member_transients",
+           "default_prefetch", "latest_hiding_points", "check_points", "validate"]
 
 
 class Decision(enum.IntEnum):
@@ -293,16 +293,19 @@ def chain_peak(problem: Problem, target: int, temporaries: list[int], ops: np.nd
 
     With the Problem's forward dataflow, op by op as the executor runs it: the chain's ops (``ops``, or
     the union of its members' recompute ops) run in position order, each allocating the values it makes
-    on top of what is held, and every value but the target is freed after its last reader in the chain.
-    Without it, member by member: members run in creation order; each holds all of its intermediates
-    (``recompute_temp_bytes``) while it is made; a temporary is freed after the last member that reads it.
+    on top of what is held, plus its in-kernel scratch (``op_transient_bytes``) while it runs, and every
+    value but the target is freed after its last reader in the chain. Without it, member by member:
+    members run in creation order; each holds all of its intermediates (``recompute_temp_bytes``) and
+    the largest scratch of its ops (`member_transients`) while it is made; a temporary is freed after
+    the last member that reads it.
     """
     if problem.has_dataflow:
         if ops is None:
             ops = np.unique(np.concatenate([problem.recompute_ops[x] for x in [target, *temporaries]]))
         return _chain_peak_ops(problem, int(problem.act_value[target]), ops)
+    scratch = member_transients(problem)
     if not temporaries:
-        return int(problem.act_bytes[target] + problem.recompute_temp_bytes[target])
+        return int(problem.act_bytes[target] + problem.recompute_temp_bytes[target]) + scratch[target]
     members = sorted([*temporaries, target], key=lambda x: (int(problem.created[x]), x))
     rank = {x: i for i, x in enumerate(members)}
     last_reader = {x: (len(members) if x == target else rank[x]) for x in members}
@@ -314,7 +317,7 @@ def chain_peak(problem: Problem, target: int, temporaries: list[int], ops: np.nd
     held = peak = 0
     freed_after: dict[int, int] = {}
     for i, x in enumerate(members):
-        peak = max(peak, held + int(nbytes[x]) + int(temp[x]))
+        peak = max(peak, held + int(nbytes[x]) + int(temp[x]) + scratch[x])
         held += int(nbytes[x])
         freed_after[last_reader[x]] = freed_after.get(last_reader[x], 0) + int(nbytes[x])
         held -= freed_after.pop(i, 0)
@@ -324,18 +327,32 @@ def chain_peak(problem: Problem, target: int, temporaries: list[int], ops: np.nd
 def member_peaks(problem: Problem) -> np.ndarray:
     """Most bytes regenerating each activation alone holds, itself included (its sources held outside):
     op by op through the forward dataflow when the Problem has it, else all of its intermediates at
-    once (``act_bytes + recompute_temp_bytes``). The per-member term of the member rule, which the ILP
-    formulations use: members held whole plus this term is still at least what a chain holds op by op
-    (except where members share an op), so their memory rows stay conservative, and tighter."""
+    once (``act_bytes + recompute_temp_bytes``); in-kernel scratch included either way (`chain_peak`).
+    The per-member term of the member rule, which the ILP formulations use: members held whole plus
+    this term is still at least what a chain holds op by op (except where members share an op), so
+    their memory rows stay conservative, and tighter."""
     if not problem.has_dataflow:
-        return problem.act_bytes + problem.recompute_temp_bytes
+        return problem.act_bytes + problem.recompute_temp_bytes + np.asarray(member_transients(problem), np.int64)
     cached = problem.__dict__.get("_member_peaks")
-    if cached is None:
+    if cached is None or cached[0] is not problem.op_transient_bytes:
         cached = np.array([_chain_peak_ops(problem, int(problem.act_value[a]), problem.recompute_ops[a])
                            if len(problem.recompute_ops[a]) else int(problem.act_bytes[a])
                            for a in range(problem.n_act)], dtype=np.int64)
-        problem.__dict__["_member_peaks"] = cached
-    return cached
+        cached = problem.__dict__["_member_peaks"] = (problem.op_transient_bytes, cached)
+    return cached[1]
+
+
+def member_transients(problem: Problem) -> list[int]:
+    """Per activation, the largest in-kernel scratch (``op_transient_bytes``) among its recompute ops
+    (0 without ops): what the member rule adds while the member is made (docs/cost_model.md). A list,
+    cached on the Problem for as long as it holds the same transient array."""
+    transient = problem.op_transient_bytes
+    hit = problem.__dict__.get("_member_transients")
+    if hit is None or hit[0] is not transient:
+        per_op = transient.tolist()
+        hit = problem.__dict__["_member_transients"] = (
+            transient, [max((per_op[t] for t in ops.tolist()), default=0) for ops in problem.recompute_ops])
+    return hit[1]
 
 
 def _dataflow_lists(problem: Problem) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -351,7 +368,9 @@ def _dataflow_lists(problem: Problem) -> tuple[list[int], list[int], list[int], 
 
 
 def _chain_peak_ops(problem: Problem, target_value: int, ops: np.ndarray) -> int:
+    """Op by op: each op's made values join what is held, its scratch sits on top while it runs."""
     makes, reads_off, reads, nbytes = _dataflow_lists(problem)
+    scratch = _as_lists(problem, "op_transient_bytes")[0]
     order = ops.tolist()
     last_reader: dict[int, int] = {}
     for k, op in enumerate(order):
@@ -363,7 +382,7 @@ def _chain_peak_ops(problem: Problem, target_value: int, ops: np.ndarray) -> int
         made = range(makes[op], makes[op + 1])
         for v in made:
             held += nbytes[v]
-        peak = max(peak, held)
+        peak = max(peak, held + scratch[op])
         for v in made:
             if v != target_value:
                 end = max(last_reader.get(v, k), k)

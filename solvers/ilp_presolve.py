@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mutwo.problem import Problem
-from mutwo.schedule import default_prefetch
+from mutwo.schedule import default_prefetch, member_transients
 from solvers.ilp_link_walk import TIME_MARGIN, static_starts
 from solvers.ilp_options import IlpOptions
 from solvers.modes import may_recompute, may_swap
@@ -106,13 +106,15 @@ def chain_hot(problem: Problem, closures: dict[int, Closure], keep_all: np.ndarr
     """Ops where some plan's recompute chains might exceed the budget (docs/cost_model.md, Memory).
 
     Upper bound: fixed - outputs + every activation alive + the largest chain with all its members
-    held at once.
+    held at once, plus the largest in-kernel scratch of their ops.
     """
     most = np.zeros(problem.n_ops, np.int64)
+    scratch = member_transients(problem)
     for a, ch in closures.items():
         mem = ch.members
         t = int(problem.first_bwd_use[a])
-        most[t] = max(most[t], int(problem.recompute_temp_bytes[mem].sum() + problem.act_bytes[mem].sum()))
+        most[t] = max(most[t], int(problem.recompute_temp_bytes[mem].sum() + problem.act_bytes[mem].sum())
+                      + max(scratch[m] for m in mem))
     act = keep_all - problem.fixed_bytes - problem.op_transient_bytes
     return (most > 0) & (problem.fixed_bytes - problem.op_output_bytes + act + most > budget)
 

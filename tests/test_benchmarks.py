@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import allocator_check, fidelity, ilp_speed, pytorch_reference, quality, solver_scale, tables
+from benchmarks import fidelity, ilp_speed, pytorch_reference, quality, solver_scale, tables
 from benchmarks._common import labels, markdown, model_config, parser
 
 
@@ -84,8 +84,11 @@ def test_ilp_speed_problems_main(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def smoke_plans() -> pd.DataFrame:
-    return fidelity.run_fidelity(["bert-smoke"], [0.8], solvers=["mutwo_greedy", "recompute_all"],
-                                 iterations=1, progress=False)
+    meter: list = []
+    plans = fidelity.run_fidelity(["bert-smoke"], [0.8], solvers=["mutwo_greedy", "recompute_all"],
+                                  iterations=1, progress=False, meter=meter)
+    plans.attrs["meter"] = meter
+    return plans
 
 
 def test_fidelity_main(tmp_path, smoke_plans):
@@ -96,6 +99,17 @@ def test_fidelity_main(tmp_path, smoke_plans):
     summary = out["summary"].iloc[0]
     assert summary.plans >= 2  # keep-all and at least one plan that moves memory
     assert summary.max_abs_peak_err_pct < 10 and summary.worst_time_cause
+    plans = out["plans"]
+    assert (plans.peak_method == "cpu-allocator-events").all()
+    # the allocator sees at least what ops return; the model is compared with the device's figure
+    assert (plans.op_output_peak_bytes <= plans.measured_peak_bytes).all()
+    swaps = plans[plans.emulated_swap.astype(bool)]
+    assert (swaps.peak_against == "emulated device").all() and (swaps.device_peak_bytes < swaps.measured_peak_bytes).all()
+    keep = plans[plans.budget_fraction.isna()].iloc[0]
+    assert keep.peak_err == 0 and keep.peak_against == "allocator"  # the unmodified step, to the byte
+    assert "peak_err_no_transients" in plans and "max_abs_peak_err_no_transients_pct" in out["summary"]
+    meter = smoke_plans.attrs["meter"][0]
+    assert meter["model"] == "bert-smoke" and meter["metered_step_s"] > 0 and meter["ops_with_scratch"] >= 0
 
 
 def test_quality_main(tmp_path):
@@ -138,15 +152,3 @@ def test_common_helpers():
     assert (args.warmup, args.time_limit, labels(args.solvers), labels(None)) == (2, 60.0, ["a", "b"], None)
     with pytest.raises(KeyError):
         parser("doc", "no-such-flag")
-
-
-def test_allocator_check_main(tmp_path):
-    out = allocator_check.main(["--models", "bert-smoke", "--runs", "1", "--pairs", "1"], out=tmp_path)
-    assert (tmp_path / "allocator_check.csv").exists() and (tmp_path / "allocator_overhead.csv").exists()
-    plans = out["plans"].set_index("plan")
-    assert list(plans.index) == [label for label, *_ in allocator_check.PLANS]
-    ran = plans[plans.status == "feasible"]
-    assert len(ran) >= 3 and (ran.allocator_bytes >= ran.op_output_bytes).all()
-    # with the profile's CPU transients, the unmodified step's peak is predicted to the byte
-    assert plans.loc["keep-all", "error_bytes"] == 0
-    assert out["overhead"].metered_step_s.iloc[0] > 0

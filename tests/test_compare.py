@@ -96,6 +96,53 @@ def test_toy_mlp_end_to_end_executed(tmp_path, capsys):
         assert (run / "plots" / png).stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "best feasible solver per budget" in printed and "mutwo_greedy" in printed
+    info = json.loads((run / "batch256" / "keep_all.json").read_text())
+    assert info["eager_check"]["bitwise_equal"], info["eager_check"]
+    report = (run / "report.md").read_text()
+    assert "against eager PyTorch" in report and "emulated device peak MiB" in report
+    if HAS_EXECUTE:
+        ran = df[df["executed"]]
+        assert (ran["peak_method"] == "cpu-allocator-events").all() and (ran["torch_threads"] == 1).all()
+        assert ran["reference_time_s"].gt(0).all() and ran["measured_overhead_pct"].notna().all()
+        assert "## How it was measured" in report
+        swapped = ran[ran["n_swap"] > 0]  # CPU swaps: the emulated device figure, and a note on the time
+        assert swapped["emulated_swap"].all() and swapped["emulated_device_peak_bytes"].notna().all()
+        assert (swapped["emulated_device_peak_bytes"] <= swapped["measured_peak_bytes"]).all()
+        assert swapped["timing_note"].str.contains("swaps emulated on CPU").all()
+        assert ran.loc[ran["n_swap"] == 0, "emulated_device_peak_bytes"].isna().all()
+
+
+@pytest.mark.skipif(not HAS_EXECUTE, reason="needs mutwo.execute")
+def test_allocator_events_unavailable_is_one_line_never_a_silent_switch(tmp_path, monkeypatch, capsys):
+    """Without the CPU allocator's events there is no measured peak: the rows (and keep-all) say so in
+    one line naming the meter and its fallback; nothing is measured another way. Where even profiling
+    needs them, the run stops with one line."""
+    import torch
+
+    from mutwo import execute, memory, references
+
+    def unavailable(*args, **kwargs):
+        raise memory._unavailable("this torch build has no Kineto profiler with allocation events")
+
+    monkeypatch.setattr(execute, "allocator_peak", unavailable)
+    monkeypatch.setattr(references, "allocator_peak", unavailable)  # PyTorch's savers use the same meter
+    out = _run([str(SCENARIOS / "toy_mlp.yaml"), "--solvers", "keep_all,mutwo_greedy", "--budgets", "1.0,0.8",
+                "--no-plots"], tmp_path)
+    run = out / "toy_mlp" / "r"
+    df = pd.read_csv(run / "results.csv")
+    info = json.loads((run / "batch256" / "keep_all.json").read_text())
+    assert info["execute_error"].startswith("AllocatorEventsUnavailable: allocator meter")
+    assert "measured" not in info and df["measured_peak_bytes"].isna().all()
+    failed = df[df["execute_note"].str.startswith("execution failed")]
+    assert len(failed) and failed["execute_note"].str.contains("mutwo.memory.allocator_peak").all()
+    assert failed["execute_note"].str.contains("fallback is mutwo.memory.measure_peak").all()
+    assert not failed["execute_note"].str.contains("\n").any()
+    assert "Traceback" not in capsys.readouterr().err
+    monkeypatch.setattr(torch.autograd, "kineto_available", lambda: False)
+    monkeypatch.setenv("MUTWO_CACHE", str(tmp_path / "fresh_cache"))  # the profile needs the events too
+    assert main([str(SCENARIOS / "toy_mlp.yaml"), "--out", str(tmp_path / "again"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "AllocatorEventsUnavailable: allocator meter" in err[0] and "Kineto" in err[0]
 
 
 def test_user_model_and_outside_solver(tmp_path, monkeypatch):
@@ -183,7 +230,7 @@ def test_execution_guard_and_plans_measured_once(tmp_path):
     def fake_execute(graph, problem, schedule, flat, **kw):
         calls.append(schedule.counts())
         return SimpleNamespace(measured_peak_bytes=123, iteration_time_s=2.0, max_rel_diff=0.0,
-                               bitwise_equal=True, emulated_swap=False)
+                               bitwise_equal=True, emulated_swap=False, time_ratio=2.0)
 
     def cell(max_slowdown, label):
         sc = validate_scenario({"name": "g", "model": "mlp", "batch_size": 1, "budgets": ["1TiB"],

@@ -1,9 +1,11 @@
 """The seams of the comparison driver: atomic files, the typed Row and its cells.jsonl format, the run
-folder's finished cells, the timing routine's reruns, and one batch size prepared and reloaded."""
+folder's finished cells, the timing routine (interleaved brackets, reruns, threads), and one batch size
+prepared and reloaded."""
 
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,8 +79,9 @@ def test_an_old_cells_line_round_trips_byte_for_byte():
     row = Row.from_dict(json.loads(OLD_LINE))
     assert row.status is CellStatus.FEASIBLE and row.executed is True and row.n_keep == 6
     assert list(row.to_dict()) == COLUMNS
-    # written before the kind column: a solver cell, the same line with its kind added
-    assert row.kind == "solver" and json.dumps(files.jsonable(row.to_dict())) == OLD_LINE[:-1] + ', "kind": "solver"}'
+    added = COLUMNS[len(json.loads(OLD_LINE)):]  # columns added since, at the end: absent, so null (kind: solver)
+    tail = "".join(f', "{c}": ' + ('"solver"' if c == "kind" else "null") for c in added)
+    assert row.kind == "solver" and json.dumps(files.jsonable(row.to_dict())) == OLD_LINE[:-1] + tail + "}"
     assert row.key == "128|mutwo_greedy|600KiB"
 
 
@@ -105,27 +108,85 @@ def test_results_frame_has_the_columns_and_numeric_types():
 
 
 # ---------------------------------------------------------------------- timing
-def _result(times: list[float]) -> SimpleNamespace:
-    return SimpleNamespace(measured_peak_bytes=10, iteration_time_s=float(np.median(times)), iteration_times_s=times,
-                           max_rel_diff=0.0, bitwise_equal=True, emulated_swap=False, method="fake", notes={})
+class _Clock:
+    """A fake perf_counter: each step advances it by the next duration of its own list."""
+
+    def __init__(self, monkeypatch, plan: list[float], reference: list[float]) -> None:
+        self.now, self.plan, self.reference = 0.0, iter(plan), iter(reference)
+        self.plan_calls = self.reference_calls = 0
+        monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: self.now, thread_time=self.cpu))
+
+    def cpu(self) -> float:  # this thread had the core half the time: CPU time runs at half the wall's pace
+        return self.now / 2
+
+    def run_plan(self):
+        self.plan_calls += 1
+        self.now += next(self.plan)
+        return self.plan_calls
+
+    def run_reference(self):
+        self.reference_calls += 1
+        self.now += next(self.reference)
 
 
-def test_bracketed_reruns_while_the_baseline_moves():
-    baselines = iter([[1.0, 1.0], [2.0, 2.0], [1.0, 1.0], [1.0, 1.0]])  # attempt 1: the load doubled
-    runs = []
-    m = timing.bracketed(lambda: runs.append(1) or _result([1.5, 1.5]), lambda: next(baselines), max_attempts=3)
-    assert len(runs) == 2 and m["attempts"] == 2 and m["load_steady"]
-    assert m["baseline_time_s"] == 1.0 and m["measured_time_s"] == 1.5
+def test_interleaved_brackets_every_iteration_and_runs_more_while_the_load_moves(monkeypatch):
+    # 4 s steps: one iteration is wanted. The unmodified step went from 4 s to 6 s during it (the
+    # load moved), so more run (one plan and one reference call each: the last bracket is reused)
+    # until the median ratio is precise
+    clock = _Clock(monkeypatch, plan=[6.0, 7.2, 7.2], reference=[4.0, 6.0, 6.0, 6.0])
+    checked = []
+    t = timing.interleaved(clock.run_plan, clock.run_reference, 1, after_plan=lambda i, out: checked.append((i, out)))
+    assert t.plan_times_s == pytest.approx([6.0, 7.2, 7.2]) and t.reference_times_s == pytest.approx([4, 6, 6, 6])
+    assert t.wanted == 1 and t.steady and t.note() == "" and t.attempts == 3
+    assert t.ratios == pytest.approx([1.2] * 3) and t.ratio == pytest.approx(1.2)  # each over its brackets' mean
+    assert checked == [(0, 1)], "only the first iterations' outputs are checked"
 
 
-def test_bracketed_stops_at_max_attempts_and_for_slow_plans_and_self_baselines():
-    calls = []
-    noisy = timing.bracketed(lambda: calls.append(1) or _result([1.0, 3.0]), lambda: [1.0], max_attempts=3)
-    assert len(calls) == 3 and not noisy["load_steady"] and noisy["time_spread"] == pytest.approx(2.0)
-    slow = timing.bracketed(lambda: _result([timing.RETRY_MAX_S + 1, 3 * timing.RETRY_MAX_S]), lambda: [1.0])
-    assert slow["attempts"] == 1 and not slow["load_steady"]
-    own = timing.bracketed(lambda: _result([2.0, 2.0]), None)
-    assert own["baseline_time_s"] == 2.0 and own["attempts"] == 1 and own["load_steady"]
+def test_short_steps_get_enough_iterations_for_a_precise_median(monkeypatch):
+    # 0.5 s steps: MIN_TIMED_S / 0.5 = 4 iterations wanted; ratios 1.1, 0.9, 1.0, 1.0 are steady
+    clock = _Clock(monkeypatch, plan=[0.55, 0.45, 0.5, 0.5], reference=[0.5] * 5)
+    t = timing.interleaved(clock.run_plan, clock.run_reference, 1)
+    assert t.wanted == math.ceil(timing.MIN_TIMED_S / 0.55) == 4 and len(t.plan_times_s) == 4
+    assert t.ratio == 1.0 and t.spread == pytest.approx(0.05) and t.steady
+    assert t.error == pytest.approx(1.2533 * 1.4826 * 0.05 / 2)
+
+
+def test_ratios_on_the_thread_s_cpu_time_on_a_one_thread_cpu(monkeypatch):
+    assert timing.ratio_clock("cpu", 1) == "thread-cpu"
+    assert timing.ratio_clock("cpu", 2) == timing.ratio_clock("cuda", 1) == "wall"
+    clock = _Clock(monkeypatch, plan=[6.0], reference=[4.0, 4.0])
+    t = timing.interleaved(clock.run_plan, clock.run_reference, 1, clock="thread-cpu")
+    assert t.clock == "thread-cpu" and t.plan_cpu_s == [3.0] and t.reference_cpu_s == [2.0, 2.0]
+    assert t.time_s == 6.0 and t.reference_time_s == 4.0 and t.ratio == 1.5  # times stay wall times
+
+
+def test_interleaved_stops_at_max_attempts_for_slow_plans_and_for_its_own_reference(monkeypatch):
+    clock = _Clock(monkeypatch, plan=[1.0, 3.0, 2.0] * 2, reference=[1.0] * 7)  # 1 s steps: 2 wanted
+    noisy = timing.interleaved(clock.run_plan, clock.run_reference, 2, max_attempts=3)
+    assert len(noisy.plan_times_s) == 6 and noisy.attempts == 3 and not noisy.steady
+    assert noisy.ratio == 2.0 and noisy.spread == pytest.approx(0.5) and "6 iterations" in noisy.note()
+    assert "standard error is 38% (limit 5%" in noisy.note()
+    slow = timing.RETRY_MAX_S + 1
+    clock = _Clock(monkeypatch, plan=[slow], reference=[1.0, 3.0])
+    once = timing.interleaved(clock.run_plan, clock.run_reference, 1)
+    assert once.attempts == 1 and not once.steady and "over 10 s: not rerun" in once.note()
+    assert "differs by 200% (limit 10%)" in once.note() and once.ratio == slow / 2.0
+    clock = _Clock(monkeypatch, plan=[2.0, 2.0], reference=[])
+    own = timing.interleaved(clock.run_plan, None, 2)
+    assert own.ratio == 1.0 and own.reference_time_s == 2.0 and own.attempts == 1 and own.steady
+
+
+def test_thread_count_is_chosen_per_device_and_restored():
+    import torch
+
+    assert timing.threads_for("cpu") == 1 and timing.threads_for("cuda") is None
+    assert timing.threads_for("cuda:0", 4) == 4
+    before = torch.get_num_threads()
+    with timing.torch_threads(1) as n:
+        assert n == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with timing.torch_threads(None) as n:
+        assert n == before
 
 
 # ---------------------------------------------------------------------- one batch size
@@ -140,7 +201,10 @@ def test_prepare_then_reload_gives_the_same_problem(tmp_path, monkeypatch):
                             "profile": {"runs": 1, "warmup": 0}})
     said = []
     prep = pipeline.prepare_scenario(sc, 8, "cpu", status=said.append)
-    assert said == ["b8: build mlp", "b8: capture", "b8: profile"]
+    assert said == ["b8: build mlp", "b8: capture", "b8: profile", "b8: check against eager PyTorch"]
+    eager = prep.info["eager_check"]  # the MLP's captured step is eager PyTorch's, bit for bit
+    assert eager["bitwise_equal"] and eager["within_tolerance"] and eager["max_rel_diff"] == 0.0
+    assert eager["tolerance"].startswith("bitwise")
     keep = simulate(prep.problem, Schedule.keep_all(prep.problem))
     assert (prep.keep_all_peak_bytes, prep.keep_all_time_s) == (keep.peak_bytes, keep.time_s)
     assert prep.graph is not None and len(prep.flat) > 0 and prep.floor == prep.problem.peak_floor()
@@ -153,3 +217,25 @@ def test_prepare_then_reload_gives_the_same_problem(tmp_path, monkeypatch):
     assert back.graph is None and back.keep_all_peak_bytes == prep.keep_all_peak_bytes
     assert back.floor == prep.floor and np.array_equal(back.problem.act_bytes, prep.problem.act_bytes)
     assert {"ops.csv", "activations.csv", "problem.npz", "keep_all.json"} == {p.name for p in folder.iterdir()}
+
+
+def test_the_eager_check_reports_a_step_that_differs_and_its_tolerance():
+    import torch
+
+    from mutwo import pipeline
+    from mutwo.capture import capture, flat_state
+    from mutwo.workload import OptimizerConfig
+    from mutwo.zoo import build_workload
+
+    wl = build_workload("mlp", 8)
+    graph = capture(wl, OptimizerConfig("sgd", {"lr": 0.01}))
+    flat = flat_state(wl, OptimizerConfig("sgd", {"lr": 0.01}))[0]
+    same = pipeline.eager_check(wl, OptimizerConfig("sgd", {"lr": 0.01}), graph, flat)
+    other = pipeline.eager_check(wl, OptimizerConfig("sgd", {"lr": 0.5}), graph, flat)  # not the captured step
+    assert same["bitwise_equal"] and not other["bitwise_equal"] and not other["within_tolerance"]
+    assert other["max_rel_diff"] > 1e-3 and "float32 rtol 1.3e-06 atol 1e-05" in other["tolerance"]
+    x = torch.ones(4)
+    near = pipeline._compare([x + 1e-7], [x])  # rounding-level: not bitwise, within assert_close's defaults
+    assert not near["bitwise_equal"] and near["within_tolerance"] and 0 < near["max_rel_diff"] < 1e-6
+    broken = pipeline.eager_check(wl, OptimizerConfig("sgd", {"lr": 0.01}), None, flat)
+    assert broken["error"].startswith("AttributeError")

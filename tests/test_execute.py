@@ -1,27 +1,32 @@
-"""Executed schedules train exactly like the unmodified graph, lower the measured peak, and their
-measured peak agrees with the simulator's within 5%.
+"""Executed schedules train exactly like the unmodified graph, lower the peak, and the peak the
+allocator measured (`mutwo.memory.allocator_peak`: in-kernel scratch included; for CPU swaps the
+emulated device figure, host copies left out) agrees with the simulator's.
 
 Tolerance for training equivalence: bitwise. On CPU a recompute re-runs the same kernels on the same
 inputs and a swap moves bytes, so loss, gradients and updated parameters / buffers / optimizer state
 must be identical to the unmodified graph's (dropout included: both runs reseed before each
 iteration).
 
-Problems are built from a uniform synthetic profile (1 ms per op, no transient memory): the memory the
-simulator predicts then does not depend on how loaded the test machine is, and emulated CPU transfers
-(12 GB/s assumed) end within the op that issued them, as the CPU emulation frees them.
+Problems are built from a profile with uniform times (1 ms per op) and the per-op scratch the CPU
+allocator reports (`mutwo.profile`): the memory the simulator predicts then does not depend on how
+loaded the test machine is, and emulated CPU transfers (12 GB/s assumed) end within the op that issued
+them, as the CPU emulation frees them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from mutwo.capture import capture, flat_state
 from mutwo.execute import ExecuteError, apply, execute, reference
 from mutwo.graph import Role, is_random_op
 from mutwo.problem import Problem
 from mutwo.problem_build import StorageBinding, build_problem
-from mutwo.profile import Profile
+from mutwo.profile import Profile, profile
 from mutwo.schedule import Decision, Schedule, ScheduleError, resolve_recompute
 from mutwo.simulate import simulate
 from mutwo.workload import OptimizerConfig
@@ -34,12 +39,17 @@ SGD = OptimizerConfig("sgd", {"momentum": 0.0})
 ITERATIONS = {"resnet18": 0, "bert-tiny": 0, "bert-tiny-dropout": 1, "mlp": 2, "mlp-b128": 0}
 
 
-def _uniform_profile(n_ops: int) -> Profile:
-    return Profile(op_time_s=np.full(n_ops, 1e-3), op_transient_bytes=np.zeros(n_ops, np.int64),
-                   measured_peak_bytes=0, peak_method="none", op_output_peak_bytes=0,
-                   iteration_time_s=n_ops * 1e-3,
-                   host_bandwidth_bytes_per_s=12e9, bandwidth_source="assumed", device="cpu", runs=0,
-                   warmup=0, profile_time_s=0.0, transient_measured=False)
+def _uniform_times(graph, flat) -> Profile:
+    """The step's real profile (per-op scratch from the CPU allocator) with 1 ms per op."""
+    prof = profile(graph, flat, runs=1, warmup=0, cache=False, progress=False)
+    n_ops = len(graph.ops)
+    return dataclasses.replace(prof, op_time_s=np.full(n_ops, 1e-3), iteration_time_s=n_ops * 1e-3,
+                               host_bandwidth_bytes_per_s=12e9, op_time_runs=None)
+
+
+def _device_peak(res) -> int:
+    """What the device held: on CPU the emulated figure (host copies of swaps left out)."""
+    return res.measured_peak_bytes if res.emulated_device_peak_bytes is None else res.emulated_device_peak_bytes
 
 
 def _workload(name: str):
@@ -107,7 +117,7 @@ class _Case:
         wl = _workload(name)
         self.graph = capture(wl, SGD)
         self.flat = flat_state(wl, SGD)[0]
-        self.problem, self.binding = build_problem(self.graph, _uniform_profile(len(self.graph.ops)), name=name)
+        self.problem, self.binding = build_problem(self.graph, _uniform_times(self.graph, self.flat), name=name)
         self.schedules = _schedules(self.problem)
         self.iterations = ITERATIONS[name]
         self.ref = reference(self.graph, self.flat, 1 + self.iterations)
@@ -146,25 +156,42 @@ def test_trains_identically(cases, model, schedule):
     assert res.bitwise_equal, res.diffs
     assert res.max_rel_diff == 0.0
     assert res.emulated_swap == (case.schedules[schedule].counts()["n_swap"] > 0)
-    assert res.method == "cpu-live-storages"
+    assert res.method == "cpu-allocator-events"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("schedule", CHANGED)
-def test_lowers_measured_peak(cases, model, schedule):
+def test_lowers_the_device_peak(cases, model, schedule):
     case = cases(model)
-    assert case.result(schedule).measured_peak_bytes < case.result("keep_all").measured_peak_bytes
+    assert _device_peak(case.result(schedule)) < case.result("keep_all").measured_peak_bytes
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("schedule", ["keep_all", *CHANGED])
-def test_measured_peak_matches_simulation(cases, model, schedule):
+def test_allocator_peak_matches_simulation(cases, model, schedule):
     case = cases(model)
     simulated = simulate(case.problem, case.schedules[schedule]).peak_bytes
-    measured = case.result(schedule).measured_peak_bytes
+    measured = _device_peak(case.result(schedule))
     assert abs(measured - simulated) <= 0.05 * simulated, (measured, simulated)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bert-tiny", "mlp-b128"])
+@pytest.mark.parametrize("schedule", ["swap_all", "mixed"])
+def test_cpu_swaps_report_an_emulated_device_peak_beside_the_process_peak(cases, model, schedule):
+    """On CPU a swapped activation's host copy lives in the same memory: the process peak (measured)
+    does not fall; the emulated device figure leaves out the host copies live at each moment, and is
+    what the simulator predicts (to the byte here)."""
+    case = cases(model)
+    res, keep = case.result(schedule), case.result("keep_all")
+    assert res.emulated_swap and keep.emulated_device_peak_bytes == keep.measured_peak_bytes
+    swapped = int(case.problem.act_bytes[case.schedules[schedule].decisions == Decision.SWAP].sum())
+    host_at_peak = res.measured_peak_bytes - res.emulated_device_peak_bytes
+    assert 0 < host_at_peak <= swapped
+    assert res.emulated_device_peak_bytes == simulate(case.problem, case.schedules[schedule]).peak_bytes
+    assert res.op_output_peak_bytes <= res.emulated_device_peak_bytes  # host copies are not op outputs
 
 
 @pytest.mark.slow
@@ -172,8 +199,8 @@ def test_measured_peak_matches_simulation(cases, model, schedule):
 @pytest.mark.parametrize("schedule", ["recompute_all", "chen_shared"])
 def test_chain_memory_is_predicted_byte_for_byte(cases, model, schedule):
     """Recompute-all runs the longest chains, regenerating temporaries; the cost model follows chain
-    memory op by op through the Problem's forward dataflow, as the generated code frees it, so the
-    peaks agree exactly."""
+    memory op by op through the Problem's forward dataflow, as the generated code frees it, with each
+    re-run op's scratch, so the allocator's peak is predicted exactly."""
     case = cases(model)
     assert case.problem.has_dataflow
     simulated = simulate(case.problem, case.schedules[schedule]).peak_bytes
@@ -188,6 +215,23 @@ def test_member_level_chain_memory_would_overstate_the_mlp_peak(cases):
     blind = Problem(**{**{k: getattr(p, k) for k in p.__dataclass_fields__}, **{k: None for k in Problem._DATAFLOW}})
     measured = case.result("recompute_all").measured_peak_bytes
     assert simulate(blind, case.schedules["recompute_all"]).peak_bytes > 1.05 * measured
+
+
+@pytest.mark.slow
+def test_resnet18_recompute_all_is_predicted_within_3pct_of_the_allocator():
+    """ResNet-18 at batch 32, 64x64, SGD: batch-norm and convolution backward allocate scratch inside
+    their kernels (~8 MiB and a few MiB) that op outputs do not show; recompute-all puts its peak
+    where they run. Profiled for real (times too), the prediction is within 3% of what the allocator
+    held, and above the op-output count."""
+    wl = build_workload("resnet18", 32, image_size=64)
+    graph, flat = capture(wl, SGD), flat_state(wl, SGD)[0]
+    problem, binding = build_problem(graph, profile(graph, flat, runs=1, warmup=0, cache=False, progress=False))
+    plan = Schedule.from_decisions(problem, np.where(problem.recomputable, Decision.RECOMPUTE, Decision.KEEP))
+    res = execute(graph, problem, plan, flat, iterations=0, warmup=1, binding=binding)
+    predicted = simulate(problem, plan).peak_bytes
+    assert res.method == "cpu-allocator-events" and res.bitwise_equal
+    assert abs(predicted - res.measured_peak_bytes) <= 0.03 * res.measured_peak_bytes, (predicted, res.measured_peak_bytes)
+    assert res.op_output_peak_bytes < 0.97 * res.measured_peak_bytes
 
 
 # ---------------------------------------------------------------------------- small graph checks
@@ -228,8 +272,25 @@ def test_the_binding_ties_each_activation_to_its_storage_and_is_checked(mlp, tmp
 
 def test_times_the_iterations_after_the_measured_one(mlp):
     res = mlp.result("mixed")
-    assert len(res.iteration_times_s) == 2 and res.iteration_time_s > 0 and res.reference_time_s > 0
-    assert res.bitwise_equal
+    # a ms step: as many iterations as MIN_TIMED_S allows (at most 10), more (up to 3 x) while the load moved
+    assert 10 <= len(res.iteration_times_s) <= 30 and res.iteration_time_s > 0 and res.reference_time_s > 0
+    # the unmodified step ran before, between and after them: each iteration has a bracket on each side
+    assert len(res.reference_times_s) == len(res.iteration_times_s) + 1
+    assert res.time_ratio > 0 and 1 <= res.timing_attempts <= 3
+    assert res.bitwise_equal and res.threads == torch.get_num_threads()
+    keep = mlp.result("keep_all")  # the unmodified step is its own reference
+    assert keep.reference_times_s == [] and keep.time_ratio == 1.0
+
+
+def test_plans_of_one_batch_size_share_the_unmodified_runs_they_are_checked_against(mlp):
+    references: dict = {}
+    first = execute(mlp.graph, mlp.problem, mlp.schedules["mixed"], mlp.flat, iterations=1, binding=mlp.binding,
+                    references=references)
+    (key, ref), = references.items()
+    assert key == (2, 0) and ref.iterations == 2
+    again = execute(mlp.graph, mlp.problem, mlp.schedules["recompute_all"], mlp.flat, iterations=1,
+                    binding=mlp.binding, references=references)
+    assert list(references.values()) == [ref] and first.bitwise_equal and again.bitwise_equal
 
 
 def test_graph_output_is_not_an_activation(mlp):

@@ -15,6 +15,7 @@ from mutwo.memory import (
     allocator_peak,
     allocator_region,
     cpu_allocator_events,
+    host_copy_region,
     input_bytes,
     measure_peak,
 )
@@ -92,7 +93,7 @@ def test_an_input_freed_during_the_call_lowers_the_level():
         holder.clear()
         return torch.ones(15_000)  # 60,000 bytes
 
-    assert allocator_peak(swap, holder) == memory.PeakMeasurement(60_000, 40_000, "cpu-allocator-events")
+    assert allocator_peak(swap, holder) == memory.PeakMeasurement(60_000, 40_000, "cpu-allocator-events", 60_000)
     holder = [_made_under_a_meter(10_000)]  # here the allocator reports the free (no matching allocation)
     assert allocator_peak(swap, holder).peak_bytes == 60_000
 
@@ -155,3 +156,37 @@ def test_input_bytes_counts_shared_storages_once():
     a = torch.ones(1000)
     assert input_bytes([a, a.view(10, 100), a[:10], torch.ones(5), "not a tensor"]) == 4020
     assert input_bytes([a], "meta") == 0
+
+
+def test_host_copies_are_left_out_of_the_emulated_device_peak_while_they_live():
+    """CPU swap emulation: a host copy made in a host_copy_region counts in the process peak (it is in
+    the same memory) but not in the emulated device figure; once freed it no longer counts anywhere."""
+    x = torch.ones(1000)  # 4,000 bytes, the baseline
+
+    def swap_like():
+        with host_copy_region():
+            host = torch.empty(8000, dtype=torch.uint8)  # the "host" copy of an activation
+        y = torch.empty(3000, dtype=torch.uint8)  # the process peak: 4,000 + 8,000 + 3,000
+        del host
+        z = torch.empty(5000, dtype=torch.uint8)  # the device peak: 4,000 + 3,000 + 5,000
+        return y, z
+
+    m = allocator_peak(swap_like, [x])
+    assert (m.peak_bytes, m.emulated_device_peak_bytes) == (15_000, 12_000)
+    with cpu_allocator_events([x]) as log:
+        swap_like()
+    assert log.host_copy_bytes_at_peak == 8000 and log.emulated_device_peak_bytes == 12_000
+    plain = allocator_peak(lambda: torch.empty(8000, dtype=torch.uint8), [x])
+    assert plain.emulated_device_peak_bytes == plain.peak_bytes == 12_000  # nothing tagged: the same figure
+
+
+def test_the_host_tag_follows_the_block_not_its_reused_pointer():
+    """The allocator hands a freed block's address out again: a later allocation at the address of a
+    freed host copy is device memory (rows as the event walk produces them: time, order, size, ptr,
+    region, freed input, in a host-copy region)."""
+    rows = [(0, 0, 100, 7, -1, -1, True), (1, 1, -100, 7, -1, -1, False),  # host copy made and freed
+            (2, 2, 100, 7, -1, -1, False), (3, 3, 50, 8, -1, -1, False)]  # a device block at address 7
+    sizes, _, hosts = memory._signed_sizes(rows, {}, [])
+    assert sizes == [100, -100, 100, 50] and hosts == [True, True, False, False]
+    log = memory.AllocatorLog(0, np.array(sizes), np.full(4, -1), np.array(hosts))
+    assert log.device_levels().tolist() == [0, 0, 100, 150] and log.emulated_device_peak_bytes == 150

@@ -397,3 +397,33 @@ def test_chain_memory_followed_op_by_op_with_the_forward_dataflow():
     assert sim.timeline_bytes[5] == 150
     assert sim.timeline_bytes.tolist() == [10, 10, 100, 0, 0, 150, 10]
     assert sim.time_s == member_level.time_s
+
+
+def test_recompute_chains_hold_each_re_run_op_s_scratch_while_it_runs():
+    # the problem above with in-kernel scratch: op 1 needs 95 B while it runs, op 2 needs 4 B
+    acts = [dict(bytes=10, c=0, lf=1, fb=6, lb=6), dict(bytes=100, c=2, lf=2, fb=5, lb=5, ops=[1, 2], srcs=[0],
+                                                        temp=50)]
+    transient = np.array([0, 95, 4, 0, 0, 0, 0])
+    p = make(7, 3, acts, transient=transient)
+    flow = Problem(**{**{k: getattr(p, k) for k in p.__dataclass_fields__},
+                      "value_bytes": [10, 50, 100], "value_op": [0, 1, 2], "reads_offsets": [0, 0, 1, 2, 2],
+                      "reads": [0, 1], "act_value": [0, 2]})
+    sim = simulate(flow, sched(flow, [R, R]))
+    # op by op at op 5: op 0 holds A (10); op 1 holds A + T (60) + its scratch 95 = 155; op 2 holds
+    # T + B (150) + 4 = 154
+    assert sim.timeline_bytes[5] == 155
+    # forward counts the same scratch at the ops themselves
+    assert sim.timeline_bytes[:3].tolist() == [10, 10 + 95, 100 + 4]
+    # member rule (no dataflow): making B holds A (10) + B (100) + its intermediates (50) + the largest
+    # scratch of B's ops (95); making A holds A + the scratch of op 0 (0)
+    assert simulate(p, sched(p, [R, R])).timeline_bytes[5] == 10 + 100 + 50 + 95
+    from mutwo.schedule import member_peaks, member_transients
+
+    assert member_transients(p) == [0, 95]
+    assert member_peaks(p).tolist() == [10, 100 + 50 + 95]
+    assert member_peaks(flow).tolist() == [10, 150 + 4]  # B alone, op by op: max(T + 95, T + B + 4)
+    # the caches follow a transient array that was replaced
+    p.op_transient_bytes = np.zeros(7, np.int64)
+    flow.op_transient_bytes = np.zeros(7, np.int64)
+    assert member_peaks(p).tolist() == [10, 150] and member_peaks(flow).tolist() == [10, 150]
+    assert simulate(flow, sched(flow, [R, R])).timeline_bytes[5] == 150
