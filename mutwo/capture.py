@@ -353,7 +353,8 @@ def capture(workload: Workload, optimizer: OptimizerConfig | str = "adam", *, tr
     """
     config = OptimizerConfig(optimizer) if isinstance(optimizer, str) else optimizer
     model = workload.model
-    model.train()
+    if not model.training:  # a model in training mode keeps its submodules' own modes (a frozen batch norm)
+        model.train()
     flat, roles, names = flat_state(workload, config, states)
     n_params = roles.count(Role.PARAM)
     n_buffers = roles.count(Role.BUFFER)
