@@ -24,8 +24,8 @@ from mutwo.capture import flat_state
 from mutwo.memory import AllocatorEventsUnavailable, allocator_peak, sync
 from mutwo.optimize_check import CheckError, CheckResult, adopt, compare, default_tolerance, eager_step
 from mutwo.optimize_state import OptimizerBinding
-from mutwo.planning import BudgetLike, budget_bytes, fit
 from mutwo.plan_space import PlanSpace, fit_options
+from mutwo.planning import BudgetLike, budget_bytes, fit
 from mutwo.workload import Workload
 
 if TYPE_CHECKING:
@@ -153,6 +153,7 @@ class TrainStep:
         self.space = PlanSpace() if self.device.type == "cuda" or allow_emulated_swaps else PlanSpace(swap=False)
         self.solver_options = self._fit_options(dict(solver_options or {}))
         self.verbose = verbose
+        self.budget_bytes: int | None = None  # resolved on the example's keep-all peak, then kept for every shape
         self.steps = 0
         self._compiled: dict[tuple, _Compiled] = {}
         self._latest: _Compiled | None = None
@@ -271,7 +272,9 @@ class TrainStep:
             batch_size = int(batch[0].shape[0]) if batch[0].dim() else 1
             prep = prepare(workload, config, batch_size=batch_size, runs=self.profile_runs, cache=self.cache,
                            name=f"{workload.name}-{'x'.join(map(str, shapes[0]))}")
-        nbytes = budget_bytes(self.budget, prep.keep_all_peak_bytes)
+        if self.budget_bytes is None:
+            self.budget_bytes = budget_bytes(self.budget, prep.keep_all_peak_bytes)
+        nbytes = self.budget_bytes
         fitted = fit(prep.problem, nbytes, self.solver, self.solver_options, timeout_s=self.solver_timeout_s)
         module = apply(prep.graph, prep.problem, fitted.schedule, binding=prep.binding)
         plan = Plan(shapes, fitted.schedule, self.solver, str(self.space), nbytes, fitted.sim.peak_bytes,
@@ -334,8 +337,9 @@ def optimize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, example_i
     """A training step that trains ``model`` and ``optimizer`` in place under a memory plan.
 
     ``loss_fn(model, *batch)`` returns the scalar loss; ``example_inputs`` is one batch (a tensor or a
-    tuple). ``budget``: a fraction of the keep-all peak (0.6), bytes, or a size ("6GiB"); a budget no
-    plan meets is a ValueError naming the floor and the lowest plan found. ``solver`` and
+    tuple). ``budget``: a fraction of the example's keep-all peak (0.6), bytes, or a size ("6GiB"),
+    the same bytes for every batch shape; a budget no plan meets is a ValueError naming the floor and
+    the lowest plan found. ``solver`` and
     ``solver_options``: any registered solver. ``check``: compare the first step of each batch shape
     ("first"), every step ("always") or none ("never") with PyTorch's eager step, within
     ``check_tolerance`` (default: bitwise on CPU, 1e-3 relative on CUDA). On CPU plans are
