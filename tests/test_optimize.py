@@ -334,3 +334,18 @@ def test_a_failing_check_raises_and_leaves_the_eager_result():
     assert _same_state(opt, eager_opt)
     with pytest.raises(ValueError, match="check='sometimes'"):
         optimize(wl.model, opt, wl.inputs, wl.loss_fn, check="sometimes", verbose=False)
+
+
+# ---------------------------------------------------------------------- the example
+@pytest.mark.slow
+def test_the_example_trains_bitwise_equal_to_eager_under_its_budget(tmp_path, capsys):
+    """examples/train_with_plan.py (docs/optimize.md shows its output), a few steps of its GPT-2: its
+    exit status is 0 only when every loss and final weight equals eager training and the measured peak
+    is under the budget."""
+    from examples.train_with_plan import main
+
+    plot = tmp_path / "curves.png"
+    assert main(["--steps", "3", "--models", "gpt2", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "losses at all 3 steps and the final weights BITWISE EQUAL" in out
+    assert plot.stat().st_size > 0
