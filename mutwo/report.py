@@ -253,7 +253,8 @@ def _plans(group: pd.DataFrame, info: dict) -> pd.DataFrame:
     """The distinct plans that fit one budget by prediction: cells with the same decisions counts and
     simulated peak and time are one plan (their labels joined, keep_all first); the unmodified step
     counts as a plan (``KEEP_ALL``) where it fits and no keep-all cell is there."""
-    ok = group[group["status"].isin(FEASIBLE)].assign(emulated=emulated_swaps(group))
+    ok = group[group["status"].isin(FEASIBLE)]
+    ok = ok.assign(emulated=emulated_swaps(ok))  # of ok itself: a Series assigned to an empty frame adds rows
     nbytes = group["budget_bytes"].iloc[0]
     if not ((ok["n_recompute"] == 0) & (ok["n_swap"] == 0)).any() and info.get("keep_all_peak_bytes", np.inf) <= nbytes:
         measured = info.get("measured") or {}
@@ -284,7 +285,7 @@ def _fits_measured(plans: pd.DataFrame, nbytes: float) -> pd.Series:
 
 def _tied(a: float, spread_a: float, b: float, spread_b: float) -> bool:
     """Two measured overheads (%) within the noise of each other: the larger spread, at least `TIE_MIN_POINTS`."""
-    noise = max(TIE_MIN_POINTS, *(s for s in (spread_a, spread_b) if pd.notna(s)))
+    noise = max([TIE_MIN_POINTS] + [float(s) for s in (spread_a, spread_b) if _has(s)])
     return abs(a - b) <= noise
 
 
