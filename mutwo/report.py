@@ -20,7 +20,7 @@ __all__ = ["markdown_table", "best_per_budget", "summary_frame", "write_report",
            "verdict_section", "emulated_swaps", "KEEP_ALL", "EMULATED", "TIE_MIN_POINTS", "VERDICT_COLUMNS",
            "COLUMN_GLOSSARY", "glossary_section"]
 
-KEEP_ALL_BAR = "keep-all (unmodified step)"
+KEEP_ALL_BAR = "keep_all (unmodified step)"  # the one keep-all label (`KEEP_ALL`), as the largest-batch row
 NO_FIT = "fits at no batch size tried"
 
 
