@@ -171,7 +171,8 @@ def solve_times(df: pd.DataFrame, path: str | Path, palette: dict | None = None)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * data["solver"].nunique() + 3), 4))
     order = sorted(data["solver"].unique(), key=lambda x: (x != report.KEEP_ALL, x))
     sns.boxplot(data=data, x="solver", y="solve time (s)", order=order, ax=ax, hue="solver", legend=False,
-                palette={k: palette.get(k, "0.8") for k in order}, boxprops={"alpha": 0.45}, fliersize=0)
+                palette={k: palette.get(k, "0.8") for k in order}, saturation=1.0, boxprops={"alpha": 0.45},
+                fliersize=0)
     budgets = list(dict.fromkeys(data["budget"]))
     handles = []
     for budget, marker in zip(budgets, _cycle(BUDGET_MARKERS, len(budgets))):
