@@ -195,8 +195,10 @@ def _cycle(items: list, n: int) -> list:
 
 
 def _scaling_frame(df: pd.DataFrame, keep_all: pd.DataFrame) -> pd.DataFrame:
-    """batch_scaling's points: keep-all (budget ``-``) and each feasible cell, predicted and measured."""
+    """batch_scaling's points: keep-all (budget ``-``) and each feasible cell that changes something
+    (a solver's keep-all plan would hide the keep_all line), predicted and measured."""
     ok = df[df["status"].isin(FEASIBLE)]
+    ok = ok[(ok["n_recompute"].fillna(0) + ok["n_swap"].fillna(0)) > 0]  # a keep-all plan is the keep_all line
     ok = ok.assign(emulated=report.emulated_swaps(ok))
     keep = pd.DataFrame({"batch": keep_all["batch_size"], "plan": report.KEEP_ALL, "budget": "-",
                          "peak": keep_all["keep_all_peak_bytes"], "time (s)": keep_all["keep_all_time_s"],
@@ -249,6 +251,7 @@ def batch_scaling(df: pd.DataFrame, keep_all: pd.DataFrame, path: str | Path, pa
     handles = [Line2D([], [], color=palette.get(p, "black"), label=p) for p in plans_]
     handles += [Line2D([], [], marker=markers[x], linestyle="", color="0.4",
                        label="keep_all (no budget)" if x == "-" else f"budget {x}") for x in markers]
+    handles.append(Line2D([], [], linestyle="", label="a solver's plan with nothing changed: on the keep_all line"))
     handles += [Line2D([], [], color="0.4", linestyle="-" if k == "predicted" else (0, (3, 2)), label=k)
                 for k in ("predicted", "measured") if k in set(data["kind"])]
     if data["emulated"].any():

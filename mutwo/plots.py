@@ -56,22 +56,21 @@ def memory_timeline(frames: dict[str, np.ndarray], fwd_end: int, path: str | Pat
                     colours: dict[str, object] | None = None, dashed: Sequence[str] = ()) -> Path:
     """Live bytes against execution rank, one line per label (``colours``: label -> colour; ``dashed``:
     labels drawn dashed), in a unit for the magnitude. The backward pass is a shaded span rather than a
-    line, so a one-op spike at the boundary stays visible; each line's peak is marked and annotated."""
+    line, so a one-op spike at the boundary stays visible; each line's peak is marked on it (▼) and
+    given in the legend."""
     top = max([float(np.max(v)) for v in frames.values() if len(v)] + [float(limit_bytes or 0)])
     unit, scale = unit_for(top)
     fig, ax = plt.subplots(figsize=(9, 4.2))
     n = max((len(v) for v in frames.values()), default=0)
     ax.axvspan(fwd_end, max(n - 1, fwd_end), color="0.93", zorder=0, label="backward (shaded)")
-    for i, (label, values) in enumerate(frames.items()):
+    for label, values in frames.items():
         y = np.asarray(values, dtype=float) / scale
-        colour = (colours or {}).get(label)
-        line, = ax.plot(np.arange(len(y)), y, color=colour, linewidth=1.1, zorder=3, label=label,
-                        linestyle="--" if label in dashed else "-")
-        if len(y):
-            at = int(np.argmax(y))
-            ax.scatter([at], [y[at]], marker="v", s=36, color=line.get_color(), zorder=4, clip_on=False)
-            ax.annotate(f"peak {y[at]:.3g} {unit}", (at, y[at]), xytext=(6, 2 + 10 * i), textcoords="offset points",
-                        fontsize=7, color=line.get_color())
+        at = int(np.argmax(y)) if len(y) else 0
+        peak = f" - peak {y[at]:.4g} {unit} at op {at}" if len(y) else ""  # in the legend: no labels overlap
+        line, = ax.plot(np.arange(len(y)), y, color=(colours or {}).get(label), linewidth=1.1, zorder=3,
+                        label=label + peak, linestyle="--" if label in dashed else "-")
+        if len(y):  # the peak marked on the line, drawn above everything else
+            ax.scatter([at], [y[at]], marker="v", s=40, color=line.get_color(), zorder=5, clip_on=False)
     if limit_bytes is not None:
         ax.axhline(limit_bytes / scale, color="red", linestyle=":", zorder=2, label="budget")
     ax.set_ylim(0, top / scale * 1.15)

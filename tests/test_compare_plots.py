@@ -238,7 +238,8 @@ def test_legends_mark_emulated_swaps_shared_spots_and_budgets(monkeypatch: pytes
     assert counts == ["×3", "×3", "×3", "×3"]  # per batch: keep-all's spot, predicted and measured
     hollow = [c for ax in figs["o.png"].axes for c in ax.collections if not np.atleast_2d(c.get_facecolor()).any()]
     assert len(hollow) == 4  # greedy's swap plan, predicted and measured, in both panels
-    assert {"budget 1.0", "budget 0.8", "keep_all (no budget)"} <= set(scaling)
+    assert {"budget 0.8", "keep_all (no budget)"} <= set(scaling)
+    assert "budget 1.0" not in scaling  # every plan at 1.0 is keep-all's: drawn once, as the keep_all line
     assert any(compare_plots.EMULATED_LABEL in t for t in scaling)
     for texts in (over, scaling):  # one keep-all label
         assert "keep_all" in texts and not any("keep-all" in t for t in texts)
@@ -251,8 +252,9 @@ def test_timeline_unit_follows_the_magnitude_and_marks_the_peak(monkeypatch: pyt
     plots.memory_timeline({"keep_all": spike, "p": spike / 2}, 3, tmp_path / "t.png", limit_bytes=5 * 2**20)
     ax = figs["t.png"].axes[0]
     assert ax.get_ylabel() == "live memory (MiB)" and ax.get_ylim()[1] >= 9
-    notes = [t.get_text() for t in ax.texts]
-    assert notes == ["peak 9 MiB", "peak 4.5 MiB"]
+    assert _legend_texts(figs["t.png"])[1:3] == ["keep_all - peak 9 MiB at op 3", "p - peak 4.5 MiB at op 3"]
+    peaks = [c.get_offsets()[0].tolist() for c in ax.collections if len(c.get_offsets()) == 1]
+    assert peaks == [[3, 9], [3, 4.5]]  # each marked at its op
     assert not [line for line in ax.lines if len(set(line.get_xdata())) == 1]  # no vertical line over the spike
     plots.memory_timeline({"x": spike / 2**10}, 3, tmp_path / "k.png")
     assert figs["k.png"].axes[0].get_ylabel() == "live memory (KiB)"
