@@ -235,7 +235,7 @@ TIE_MIN_POINTS = 3.0  # measured overheads closer than this many percentage poin
 EMULATED = "(emulated swaps)"  # after a plan whose saving rests on swaps emulated on CPU (no host link there)
 KEEP_ALL = "keep_all"  # the one label of the keep-all plan (the solver's name), in tables and plots
 VERDICT_COLUMNS = ["batch", "budget", "budget_bytes", "predicted", "predicted_overhead_pct", "predicted_emulated",
-                   "measured", "measured_overhead_pct", "measured_spread_pct", "measured_emulated", "ties",
+                   "executed", "measured", "measured_overhead_pct", "measured_spread_pct", "measured_emulated", "ties",
                    "over_budget", "recompute_only", "recompute_only_predicted_pct", "recompute_only_measured",
                    "recompute_only_measured_pct",
                    "recompute_only_spread_pct", "pytorch", "pytorch_overhead_pct", "pytorch_peak_bytes"]
@@ -301,6 +301,7 @@ def _verdict_row(bs: int, budget: object, group: pd.DataFrame, info: dict, refs:
     row.update(predicted=best["label"], predicted_overhead_pct=best["predicted_overhead_pct"],
                predicted_emulated=bool(best["emulated"]))
     ran = plans[plans["ran"]]
+    row["executed"] = bool(len(ran))
     ran = ran[ran["max_rel_diff"].fillna(0) <= PLAN_RTOL] if len(ran) else ran
     fits = _fits_measured(ran, nbytes) if len(ran) else pd.Series(dtype=bool)
     row["over_budget"] = ", ".join(ran.loc[~fits, "label"]) if len(ran) else ""
@@ -338,7 +339,7 @@ def verdict_frame(df: pd.DataFrame, batches: dict[int, dict] | None = None) -> p
     ``predicted``: the plan with the lowest simulated time among those whose simulated peak fits (less
     memory breaks a tie); identical plans of several solvers are one plan, labels joined by `` = ``;
     keep-all counts (``KEEP_ALL``, from ``batches``' keep_all.json where no keep-all cell is there).
-    ``measured``: among executed plans that train like the unmodified step and whose measured peak fits
+    ``executed``: whether any fitting plan ran. ``measured``: among executed plans that train like the unmodified step and whose measured peak fits
     (for swaps emulated on CPU, the *emulated* device peak), the lowest measured overhead; ``ties``: the
     others within the noise of it (`_tied`). ``over_budget``: executed plans whose measured peak is over.
     ``recompute_only``: where a winner's saving rests on emulated swaps, the best plan without swaps.
@@ -377,13 +378,15 @@ def _verdict_line(v: pd.Series) -> str:
     if _has(v["measured"]):
         measured = _plan_text(v["measured"], v["measured_emulated"], v["measured_overhead_pct"], v["measured_spread_pct"])
         parts.append(f"measured fastest {measured}" + (f", a tie with {v['ties']}" if _has(v["ties"]) and v["ties"] else ""))
-    else:
+    elif v["executed"]:
         parts.append("no executed plan fits by measurement")
+    else:
+        parts.append("not executed: no measured figure")
     if _has(v["over_budget"]) and v["over_budget"]:
         parts.append(f"measured peak over the budget: {v['over_budget']}")
     if v["predicted_emulated"] or v["measured_emulated"]:
         which = "the measured winner's" if v["measured_emulated"] else "the predicted winner's"
-        line = f"{which} saving rests on swaps emulated on CPU (no host link: memory figures are emulated)"
+        line = f"{which} saving rests on swaps, emulated on a CPU (no host link here)"
         if _has(v["recompute_only"]):
             line += f"; best recompute-only plan predicted `{v['recompute_only']}` {_pct(v['recompute_only_predicted_pct'])}"
             if _has(v["recompute_only_measured"]):

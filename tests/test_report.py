@@ -130,12 +130,15 @@ def test_the_verdict_never_calls_an_emulated_figure_measured() -> None:
     for line in lines.values():  # every mention of the swapping plan carries the mark
         assert line.count("`c`") == line.count(f"`c` {report.EMULATED}")
     assert "measured fastest `a` +12.0% ±2.0, a tie with `b` +13.5% ±1.0" in lines["0.9"]
-    assert "predicted winner's saving rests on swaps emulated on CPU" in lines["0.9"]
+    assert "predicted winner's saving rests on swaps, emulated on a CPU" in lines["0.9"]
     assert "best recompute-only plan predicted `e` +5.0%, measured `a` +12.0% ±2.0" in lines["0.9"]
     assert f"measured fastest `c` {report.EMULATED} +30.0%" in lines["0.75"]
-    assert "measured winner's saving rests on swaps emulated" in lines["0.75"]
+    assert "measured winner's saving rests on swaps, emulated" in lines["0.75"]
     assert "no recompute-only plan fits" in lines["0.75"]
     assert lines["0.5"].endswith("no plan fits.")
+    assert "no executed plan fits by measurement" not in text  # every budget had an executed plan that fits
+    unrun = report.verdict_section(_results().assign(executed=False, measured_overhead_pct=None), {})
+    assert "not executed: no measured figure" in "\n".join(unrun) and "measured fastest" not in "\n".join(unrun)
     assert "`pytorch:memory_budget@0.5` +15.0%" in lines["0.9"]
     assert "emulated device peak" in text and "never measured" in text
 
