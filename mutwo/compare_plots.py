@@ -187,6 +187,7 @@ def solve_times(df: pd.DataFrame, path: str | Path, palette: dict | None = None)
     return plots.save(fig, path)
 
 
+JITTER = 0.012  # batch_scaling: solvers drawn this fraction of the batch size apart along x
 BUDGET_MARKERS = ["o", "s", "^", "D", "v", "P", "*", "<", ">", "h"]
 
 
@@ -233,13 +234,15 @@ def batch_scaling(df: pd.DataFrame, keep_all: pd.DataFrame, path: str | Path, pa
     data[f"peak ({unit})"] = data["peak"] / scale
     budgets = [b for b in dict.fromkeys(data["budget"]) if b != "-"]
     markers = {"-": "o", **dict(zip(budgets, _cycle(BUDGET_MARKERS[1:], len(budgets))))}
+    plans_ = sorted(set(data["plan"]), key=lambda x: (x != report.KEEP_ALL, x))
+    shift = {p: 1 + JITTER * (i - (len(plans_) - 1) / 2) for i, p in enumerate(plans_)}  # identical plans stay visible
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, y in ((a, f"peak ({unit})"), (b, "time (s)")):
         for (plan, budget, kind), line in data.groupby(["plan", "budget", "kind"], sort=False):
             line = line.sort_values("batch")
             colour = palette.get(plan, "black")
             hollow = bool(line["emulated"].any())
-            ax.plot(line["batch"], line[y], color=colour, linestyle="-" if kind == "predicted" else (0, (3, 2)),
+            ax.plot(line["batch"] * shift[plan], line[y], color=colour, linestyle="-" if kind == "predicted" else (0, (3, 2)),
                     linewidth=1, marker=markers[budget], markerfacecolor="none" if hollow else colour,
                     markeredgecolor=colour, markersize=6)
         ax.set_xticks(sorted(data["batch"].unique()))
@@ -247,7 +250,8 @@ def batch_scaling(df: pd.DataFrame, keep_all: pd.DataFrame, path: str | Path, pa
         ax.set_ylabel(y)
     a.set_title("peak memory vs batch size")
     b.set_title("iteration time vs batch size")
-    plans_ = sorted(set(data["plan"]), key=lambda x: (x != report.KEEP_ALL, x))
+    fig.text(0.5, -0.02, f"each solver drawn {JITTER:.1%} of the batch size apart along x, so identical plans do "
+             "not hide each other", ha="center", fontsize=8)
     handles = [Line2D([], [], color=palette.get(p, "black"), label=p) for p in plans_]
     handles += [Line2D([], [], marker=markers[x], linestyle="", color="0.4",
                        label="keep_all (no budget)" if x == "-" else f"budget {x}") for x in markers]
@@ -261,41 +265,44 @@ def batch_scaling(df: pd.DataFrame, keep_all: pd.DataFrame, path: str | Path, pa
     return plots.save(fig, path)
 
 
-def largest_batch(df: pd.DataFrame, path: str | Path, keep_all: dict[int, dict] | None = None) -> Path | None:
+def largest_batch(df: pd.DataFrame, path: str | Path, keep_all: dict[int, dict] | None = None,
+                  palette: dict | None = None) -> Path | None:
     """Per absolute budget, the largest of the batch sizes tried at which each solver fits that memory
     (`mutwo.report.largest_batch_frame`; ``keep_all``: the keep_all.json of each batch size, for the
-    unmodified step's measured peak). Bars annotated with the batch and the peaks. None (no figure)
-    when there is no absolute budget or only one batch size (`mutwo.report.largest_batch_skip_reason`)."""
+    unmodified step's measured peak). Bars in the solver's colour (``palette``), solid where the
+    measured peak fits too, hatched where only the predicted one is known, annotated with the batch and
+    the peaks. None (no figure) when there is no absolute budget or only one batch size
+    (`mutwo.report.largest_batch_skip_reason`)."""
     if report.largest_batch_skip_reason(df) is not None:
         return None
     table = report.largest_batch_frame(df, keep_all)
+    palette = {report.KEEP_ALL_BAR: plots.KEEP_ALL_COLOUR, **(palette or palette_for(df))}
     sizes = sorted(int(b) for b in df["batch_size"].unique())
     budgets = list(table["budget"].unique())
     n_solvers = table["solver"].nunique()
     fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 1.2 + 0.5 * n_solvers), sharey=True,
                              squeeze=False)
-    palette = {"measured": "tab:green", "predicted": "tab:blue", report.NO_FIT: "0.7"}
     for ax, budget in zip(axes.flat, budgets):
-        part = table[table["budget"] == budget].copy()
-        part["largest batch"] = part["largest_batch"].astype(float).fillna(0)
-        sns.barplot(data=part, y="solver", x="largest batch", hue="basis", palette=palette, dodge=False,
-                    orient="h", legend=False, ax=ax)
-        for i, r in enumerate(part.itertuples()):
-            if pd.isna(r.largest_batch):
-                text = report.NO_FIT
-            else:
-                text = f"{r.largest_batch}: {report.fmt_bytes(r.predicted_peak_bytes)} predicted"
-                if pd.notna(r.measured_peak_bytes):
-                    text += f", {report.fmt_bytes(r.measured_peak_bytes)} measured"
-            ax.text(part["largest batch"].iloc[i] + 0.01 * sizes[-1], i, " " + text, va="center", fontsize=8)
+        part = table[table["budget"] == budget].reset_index(drop=True)
+        width = part["largest_batch"].astype(float).fillna(0)
+        for i, r in part.iterrows():
+            colour = palette.get(r["solver"], "0.5")
+            predicted_only = r["basis"] == "predicted"
+            ax.barh(i, width[i], height=0.7, color="none" if predicted_only else colour, edgecolor=colour,
+                    hatch="///" if predicted_only else None, linewidth=1.2)
+            text = report.NO_FIT if pd.isna(r["largest_batch"]) else (
+                f"{r['largest_batch']}: {report.fmt_bytes(r['predicted_peak_bytes'])} predicted"
+                + (f", {report.fmt_bytes(r['measured_peak_bytes'])} measured" if pd.notna(r["measured_peak_bytes"])
+                   else ""))
+            ax.text(width[i] + 0.01 * sizes[-1], i, " " + text, va="center", fontsize=8)
+        ax.set_yticks(range(len(part)), part["solver"])
+        ax.invert_yaxis()
         ax.set_xticks(sizes)
         ax.set_xlim(0, 2.1 * sizes[-1])
         ax.set_xlabel("largest batch that fits")
-        ax.set_ylabel("")
         ax.set_title(f"{budget} ({report.fmt_bytes(part['budget_bytes'].iloc[0])})")
-    names = {"measured": "measured peak (and predicted) fit", "predicted": "predicted peak fits (not executed)",
-             report.NO_FIT: report.NO_FIT}
-    handles = [Patch(color=c, label=names[k]) for k, c in palette.items() if k in set(table["basis"])]
+    handles = [Patch(facecolor="0.5", edgecolor="0.5", label="solid: measured peak (and predicted) fit"),
+               Patch(facecolor="none", edgecolor="0.5", hatch="///", label="hatched: predicted peak fits (not executed)")]
     axes.flat[-1].legend(handles=handles, title="fits by", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"largest of the batch sizes tried ({', '.join(map(str, sizes))}) that fits each device memory",
                  y=1.02)
@@ -352,7 +359,7 @@ def run_figures(df: pd.DataFrame, problems: dict[int, Problem], keep_all: dict[i
     if len(problems) > 1:
         keep = pd.DataFrame([{**keep_all[bs], "batch_size": bs} for bs in sorted(problems)])
         made.append(batch_scaling(df, keep, out / "batch_scaling.png", palette))
-    largest = largest_batch(df, out / "largest_batch.png", keep_all)
+    largest = largest_batch(df, out / "largest_batch.png", keep_all, palette)
     if largest is not None:
         made.append(largest)
     return made

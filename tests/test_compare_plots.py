@@ -258,3 +258,15 @@ def test_timeline_unit_follows_the_magnitude_and_marks_the_peak(monkeypatch: pyt
     assert not [line for line in ax.lines if len(set(line.get_xdata())) == 1]  # no vertical line over the spike
     plots.memory_timeline({"x": spike / 2**10}, 3, tmp_path / "k.png")
     assert figs["k.png"].axes[0].get_ylabel() == "live memory (KiB)"
+
+
+def test_largest_batch_bars_in_the_solvers_colours(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    df = _results()
+    pal = compare_plots.palette_for(df)
+    figs = _figures(monkeypatch)
+    compare_plots.largest_batch(df, tmp_path / "l.png", {4: {"measured_peak_bytes": 0.9 * MiB}}, pal)
+    fig = figs["l.png"]
+    assert {tuple(np.round(c, 4)) for c in pal.values()} <= _colours(fig)
+    bars = {t.get_text(): p for ax in fig.axes for t, p in zip(ax.get_yticklabels(), ax.patches)}
+    assert np.allclose(bars[report.KEEP_ALL_BAR].get_edgecolor()[:3], pal["keep_all"])  # one keep-all colour
+    assert bars["measured_over"].get_hatch() is None and bars["all"].get_hatch() == "///"  # measured: solid
