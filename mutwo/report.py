@@ -236,9 +236,9 @@ EMULATED = "(emulated swaps)"  # after a plan whose saving rests on swaps emulat
 KEEP_ALL = "keep_all"  # the one label of the keep-all plan (the solver's name), in tables and plots
 VERDICT_COLUMNS = ["batch", "budget", "budget_bytes", "predicted", "predicted_overhead_pct", "predicted_emulated",
                    "executed", "measured", "measured_overhead_pct", "measured_spread_pct", "measured_emulated", "ties",
-                   "over_budget", "recompute_only", "recompute_only_predicted_pct", "recompute_only_measured",
-                   "recompute_only_measured_pct",
-                   "recompute_only_spread_pct", "pytorch", "pytorch_overhead_pct", "pytorch_peak_bytes"]
+                   "over_budget", "differs", "recompute_only", "recompute_only_predicted_pct",
+                   "recompute_only_measured", "recompute_only_measured_pct", "recompute_only_spread_pct", "pytorch",
+                   "pytorch_overhead_pct", "pytorch_peak_bytes"]
 
 
 def emulated_swaps(df: pd.DataFrame) -> pd.Series:
@@ -302,7 +302,9 @@ def _verdict_row(bs: int, budget: object, group: pd.DataFrame, info: dict, refs:
                predicted_emulated=bool(best["emulated"]))
     ran = plans[plans["ran"]]
     row["executed"] = bool(len(ran))
-    ran = ran[ran["max_rel_diff"].fillna(0) <= PLAN_RTOL] if len(ran) else ran
+    same = ran["max_rel_diff"].fillna(0) <= PLAN_RTOL if len(ran) else pd.Series(dtype=bool)
+    row["differs"] = ", ".join(ran.loc[~same, "label"]) if len(ran) else ""
+    ran = ran[same] if len(ran) else ran
     fits = _fits_measured(ran, nbytes) if len(ran) else pd.Series(dtype=bool)
     row["over_budget"] = ", ".join(ran.loc[~fits, "label"]) if len(ran) else ""
     ran = ran[fits] if len(ran) else ran
@@ -339,9 +341,11 @@ def verdict_frame(df: pd.DataFrame, batches: dict[int, dict] | None = None) -> p
     ``predicted``: the plan with the lowest simulated time among those whose simulated peak fits (less
     memory breaks a tie); identical plans of several solvers are one plan, labels joined by `` = ``;
     keep-all counts (``KEEP_ALL``, from ``batches``' keep_all.json where no keep-all cell is there).
-    ``executed``: whether any fitting plan ran. ``measured``: among executed plans that train like the unmodified step and whose measured peak fits
-    (for swaps emulated on CPU, the *emulated* device peak), the lowest measured overhead; ``ties``: the
-    others within the noise of it (`_tied`). ``over_budget``: executed plans whose measured peak is over.
+    ``executed``: whether any fitting plan ran. ``measured``: among executed plans that train like the
+    unmodified step and whose measured peak fits (for swaps emulated on CPU, the *emulated* device
+    peak), the lowest measured overhead; ``ties``: the others within the noise of it (`_tied`).
+    ``over_budget``: executed plans whose measured peak is over; ``differs``: executed plans whose
+    result differs from the unmodified step's by more than `PLAN_RTOL` (left out of the contest).
     ``recompute_only``: where a winner's saving rests on emulated swaps, the best plan without swaps.
     ``pytorch``: the fastest measured PyTorch reference whose measured peak fits the budget."""
     batches = batches or {}
@@ -384,6 +388,8 @@ def _verdict_line(v: pd.Series) -> str:
         parts.append("not executed: no measured figure")
     if _has(v["over_budget"]) and v["over_budget"]:
         parts.append(f"measured peak over the budget: {v['over_budget']}")
+    if _has(v["differs"]) and v["differs"]:
+        parts.append(f"left out, results differ from the unmodified step's: {v['differs']}")
     if v["predicted_emulated"] or v["measured_emulated"]:
         which = "the measured winner's" if v["measured_emulated"] else "the predicted winner's"
         line = f"{which} saving rests on swaps, emulated on a CPU (no host link here)"

@@ -75,7 +75,7 @@ def test_the_fastest_plan_that_fits_by_prediction_and_by_measurement() -> None:
     assert v.loc["0.9", "predicted"] == "c" and v.loc["0.9", "predicted_overhead_pct"] == 0.0
     # d measured fastest (+5%) but its measured peak is over the budget; e trains differently
     assert v.loc["0.9", "measured"] == "a" and v.loc["0.9", "measured_overhead_pct"] == 12.0
-    assert v.loc["0.9", "over_budget"] == "d" and "e" not in v.loc["0.9", "ties"]
+    assert v.loc["0.9", "over_budget"] == "d" and v.loc["0.9", "differs"] == "e" and "e" not in v.loc["0.9", "ties"]
     assert v.loc["0.75", "measured"] == "c" and bool(v.loc["0.75", "measured_emulated"])
     assert pd.isna(v.loc["0.5", "predicted"]) and pd.isna(v.loc["0.5", "measured"])
 
@@ -132,6 +132,8 @@ def test_the_verdict_never_calls_an_emulated_figure_measured() -> None:
     assert "measured fastest `a` +12.0% ±2.0, a tie with `b` +13.5% ±1.0" in lines["0.9"]
     assert "predicted winner's saving rests on swaps, emulated on a CPU" in lines["0.9"]
     assert "best recompute-only plan predicted `e` +5.0%, measured `a` +12.0% ±2.0" in lines["0.9"]
+    assert "measured peak over the budget: d" in lines["0.9"]
+    assert "left out, results differ from the unmodified step's: e" in lines["0.9"]
     assert f"measured fastest `c` {report.EMULATED} +30.0%" in lines["0.75"]
     assert "measured winner's saving rests on swaps, emulated" in lines["0.75"]
     assert "no recompute-only plan fits" in lines["0.75"]
