@@ -153,6 +153,8 @@ def test_tables_mark_emulated_swaps() -> None:
     assert not table.loc[~swaps, "R/S"].str.contains("emulated").any()
     best = report.best_per_budget(report.solver_rows(df)).set_index("budget")
     assert best.loc["0.75", "best (predicted)"] == f"c {report.EMULATED}"
+    # measured: by the overhead against the unmodified step, not by raw time (the console's plain pick: e)
+    assert best.loc["0.9", "best (measured)"] == "e" and best.loc["0.9", "meas overhead %"] == 1.0
     # a swap plan on CPU that was not executed is marked too
     assert report.emulated_swaps(_frame([_cell("c", "0.9", s=1)])).all()
     assert not report.emulated_swaps(_frame([_cell("c", "0.9", s=1) | {"device": "cuda:0"}])).any()
