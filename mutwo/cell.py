@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CellStatus", "FEASIBLE", "Row", "COLUMNS", "results_frame", "CellContext", "Measured", "PlanMemo",
            "cell_key", "run_cell", "batch_oom_row", "measure_reference", "solve", "predict", "execute_plan", "executor",
-           "error_text", "is_oom", "release_memory", "schedule_file_name", "SOLVER", "REFERENCE"]
+           "error_text", "is_oom", "release_memory", "schedule_file_name", "not_the_target", "SOLVER", "REFERENCE"]
 
 ExecuteFn = Callable[..., Any]
 
@@ -96,6 +96,7 @@ class Row:
     schedule_file: str | None = None
     message: str | None = None
     kind: str = SOLVER  # or REFERENCE: a PyTorch saver measured beside the solvers (mutwo.references)
+    cost_source: str | None = None  # where the predicted times come from: measured:cpu, estimated:h100-sxm, ...
 
     def to_dict(self) -> dict[str, Any]:
         """The row as cells.jsonl stores it: every column, in order, the status as its string."""
@@ -458,13 +459,28 @@ def _execute_cell(ctx: CellContext, batch: Prepared, memo: PlanMemo, schedule: S
     row.emulated_swap = measured.emulated_swap and bool(row.n_swap)
     base_time = batch.info.get("measured_time_s")
     row.measured_overhead_pct = 100.0 * (measured.measured_time_s / base_time - 1.0) if base_time else None
+    elsewhere = not_the_target(batch.problem.cost_source, ctx.device)
+    if elsewhere:  # memory and correctness hold on any device; this machine's times say nothing of the target's
+        row.measured_overhead_pct = None
+        row.execute_note = f"{row.execute_note}; {elsewhere}"
     return row
+
+
+def not_the_target(cost_source: str, device: str) -> str:
+    """Why measured times are not compared with predicted ones ("" when they are): the predictions are
+    estimated for another device than the one that ran the plan."""
+    if not (cost_source or "").startswith("estimated:"):
+        return ""
+    target = cost_source.removeprefix("estimated:")
+    return (f"ran on {device}, not on the target {target}: memory and correctness checked, times not compared "
+            f"(predicted times are estimated for {target}; measured_overhead_pct left empty)")
 
 
 def run_cell(ctx: CellContext, batch: Prepared, memo: PlanMemo, spec: SolverSpec, budget: Budget) -> Row:
     """Solve, validate, simulate and (if feasible and enabled) execute one solver at one budget."""
     row = new_row(ctx, batch.batch_size, spec, budget, batch.keep_all_peak_bytes, batch.keep_all_time_s,
                   ctx.execute_note)
+    row.cost_source = batch.problem.cost_source
     floor_note = _floor_note(batch, row.budget_bytes)
     schedule = _solve_cell(ctx, batch, spec, row, floor_note)
     if schedule is None:
