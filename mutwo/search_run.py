@@ -69,12 +69,22 @@ def keep_all_probe(n: int, prep: Prepared, memory_bytes: int) -> Probe:
                  int(prep.keep_all_peak_bytes), measured, float(prep.keep_all_time_s), "keep-all", note)
 
 
-def _prepare(ctx: RunContext, scenario: Scenario, bs: int, folder: Path) -> Prepared | str:
-    """Size ``n`` prepared (reloaded from ``folder`` when nothing will be executed), keep-all measured
-    where it runs here; or why it could not be (out of memory while captured or profiled)."""
-    if ctx.cell.execute_fn is None:
-        reloaded = pipeline.reload(folder, bs)
-        if reloaded is not None:
+def _grid_folder(ctx: RunContext, n: int, bs: int) -> Path | None:
+    """The grid's own folder of the searched size, when the grid prepared that very point (same model
+    options, same batch size): a size the grid captured is not captured again."""
+    sc, spec = ctx.scenario, ctx.scenario.search.largest_batch
+    same = bs in sc.batch_size if spec.over == "batch_size" else n == sc.model_options.get("seq_len")
+    return ctx.run_dir / f"batch{bs}" if same else None
+
+
+def _prepare(ctx: RunContext, scenario: Scenario, bs: int, folder: Path, grid: Path | None) -> Prepared | str:
+    """Size ``n`` prepared, keep-all measured where it runs here; or why it could not be (out of memory
+    while captured or profiled). When nothing will be executed at it (--no-execute, or a point this
+    machine cannot run), it is reloaded from ``folder`` or from the grid's ``grid`` folder of the same
+    point instead: a reloaded batch has no graph, and needs none."""
+    for where in (folder, grid):
+        reloaded = pipeline.reload(where, bs) if where is not None else None
+        if reloaded is not None and (ctx.cell.execute_fn is None or reloaded.info.get(pipeline.NOT_EXECUTABLE)):
             return reloaded
     try:
         prep = pipeline.prepare_scenario(scenario, bs, ctx.device, ctx.source, status=ctx.status)
@@ -129,7 +139,7 @@ def run_search(ctx: RunContext) -> pd.DataFrame:
         at_n, bs, name = _point(sc, n)
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
-        prep = _prepare(ctx, at_n, bs, folder)
+        prep = _prepare(ctx, at_n, bs, folder, _grid_folder(ctx, n, bs))
         out = {}
         if not isinstance(prep, str):
             from mutwo.run import cell_context

@@ -240,3 +240,18 @@ def test_a_sequence_length_search_on_a_tiny_llama(tmp_path):
     assert expected["mutwo_greedy"] > expected[KEEP_ALL_BAR]
     assert (found["over"] == "seq_len").all() and (run / "search" / "seq_len64").is_dir()
     assert "## Largest sequence length that fits 4MiB (search)" in (run / "report.md").read_text()
+
+
+def test_the_grid_size_is_not_captured_again_by_the_search(tmp_path, monkeypatch):
+    # a meta model: not executed (chosen automatically), so a prepared size is reloaded, never re-captured
+    data = {**MLP, "name": "llama_grid", "model": "llama-tiny", "model_options": {"meta": True}, "batch_size": [2],
+            "solvers": ["keep_all", "mutwo_greedy"],
+            "search": {"largest_batch": {"memory": "64MiB", "min": 1, "max": 2}}}
+    prepared: list[int] = []
+    real = pipeline.prepare_scenario
+    monkeypatch.setattr(pipeline, "prepare_scenario", lambda sc, bs, *a, **k: prepared.append(bs) or real(sc, bs, *a, **k))
+    run = _run(tmp_path, data)
+    probed = {json.loads(line)["n"] for line in (run / "search" / "probes.jsonl").read_text().splitlines()}
+    assert 2 in probed and sorted(prepared) == sorted(probed)  # each size prepared once: 2 by the grid only
+    assert not (run / "search" / "batch_size2" / pipeline.PROBLEM_FILE).exists()
+    assert pd.read_csv(run / "search.csv").set_index("solver").loc[KEEP_ALL_BAR, "probes"].startswith("1:yes 2:yes")
