@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CellStatus", "FEASIBLE", "Row", "COLUMNS", "results_frame", "CellContext", "Measured", "PlanMemo",
            "cell_key", "run_cell", "batch_oom_row", "measure_reference", "solve", "predict", "execute_plan", "executor",
-           "error_text", "is_oom", "release_memory", "schedule_file_name", "SOLVER", "REFERENCE"]
+           "error_text", "is_oom", "release_memory", "schedule_file_name", "not_the_target", "SOLVER", "REFERENCE"]
 
 ExecuteFn = Callable[..., Any]
 
@@ -104,6 +104,7 @@ class Row:
     measured_time_spread_pct: float | None = None
     timing_note: str | None = None  # why a measured time may be off (load, emulated swaps); empty: steady
     torch_threads: int | None = None
+    cost_source: str | None = None  # where the predicted times come from: measured:cpu, estimated:h100-sxm, ...
 
     def to_dict(self) -> dict[str, Any]:
         """The row as cells.jsonl stores it: every column, in order, the status as its string."""
@@ -491,13 +492,28 @@ def _execute_cell(ctx: CellContext, batch: Prepared, memo: PlanMemo, schedule: S
         setattr(row, k, v)
     row.executed, row.execute_note = True, note
     row.emulated_swap = measured.emulated_swap and bool(row.n_swap)
+    elsewhere = not_the_target(batch.problem.cost_source, ctx.device)
+    if elsewhere:  # memory and correctness hold on any device; this machine's times say nothing of the target's
+        row.measured_overhead_pct = None
+        row.execute_note = f"{row.execute_note}; {elsewhere}"
     return row
+
+
+def not_the_target(cost_source: str, device: str) -> str:
+    """Why measured times are not compared with predicted ones ("" when they are): the predictions are
+    estimated for another device than the one that ran the plan."""
+    if not (cost_source or "").startswith("estimated:"):
+        return ""
+    target = cost_source.removeprefix("estimated:")
+    return (f"ran on {device}, not on the target {target}: memory and correctness checked, times not compared "
+            f"(predicted times are estimated for {target}; measured_overhead_pct left empty)")
 
 
 def run_cell(ctx: CellContext, batch: Prepared, memo: PlanMemo, spec: SolverSpec, budget: Budget) -> Row:
     """Solve, validate, simulate and (if feasible and enabled) execute one solver at one budget."""
     row = new_row(ctx, batch.batch_size, spec, budget, batch.keep_all_peak_bytes, batch.keep_all_time_s,
                   ctx.execute_note)
+    row.cost_source = batch.problem.cost_source
     floor_note = _floor_note(batch, row.budget_bytes)
     schedule = _solve_cell(ctx, batch, spec, row, floor_note)
     if schedule is None:

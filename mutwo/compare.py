@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "sizes (6GiB, 512MiB)")
     p.add_argument("--batch-sizes", help="comma-separated batch sizes, e.g. 2,4")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the scenario's device")
+    p.add_argument("--target", help="the device op times are for: local (measured here), a device name such as "
+                                    "h100-sxm (estimated; see docs/devices.md); replaces the scenario's target")
     p.add_argument("--no-execute", action="store_true", help="simulate only; do not run schedules")
+    p.add_argument("--no-search", action="store_true", help="skip the scenario's largest-batch search")
     p.add_argument("--no-references", action="store_true",
                    help="no PyTorch reference rows (eager, checkpoint, memory budget; see docs/compare.md)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results/)")
@@ -87,6 +90,8 @@ def _overrides(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         out["device"] = args.device
     if args.plan_space:
         out["plan_space"] = args.plan_space
+    if args.target:
+        out["target"] = args.target
     return out
 
 
@@ -114,6 +119,8 @@ def load(args: argparse.Namespace) -> Scenario:
         scenario.profile.refresh = True
     if args.no_references:
         scenario.references.enabled = False
+    if args.no_search:
+        scenario.search.largest_batch = None
     return scenario
 
 

@@ -24,7 +24,7 @@ from mutwo.schedule import Schedule  # noqa: E402
 from mutwo.simulate import simulate  # noqa: E402
 
 __all__ = ["overhead_vs_peak", "plan_timelines", "solve_times", "batch_scaling", "largest_batch", "unit_for",
-           "timeline_budget", "run_figures", "palette_for", "EMULATED_LABEL"]
+           "timeline_budget", "run_figures", "palette_for", "EMULATED_LABEL", "largest_batch_search"]
 
 
 unit_for = plots.unit_for  # kept here too: report code and tests import it from this module
@@ -306,6 +306,43 @@ def largest_batch(df: pd.DataFrame, path: str | Path, keep_all: dict[int, dict] 
     axes.flat[-1].legend(handles=handles, title="fits by", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"largest of the batch sizes tried ({', '.join(map(str, sizes))}) that fits each device memory",
                  y=1.02)
+    return plots.save(fig, path)
+
+
+def largest_batch_search(search: pd.DataFrame, path: str | Path) -> Path:
+    """The largest-batch search (search.csv, `mutwo.search_run`): per solver a bar to the largest size
+    that fits the memory, annotated with its predicted (and measured) peak, and every size probed as a
+    dot (filled: fits, open: does not), so the bisection's evidence is on the figure."""
+    n = len(search)
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.45 * n))
+    over, memory = search["over"].iloc[0], search["memory"].iloc[0]
+    top = 1
+    for i, r in enumerate(search.itertuples()):
+        probes = [(int(k), v == "yes") for k, v in (x.split(":") for x in str(r.probes).split() if ":" in x)]
+        top = max([top, *(k for k, _ in probes)])
+        largest = 0 if pd.isna(r.largest) else int(r.largest)
+        colour = {"measured": "tab:green", "predicted": "tab:blue"}.get(r.basis, "0.7")
+        ax.barh(i, largest, color=colour, alpha=0.35, height=0.6)
+        for k, ok in probes:
+            ax.scatter([k], [i], s=28, zorder=3, facecolors="black" if ok else "white", edgecolors="black")
+        text = report.NO_FIT.replace("tried", "probed") if not largest else (
+            f"{'≥' if r.capped else ''}{largest}: {report.fmt_bytes(r.predicted_peak_bytes)} predicted"
+            + (f", {report.fmt_bytes(r.measured_peak_bytes)} measured" if pd.notna(r.measured_peak_bytes) else ""))
+        ax.text(largest, i + 0.32, " " + text, va="center", fontsize=7)
+    ax.set_yticks(range(n), search["solver"])
+    ax.invert_yaxis()
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(0, 2.5 * top)
+    ticks = [2**i for i in range(int(np.log2(top)) + 2)]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel(f"{over} (log scale)")
+    handles = [Patch(color="tab:blue", alpha=0.35, label="largest that fits (predicted)"),
+               Patch(color="tab:green", alpha=0.35, label="largest that fits (measured)"),
+               plt.Line2D([], [], marker="o", color="black", linestyle="", label="probe: fits"),
+               plt.Line2D([], [], marker="o", markerfacecolor="white", color="black", linestyle="",
+                          label="probe: does not fit")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"largest {over} whose plan fits {memory}, per solver (bisection)")
     return plots.save(fig, path)
 
 

@@ -196,8 +196,9 @@ def _named(name: str) -> DeviceSpec:
     squashed = {n.replace("-", ""): n for n in device_names()}
     if key.replace("-", "") in squashed:  # "rtx4090", "h100sxm"
         return _named(squashed[key.replace("-", "")])
-    close = difflib.get_close_matches(key, device_names(), n=3, cutoff=0.4)
-    close += [n for n in device_names() if key and n.startswith(key) and n not in close]
+    prefixed = [n for n in device_names() if key and n.startswith(key)]  # "h100" -> h100-sxm, h100-pcie first
+    close = prefixed + [n for n in difflib.get_close_matches(key, device_names(), n=3, cutoff=0.4)
+                        if n not in prefixed]
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     raise DeviceSpecError(f"unknown target device {name!r}; {hint}known: {', '.join(device_names())}; or give "
                           f"a mapping of DeviceSpec fields (see docs/devices.md)")
@@ -233,7 +234,8 @@ def _explain(name: Any, exc: ValidationError) -> str:
         if err["type"] == "missing":
             lines.append(f"field {field!r} is missing: {what}")
         elif err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(field, list(fields), n=1, cutoff=0.5)
+            close = difflib.get_close_matches(field, list(fields), n=1, cutoff=0.5) or [  # "hbm_bandwidth"
+                f for f in fields if f.split("_")[0] == field.split("_")[0]][:1]
             hint = f"did you mean {close[0]!r}? " if close else ""
             lines.append(f"unknown field {field!r}; {hint}fields: {', '.join(fields)}")
         else:

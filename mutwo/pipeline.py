@@ -1,14 +1,18 @@
-"""Prepare one batch size: build the workload, capture the training step, profile it, build the
-Problem and simulate keep-all (what fractional budgets are fractions of).
+"""Prepare one batch size: build the workload, capture the training step, profile it (or estimate its
+op times for a target device), build the Problem and simulate keep-all (what fractional budgets are
+fractions of).
 
-`prepare` is the one capture -> profile -> Problem sequence; the comparison (`prepare_scenario`),
-the benchmarks and the optimizer call it. `prepare_scenario` also checks the captured step against
-eager PyTorch once per batch size (`eager_check`, in keep_all.json). `reload` is the way back from a
-run folder on ``--resume``.
+`prepare` is the one capture -> profile/estimate -> Problem sequence; the comparison
+(`prepare_scenario`), the benchmarks and the optimizer call it. `prepare_scenario` also checks the
+captured step against eager PyTorch once per batch size (`eager_check`, in keep_all.json) where the
+step can run here. `reload` is the way back from a run folder on ``--resume``. `execution_blocker` says
+when a prepared step cannot run on this machine (a model built on meta, or one whose fixed memory is
+more than the machine has).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -22,16 +26,19 @@ import numpy as np
 from mutwo import files
 
 if TYPE_CHECKING:
+    from mutwo.devices import DeviceSpec
     from mutwo.problem import Problem
     from mutwo.problem_build import StorageBinding
     from mutwo.scenario import Scenario
     from mutwo.workload import OptimizerConfig, Workload
 
 __all__ = ["Prepared", "prepare", "prepare_scenario", "keep_all_info", "save_tables", "reload", "seed_everything",
-           "build", "target_device", "eager_check", "PROBLEM_FILE", "KEEP_ALL_FILE"]
+           "build", "target_device", "eager_check", "execution_blocker", "PROBLEM_FILE", "KEEP_ALL_FILE",
+           "NOT_EXECUTABLE"]
 
 PROBLEM_FILE = "problem.npz"
 KEEP_ALL_FILE = "keep_all.json"
+NOT_EXECUTABLE = "not_executable"  # keep_all.json: why this batch size cannot run here (no --no-execute needed)
 Status = Callable[[str], None]
 
 
@@ -97,10 +104,12 @@ def build(scenario: Scenario, batch_size: int, device: str, source: str = "<scen
 
 def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, runs: int = 3, warmup: int = 1,
             cache: bool = True, name: str | None = None, progress: bool = False,
-            status: Status = _silent, refresh: bool = False, profile_key: str | None = None) -> Prepared:
+            status: Status = _silent, refresh: bool = False, profile_key: str | None = None,
+            target: DeviceSpec | None = None) -> Prepared:
     """Capture ``workload``'s training step, profile it (``runs`` after ``warmup``; ``cache``: reuse the
     disk cache; ``refresh``: measure again; ``profile_key``: the cache entry a resumed run started
-    with), build its Problem and simulate keep-all."""
+    with) or, with a ``target``, estimate its op times for that device instead (nothing is run; a
+    model built on meta can only be estimated), build its Problem and simulate keep-all."""
     from mutwo.capture import capture, flat_state
     from mutwo.problem_build import build_problem
     from mutwo.profile import profile
@@ -112,9 +121,15 @@ def prepare(workload: Workload, optimizer: OptimizerConfig, *, batch_size: int, 
     graph = capture(workload, optimizer)
     capture_s = time.perf_counter() - t0
     flat, _, _ = flat_state(workload, optimizer)
-    status(f"b{batch_size}: profile")
-    prof = profile(graph, flat, runs=runs, warmup=warmup, cache=cache, progress=progress, refresh=refresh,
-                   key=profile_key)
+    if target is None:
+        status(f"b{batch_size}: profile")
+        prof = profile(graph, flat, runs=runs, warmup=warmup, cache=cache, progress=progress, refresh=refresh,
+                       key=profile_key)
+    else:  # the one place a target's estimate replaces the measured profile
+        from mutwo.estimate import estimate_profile
+
+        status(f"b{batch_size}: estimate for {target.name}")
+        prof = estimate_profile(graph, target)
     problem, binding = build_problem(graph, prof, name=name)
     keep = simulate(problem, Schedule.keep_all(problem, solver="keep_all"))
     return Prepared(batch_size, problem, keep.peak_bytes, keep.time_s, graph, flat, prof, capture_s,
@@ -131,16 +146,22 @@ def prepare_scenario(scenario: Scenario, batch_size: int, device: str, source: s
 
     seed_everything(scenario.seed)
     status(f"b{batch_size}: build {scenario.model}")
-    workload = build(scenario, batch_size, device, source)
+    target = scenario.target_spec()
+    workload, on_meta = _build_for(scenario, batch_size, device, source, target is not None)
     opt = OptimizerConfig(scenario.optimizer.name, dict(scenario.optimizer.options))
     with torch_threads(threads_for(device, scenario.execute.threads)):
         prep = prepare(workload, opt, batch_size=batch_size, runs=scenario.profile.runs,
                        warmup=scenario.profile.warmup, name=f"{scenario.name}-b{batch_size}", status=status,
-                       refresh=scenario.profile.refresh and profile_key is None, profile_key=profile_key)
+                       refresh=scenario.profile.refresh and profile_key is None, profile_key=profile_key,
+                       target=target)
         prep.problem.notes.update({"scenario": scenario.name, "batch_size": batch_size})
         prep.info = keep_all_info(prep)
-        status(f"b{batch_size}: check against eager PyTorch")
-        prep.info["eager_check"] = eager_check(workload, opt, prep.graph, prep.flat, seed=scenario.seed)
+        blocker = on_meta or execution_blocker(workload, prep.info["fixed_peak_bytes"], device)
+        if blocker:
+            prep.info[NOT_EXECUTABLE] = blocker
+        else:
+            status(f"b{batch_size}: check against eager PyTorch")
+            prep.info["eager_check"] = eager_check(workload, opt, prep.graph, prep.flat, seed=scenario.seed)
     return prep
 
 
@@ -208,6 +229,47 @@ def _compare(actual: list, expected: list) -> dict:
             "max_abs_diff": abs_, "bitwise_equal": bitwise, "within_tolerance": close, "tolerance": tolerance}
 
 
+def _build_for(scenario: Scenario, batch_size: int, device: str, source: str,
+               estimated: bool) -> tuple[Workload, str]:
+    """The workload, and why it was built on meta instead ("" when it was not): a builder that refuses a
+    model too large for this machine's RAM (MemoryError) is asked again with ``meta=True`` when op
+    times are estimated for a target and the builder takes ``meta``."""
+    try:
+        return build(scenario, batch_size, device, source), ""
+    except MemoryError as exc:
+        from mutwo.zoo import resolve_builder
+
+        takes_meta = "meta" in inspect.signature(resolve_builder(scenario.model)).parameters
+        if not (estimated and takes_meta):
+            raise
+        why = str(exc)
+    on_meta = scenario.model_copy(update={"model_options": {**scenario.model_options, "meta": True}})
+    return build(on_meta, batch_size, device, source), f"built on meta (too large to allocate here: {why})"
+
+
+def execution_blocker(workload: Workload, fixed_bytes: int, device: str) -> str | None:
+    """Why this step cannot run on this machine, or None: its model is on the meta device (no weights),
+    or its fixed memory (parameters, gradients, optimizer state, inputs) is more than the machine has
+    (free RAM, plus what the model already holds; on CUDA the GPU's memory)."""
+    import torch
+
+    tensors = [*workload.model.parameters(), *workload.model.buffers(),
+               *(x for x in workload.inputs if isinstance(x, torch.Tensor))]
+    if any(t.is_meta for t in tensors):
+        return "the model is built on the meta device (model_options.meta): it has no weights to run"
+    if device.startswith("cuda"):
+        have, where = torch.cuda.get_device_properties(torch.device(device)).total_memory, "GPU memory"
+    else:
+        from mutwo.zoo import available_ram_bytes
+
+        held = sum(t.numel() * t.element_size() for t in tensors)
+        have, where = available_ram_bytes() + held, "RAM available"
+    if fixed_bytes > have:
+        return (f"its parameters, gradients and optimizer state need {fixed_bytes / 2**30:.1f} GiB and this machine "
+                f"has {have / 2**30:.1f} GiB of {where}")
+    return None
+
+
 def keep_all_info(prep: Prepared) -> dict:
     """keep_all.json before keep-all is executed: predicted figures, the floor, capture and profile."""
     problem, prof = prep.problem, prep.profile
@@ -219,7 +281,14 @@ def keep_all_info(prep: Prepared) -> dict:
             "profile_measured_peak_bytes": prof.measured_peak_bytes,
             "profile_iteration_time_s": prof.iteration_time_s, "peak_method": prof.peak_method,
             "bandwidth_bytes_per_s": prof.host_bandwidth_bytes_per_s, "bandwidth_source": prof.bandwidth_source,
-            **_profile_notes(prof)}
+            "cost_source": problem.cost_source, **_profile_notes(prof), **_estimate_notes(prof)}
+
+
+def _estimate_notes(prof: Any) -> dict:
+    """For an estimated profile: the target's figures and the ops the FLOP counter did not know."""
+    if not getattr(prof, "target", None):
+        return {}
+    return {"target": prof.target, "unknown_ops": dict(prof.unknown_ops)}
 
 
 def _profile_notes(prof: Any) -> dict:

@@ -18,7 +18,8 @@ __all__ = ["markdown_table", "best_per_budget", "summary_frame", "write_report",
            "largest_batch_skip_reason", "largest_batch_frame", "KEEP_ALL_BAR", "NO_FIT", "solver_rows",
            "best_at_each_reference", "references_section", "TIME_TIE", "PLAN_RTOL", "verdict_frame",
            "verdict_section", "emulated_swaps", "KEEP_ALL", "EMULATED", "TIE_MIN_POINTS", "VERDICT_COLUMNS",
-           "COLUMN_GLOSSARY", "glossary_section"]
+           "COLUMN_GLOSSARY", "glossary_section", "target_section",
+           "search_section", "PREDICTIONS_ONLY"]
 
 KEEP_ALL_BAR = "keep_all (unmodified step)"  # the one keep-all label (`KEEP_ALL`), as the largest-batch row
 NO_FIT = "fits at no batch size tried"
@@ -562,6 +563,20 @@ COLUMN_GLOSSARY: dict[str, str] = {
     "plan overhead %": "the best mutwo plan's measured overhead (over the captured keep-all step)",
     "ties": f"other plans within {TIME_TIE:.0%} of the best's time",
     "verdict": f"the two overheads compared: within {TIME_TIE:.0%} of each other a tie",
+    "largest batch_size": "largest-batch search: the largest batch size at which the plan fits the memory "
+                          "(`≥`: the top of the range searched)",
+    "largest seq_len": "largest-batch search: the largest sequence length at which the plan fits the memory",
+    "pred step s": "simulated time of one step at that size",
+    "pred samples/s": "that size over its simulated step time",
+    "pred tokens/s": "batch x that sequence length over its simulated step time",
+    "probes": "every size tried and whether it fitted (`n:yes/no`)",
+    "target": "the device the times are estimated for (`target:` in the scenario, docs/devices.md)",
+    "fp32 / tf32 / bf16 TFLOP/s": "the target's dense peak rates the roofline uses",
+    "memory bandwidth": "the target's device-memory bandwidth",
+    "host link (effective, per direction)": "host <-> device bandwidth swaps are costed with",
+    "copy engines": "transfers that can run beside compute at once",
+    "per-op floor": "the least time any op takes on the target (launch latency)",
+    "source": "where the target's figures come from",
 }
 
 
@@ -585,8 +600,102 @@ def glossary_section(lines: Sequence[str]) -> list[str]:
     return out + [""]
 
 
+# ---------------------------------------------------------------------- target device and search
+PREDICTIONS_ONLY = "**Predictions only, not measured.**"
+
+
+def _rate(x: float | None, unit: float) -> str:
+    return "–" if x is None else f"{x / unit:,.4g}"
+
+
+def _target_table(spec: dict) -> list[str]:
+    """The target's figures, one table row (docs/devices.md gives their sources and meaning)."""
+    flops = spec.get("flops_per_s", {})
+    rates = " / ".join(_rate(flops.get(k, flops.get("fp32")), 1e12) for k in ("fp32", "tf32", "bf16"))
+    link = f"{_rate(spec.get('host_link_bytes_per_s'), 1e9)} GB/s" + (f" ({spec['host_link']})"
+                                                                       if spec.get("host_link") else "")
+    return ["| target | memory | fp32 / tf32 / bf16 TFLOP/s | memory bandwidth | host link (effective, per "
+            "direction) | copy engines | per-op floor | source |", "|---|---|---|---|---|---|---|---|",
+            f"| `{spec.get('name')}` | {fmt_bytes(spec.get('memory_bytes'))} | {rates} | "
+            f"{_rate(spec.get('hbm_bytes_per_s'), 1e9)} GB/s | {link} | {spec.get('copy_engines', '–')} | "
+            f"{1e6 * spec.get('launch_latency_s', 0):.3g} µs | {spec.get('source', '')} |"]
+
+
+def target_section(run: dict, batches: dict[int, dict]) -> list[str]:
+    """report.md's opening words on where the times come from: measured here, or estimated for a target
+    device (then plainly: predictions only, the target's figures, the ops the FLOP counter did not
+    know, once per run), and which batch sizes were not executed because they cannot run here."""
+    sources = sorted({info.get("cost_source") or "" for info in batches.values()} - {""})
+    estimated = [src for src in sources if src.startswith("estimated:")]
+    lines = ["## Where the times come from", ""]
+    if not estimated:  # the usual case: one line among the setup lines, and the verdict leads
+        shown = ", ".join(f"`{src}`" for src in sources) or "this machine"
+        lines = [f"- op times: measured on this machine ({shown})", ""]
+    else:
+        spec = next((info["target"] for info in batches.values() if info.get("target")), {})
+        name = spec.get("name", estimated[0].removeprefix("estimated:"))
+        lines += [f"{PREDICTIONS_ONLY} Every predicted time in this report is estimated for the target `{name}` "
+                  f"by a roofline model of each op (FLOPs from `torch.utils.flop_counter`, bytes moved, the "
+                  f"target's rates below, an efficiency per op class; docs/devices.md); nothing ran on it. "
+                  f"Peaks are the traced tensors' bytes, the same on any device; times carry the model's "
+                  f"errors and those of the device figures. `cost_source` in results.csv: "
+                  f"{', '.join(f'`{src}`' for src in sources)}.", "", *_target_table(spec), ""]
+        unknown: dict[str, str] = {}
+        for info in batches.values():
+            for op, why in (info.get("unknown_ops") or {}).items():
+                unknown.setdefault(op, why)
+        lines += (["Ops the FLOP counter did not know (each counted as memory-bound):", "",
+                   *[f"- `{op}`: {why}" for op, why in sorted(unknown.items())], ""] if unknown else
+                  ["Every op had a FLOP formula or a known memory-bound class (no unknown ops).", ""])
+        if run.get("device") and any(info.get("measured") for info in batches.values()):
+            lines += [f"Plans executed here on `{run['device']}` check memory and correctness; their measured "
+                      f"times are this machine's, so they are not compared with the estimated ones "
+                      f"(`measured_overhead_pct` is empty).", ""]
+    blocked = {bs: info["not_executable"] for bs, info in sorted(batches.items()) if info.get("not_executable")}
+    if blocked:
+        if not estimated:
+            lines += ["## Where the times come from", ""]
+        lines += ["**Not executed (chosen automatically):** this machine cannot run these batch sizes, so they "
+                  "were simulated only, as with `--no-execute`:", "",
+                  *[f"- batch {bs}: {why}" for bs, why in blocked.items()], ""]
+    return lines
+
+
+def search_section(search: pd.DataFrame | None, run: dict) -> list[str]:
+    """report.md's table of the largest-batch search (`mutwo.search_run`): per solver and keep-all, the
+    largest size whose plan fits the memory, its plan's figures and the sizes probed."""
+    spec = ((run.get("scenario") or {}).get("search") or {}).get("largest_batch")
+    if search is None or spec is None or not len(search):
+        return []
+    over, memory = spec["over"], search["memory"].iloc[0]
+    what = "batch size" if over == "batch_size" else "sequence length"
+    lines = [f"## Largest {what} that fits {memory} (search)", "",
+             f"For each solver (and the unmodified step), the largest {what} in [{spec['min']}, {spec['max']}]"
+             + (f" (multiples of {spec['step']})" if spec.get("step", 1) > 1 else "")
+             + f" at which its plan fits {fmt_bytes(search['memory_bytes'].iloc[0])}: status optimal/feasible, "
+             "simulated peak within the memory and, where executed, measured peak within it too (basis). Found "
+             "by bisection, which assumes that a plan fitting at a size means one fits at every smaller size; "
+             "each answer's upper neighbour was probed and did not fit, its lower neighbour was probed too, and "
+             "a probe that breaks the assumption is named under the table. `≥` marks an answer at the top of the "
+             "range (it may fit more).", ""]
+    unit = "samples/s" if over == "batch_size" else "tokens/s"
+    batch = (run.get("scenario") or {}).get("batch_size", [1])[0]
+    rows = []
+    for r in search.itertuples():
+        largest = "none" if pd.isna(r.largest) else f"{'≥ ' if r.capped else ''}{int(r.largest)}"
+        rate = np.nan
+        if not pd.isna(r.largest) and r.predicted_time_s and r.predicted_time_s > 0:
+            rate = int(r.largest) * (1 if over == "batch_size" else batch) / r.predicted_time_s
+        rows.append({"solver": r.solver, f"largest {over}": largest, "pred peak": fmt_bytes(r.predicted_peak_bytes),
+                     "meas peak": fmt_bytes(r.measured_peak_bytes), "pred step s": r.predicted_time_s,
+                     f"pred {unit}": rate, "basis": r.basis or "–", "probes": r.probes})
+    lines += [markdown_table(pd.DataFrame(rows)), ""]
+    lines += [f"- {r.solver}: {r.warning}" for r in search.itertuples() if isinstance(r.warning, str) and r.warning]
+    return lines + [""]
+
+
 def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[Path],
-                 batches: dict[int, dict]) -> Path:
+                 batches: dict[int, dict], search: pd.DataFrame | None = None) -> Path:
     """report.md: what ran, the best solver at each budget, the full table and the plots."""
     path = Path(path)
     sc = run["scenario"]
@@ -599,6 +708,11 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
              f"- started {run['started']}, run id `{run['run_id']}`",
              f"- torch {run['versions'].get('torch')}, mutwo {run['versions'].get('mutwo')}",
              f"- execution: {run.get('execution_note', '')}", ""]
+    where = target_section(run, batches)
+    if where and where[0].startswith("- "):  # times measured here: one more setup line
+        lines.insert(len(lines) - 1, where[0])
+        where = where[2:]
+    lines += where
     lines += verdict_section(everything, batches)
     lines += ["## Keep-all reference", "",
               "| batch | keep-all peak (predicted) | iteration (predicted) | measured peak | measured iteration "
@@ -620,6 +734,7 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
               for bs, info in sorted(batches.items()) if info.get("profile_warning")]
     lines += _eager_lines(batches)
     lines += _largest_batch_section(df, batches) if len(df) else []
+    lines += search_section(search, run)
     lines += references_section(everything, batches)
     lines += ["## All results", "", markdown_table(summary_frame(everything)) if len(everything) else "(no rows)",
               ""]

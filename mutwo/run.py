@@ -1,15 +1,20 @@
-"""The grid of one comparison: every batch size x solver x budget of a scenario, into its run folder.
+"""The grid of one comparison: every batch size x solver x budget of a scenario, into its run folder,
+then the scenario's largest-batch search (`mutwo.search_run`), the figures and report.md.
 
 Cells are appended to cells.jsonl as they finish and every other file is written atomically, so a run
-killed at any moment continues with ``--resume`` (docs/compare.md).
+killed at any moment continues with ``--resume`` (docs/compare.md). A batch size that cannot run on
+this machine (built on meta, or too large: `mutwo.pipeline.execution_blocker`) is simulated only, as
+with ``--no-execute``, and its rows say why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shlex
 import time
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +26,11 @@ from mutwo.cell import CellContext, PlanMemo, Row
 from mutwo.pipeline import Prepared
 from mutwo.scenario import Scenario
 
-__all__ = ["RunOptions", "RunContext", "run_scenario", "versions", "reference_list", "REFERENCE_NOTES"]
+__all__ = ["RunOptions", "RunContext", "run_scenario", "versions", "reference_list", "cell_context",
+           "measure_keep_all", "REFERENCE_NOTES", "SEARCH_FILE"]
 
 REFERENCE_NOTES = "reference_notes"  # keep_all.json: {label: why a reference has no row}
+SEARCH_FILE = "search.csv"  # the largest-batch search's answers, one row per solver
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def _run_info(ctx: RunContext, previous: dict) -> dict:
     """run.json as the run starts."""
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     return {"run_id": ctx.run_dir.name, "scenario": ctx.scenario.model_dump(), "scenario_file": ctx.source,
-            "device": ctx.device, "seed": ctx.scenario.seed, "command": ctx.command,
+            "device": ctx.device, "target": ctx.scenario.target, "seed": ctx.scenario.seed, "command": ctx.command,
             "started": previous.get("started", started), "resumed": ctx.options.resume and bool(ctx.done),
             "versions": versions(), "execution_note": ctx.cell.execute_note, "status": "running"}
 
@@ -117,10 +124,17 @@ def _run_grid(ctx: RunContext, previous: dict) -> tuple[Path, pd.DataFrame]:
     n_cells = len(sc.batch_size) * (len(sc.solvers) * len(sc.budgets) + len(reference_list(sc)))
     t_start = time.perf_counter()
     ctx.bar = tqdm(total=n_cells, desc=sc.name, unit="cell", disable=ctx.options.quiet, dynamic_ncols=True)
+    search = None
     try:
         for bs in sc.batch_size:
             _run_batch(ctx, bs)
             _run_references(ctx, bs)
+        ctx.bar.close()
+        if sc.search.largest_batch is not None:
+            from mutwo import search_run
+
+            search = search_run.run_search(ctx)
+            files.write_csv(ctx.run_dir / SEARCH_FILE, search)
     except BaseException as exc:  # Ctrl-C or a bug: say so in run.json, keep what is done, re-raise
         ctx.bar.close()
         ctx.write_results()
@@ -129,24 +143,49 @@ def _run_grid(ctx: RunContext, previous: dict) -> tuple[Path, pd.DataFrame]:
                          "stopped": time.strftime("%Y-%m-%d %H:%M:%S")})
         files.write_json(run_json, run_info)
         raise
-    ctx.bar.close()
-
     df = ctx.write_results()
     keep_all = {bs: b.info for bs, b in ctx.batches.items()}
-    plots = [] if ctx.options.no_plots else _figures(ctx, df, keep_all)
+    plots = [] if ctx.options.no_plots else _figures(ctx, df, keep_all, search)
+    blocked = {bs: info[pipeline.NOT_EXECUTABLE] for bs, info in keep_all.items() if info.get(pipeline.NOT_EXECUTABLE)}
     run_info.update({"status": "finished", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "wall_time_s": time.perf_counter() - t_start, "cells": len(ctx.rows),
-                     "cells_resumed": sum(r.key in ctx.done for r in ctx.rows)})
+                     "cells_resumed": sum(r.key in ctx.done for r in ctx.rows), "not_executable": blocked})
+    if blocked and ctx.cell.execute_fn is not None:
+        run_info["execution_note"] = (
+            f"not executed (chosen automatically): {next(iter(blocked.values()))}" if len(blocked) == len(keep_all)
+            else f"executed, except batch sizes {', '.join(map(str, blocked))} (chosen automatically: they cannot "
+                 f"run here)")
     files.write_json(run_json, run_info)
-    report.write_report(ctx.run_dir / "report.md", df, run_info, plots, keep_all)
+    report.write_report(ctx.run_dir / "report.md", df, run_info, plots, keep_all, search=search)
     return ctx.run_dir, df
 
 
-def _figures(ctx: RunContext, df: pd.DataFrame, keep_all: dict[int, dict]) -> list[Path]:
+def _figures(ctx: RunContext, df: pd.DataFrame, keep_all: dict[int, dict], search: pd.DataFrame | None) -> list[Path]:
     from mutwo import compare_plots
 
     problems = {bs: b.problem for bs, b in ctx.batches.items()}
-    return compare_plots.run_figures(df, problems, keep_all, ctx.run_dir)
+    made = compare_plots.run_figures(df, problems, keep_all, ctx.run_dir)
+    if search is not None and len(search):
+        made.append(compare_plots.largest_batch_search(search, ctx.run_dir / "plots" / "largest_batch_search.png"))
+    return made
+
+
+def cell_context(ctx: RunContext, info: dict) -> CellContext:
+    """The run's CellContext for a batch size whose keep_all.json is ``info``: without an executor, and
+    saying why in every row, when the batch size cannot run here (`pipeline.execution_blocker`)."""
+    why = info.get(pipeline.NOT_EXECUTABLE)
+    if not why or ctx.cell.execute_fn is None:
+        return ctx.cell
+    return dataclasses.replace(ctx.cell, execute_fn=None, execute_note=f"not executed (chosen automatically): {why}")
+
+
+def measure_keep_all(cell_ctx: CellContext, prep: Prepared) -> None:
+    """Execute keep-all into ``prep.info`` when this batch size runs here, and copy its measured peak
+    and time to the top level of keep_all.json."""
+    if "measured" not in prep.info and cell_ctx.execute_fn is not None and not prep.info.get(pipeline.NOT_EXECUTABLE):
+        cell.measure_reference(cell_ctx, prep)
+    if "measured" in prep.info:
+        prep.info.update({k: prep.info["measured"][k] for k in ("measured_peak_bytes", "measured_time_s")})
 
 
 def prepare_batch(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Prepared, PlanMemo]:
@@ -166,11 +205,9 @@ def prepare_batch(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Prepar
         prep.info[REFERENCE_NOTES] = old[REFERENCE_NOTES]
     if "measured" in old:  # resuming: the keep-all execution is already done
         prep.info["measured"] = old["measured"]
-    elif ctx.cell.execute_fn is not None:
+    if ctx.cell.execute_fn is not None and not prep.info.get(pipeline.NOT_EXECUTABLE):
         ctx.status(f"b{bs}: execute keep-all")
-        cell.measure_reference(ctx.cell, prep)
-    if "measured" in prep.info:
-        prep.info.update({k: prep.info["measured"][k] for k in ("measured_peak_bytes", "measured_time_s")})
+    measure_keep_all(ctx.cell, prep)
     files.write_json(folder / pipeline.KEEP_ALL_FILE, prep.info)
     return prep, PlanMemo.from_reference(prep.problem, prep.info)
 
@@ -202,6 +239,7 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
         ctx.bar.update(len(cells))
         return
     memo, why = _prepare_or_oom(ctx, bs, capture_graph=bool(todo))
+    cell_ctx = cell_context(ctx, ctx.batches[bs].info) if bs in ctx.batches else ctx.cell
     for (spec, budget), key in zip(cells, keys):
         if key in ctx.done:
             ctx.rows.append(ctx.done[key])
@@ -209,9 +247,9 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
             continue
         ctx.status(f"b{bs} {spec.label} @ {budget.label}")
         if why is not None:
-            row = cell.batch_oom_row(ctx.cell, bs, spec, budget, why)
+            row = cell.batch_oom_row(cell_ctx, bs, spec, budget, why)
         else:
-            row = cell.run_cell(ctx.cell, ctx.batches[bs], memo, spec, budget)
+            row = cell.run_cell(cell_ctx, ctx.batches[bs], memo, spec, budget)
         run_folder.append_cell(ctx.run_dir, row)
         ctx.rows.append(row)
         ctx.bar.update()
@@ -254,6 +292,11 @@ def _run_references(ctx: RunContext, bs: int) -> None:
     info_path = ctx.run_dir / f"batch{bs}" / pipeline.KEEP_ALL_FILE
     info = run_folder.read_json(info_path)
     notes: dict[str, str] = dict(info.get(REFERENCE_NOTES, {}))
+    if info.get(pipeline.NOT_EXECUTABLE):  # references run the step for real: not here
+        notes = {ref.label: f"{ref.label} not run (chosen automatically): this batch size cannot run here"
+                 for ref in refs}
+        refs = []
+        ctx.bar.update(len(notes))
     runner = None
     try:
         for ref in refs:
@@ -271,6 +314,7 @@ def _run_references(ctx: RunContext, bs: int) -> None:
             else:
                 row = reference_row(result, scenario=ctx.scenario.name, model=ctx.scenario.model, batch_size=bs,
                                     device=ctx.device, keep_all=info, memory_limit=ctx.scenario.execute.memory_limit)
+                row.cost_source = _measured_here(ctx.device)
                 run_folder.append_cell(ctx.run_dir, row)
                 ctx.rows.append(row)
             ctx.bar.update()
@@ -283,3 +327,11 @@ def _run_references(ctx: RunContext, bs: int) -> None:
         if bs in ctx.batches:
             ctx.batches[bs].info[REFERENCE_NOTES] = notes
     ctx.write_results()
+
+
+def _measured_here(device: str) -> str:
+    """The cost source of what runs on this machine (a reference row): ``measured:cpu`` or
+    ``measured:cuda:<GPU name>``, as `mutwo.problem_build.cost_source` words it for a measured profile."""
+    from mutwo.problem_build import cost_source
+
+    return cost_source(types.SimpleNamespace(device=device, cost_source=""))

@@ -28,7 +28,7 @@ RUN_FILE = "run.json"
 
 # what a finished cell depends on, beyond its solver and budget: resuming with any of them changed
 # would mix rows of two different experiments in one table
-_RESUME_KEYS = ("model", "model_options", "optimizer", "profile", "seed")
+_RESUME_KEYS = ("model", "model_options", "optimizer", "profile", "seed", "target")
 _RESUME_EXECUTE_KEYS = ("enabled", "iterations", "warmup", "max_slowdown", "memory_limit")
 
 

@@ -21,6 +21,11 @@ Schema (defaults in brackets)::
     execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null, threads: null}
     references: {eager: true, checkpoint: true, memory_budget: [0.5], backend: aot_eager_decomp_partition}
                                     # PyTorch's own savers as rows (mutwo.references); false: none
+    target: local                   # local (op times measured here) | a device name (h100-sxm) | a mapping
+                                    # of mutwo.devices.DeviceSpec fields: op times estimated for it [local]
+    search: {largest_batch: {memory: 80GiB, max: 512, min: 1, over: batch_size, step: 1, solvers: null}}
+                                    # the largest batch (or seq_len) each solver fits in `memory`
+                                    # (a size, or `device`: the target's) [none]
     seed: 0
 
 This module is the schema and its error messages only. Everything a file can get wrong is checked when
@@ -45,10 +50,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
-           "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "ReferencesSpec", "load_scenario", "validate_scenario",
-           "parse_size", "DEFAULT_TIMEOUT_S"]
+           "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "ReferencesSpec", "LargestBatchSpec", "SearchSpec",
+           "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S", "LOCAL_TARGET"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
+LOCAL_TARGET = "local"  # target: op times measured on this machine (mutwo.profile), not estimated
 
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
@@ -329,6 +335,77 @@ class ReferencesSpec(BaseModel):
         return list(dict.fromkeys(float(x) for x in items))
 
 
+# ---------------------------------------------------------------------- target and search
+def _target(v: Any) -> str | dict[str, Any]:
+    """A scenario's ``target``: ``local``, a device name (normalised: "H100_SXM" -> "h100-sxm") or a
+    mapping of DeviceSpec fields (kept as written; checked by building the spec). ``local-cpu`` is
+    checked by name only: building it measures this CPU (torch), which loading a scenario does not."""
+    from mutwo.devices import LOCAL_CPU, device_names, get_device
+
+    if v is None:
+        return LOCAL_TARGET
+    if isinstance(v, str):
+        key = v.strip().lower().replace("_", "-").replace(" ", "-")
+        if key == LOCAL_TARGET:
+            return LOCAL_TARGET
+        if key in device_names():
+            return key
+        try:
+            return get_device(v).name
+        except ValueError as exc:
+            raise ValueError(f"{exc}; or '{LOCAL_TARGET}' (op times measured on this machine, the default)") from None
+    if isinstance(v, dict):
+        base = str(v.get("base", "")).strip().lower().replace("_", "-")
+        if base != LOCAL_CPU:
+            get_device(v)  # DeviceSpecError (a ValueError) names the field and its unit
+        return dict(v)
+    raise ValueError(f"{_shown(v)} is not a target; write '{LOCAL_TARGET}', a device name such as 'h100-sxm', "
+                     f"or a mapping of device fields, e.g. {{base: h100-sxm, memory_bytes: 79GiB}}")
+
+
+class LargestBatchSpec(BaseModel):
+    """The largest batch size (``over: batch_size``) or sequence length (``over: seq_len``, at the
+    scenario's first batch size) in [``min``, ``max``] (multiples of ``step``) at which each solver's plan,
+    and keep-all's, fits ``memory`` (a size, or ``device``: the target's memory). Found by bisection
+    (`mutwo.search`); ``solvers``: labels of the scenario's solvers to search for (null: all)."""
+
+    model_config = _STRICT
+    memory: int | Literal["device"]
+    max: int = Field(gt=0)
+    min: int = Field(1, gt=0)
+    over: Literal["batch_size", "seq_len"] = "batch_size"
+    step: int = Field(1, gt=0)
+    solvers: list[str] | None = None
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if v == "device":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError(f"{_shown(v)} is not a memory; write a size like '80GiB', or 'device' (the target's)")
+        if isinstance(v, int):
+            if v <= 0:
+                raise ValueError(f"{v} bytes: a memory must be positive, e.g. '80GiB'")
+            return v
+        return parse_size(v)
+
+    @model_validator(mode="after")
+    def _range(self) -> LargestBatchSpec:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}; write min <= max")
+        if self.max // self.step < -(-self.min // self.step):
+            raise ValueError(f"no multiple of step {self.step} lies in [min {self.min}, max {self.max}]")
+        return self
+
+
+class SearchSpec(BaseModel):
+    """Searches run after the grid; today one: ``largest_batch``."""
+
+    model_config = _STRICT
+    largest_batch: LargestBatchSpec | None = None
+
+
 class Scenario(BaseModel):
     """A validated scenario (the file it came from is the ``source`` its errors name)."""
 
@@ -346,6 +423,8 @@ class Scenario(BaseModel):
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     execute: ExecuteSpec = Field(default_factory=ExecuteSpec)
     references: ReferencesSpec = Field(default_factory=ReferencesSpec)
+    target: str | dict[str, Any] = LOCAL_TARGET
+    search: SearchSpec = Field(default_factory=SearchSpec)
     seed: int = 0
 
     @field_validator("name")
@@ -461,6 +540,63 @@ class Scenario(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"field 'solvers[{i}]': {exc}") from None
         return self
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _known_target(cls, v: Any) -> Any:
+        return _target(v)
+
+    @model_validator(mode="after")
+    def _meta_needs_a_target(self) -> Scenario:
+        """A model built on meta has no weights to profile: only a target's estimate can cost it."""
+        if self.model_options.get("meta") is True and self.target == LOCAL_TARGET:
+            raise ValueError("field 'target': model_options.meta: true builds the model without weights, so its "
+                             "op times cannot be measured here; name a target device to estimate them (e.g. "
+                             "target: h100-sxm, or --target h100-sxm)")
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits_the_scenario(self) -> Scenario:
+        """``memory: device`` needs a target, ``solvers`` must be the scenario's labels, and ``over:
+        seq_len`` a builder that takes seq_len."""
+        spec = self.search.largest_batch
+        if spec is None:
+            return self
+        where = "field 'search.largest_batch"
+        if spec.memory == "device" and self.target == LOCAL_TARGET:
+            raise ValueError(f"{where}.memory': 'device' is the target's memory and this scenario has no target "
+                             f"(local); give a size such as '80GiB', or a target (target: h100-sxm)")
+        labels = [s.label for s in self.solvers]
+        for label in spec.solvers or []:
+            if label not in labels:
+                close = difflib.get_close_matches(label, labels, n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"{where}.solvers': {label!r} is not one of the scenario's solvers; {hint}"
+                                 f"labels: {', '.join(labels)}")
+        if spec.over == "seq_len":
+            from mutwo.zoo import check_builder_options, resolve_builder
+
+            try:
+                check_builder_options(resolve_builder(self.model), self.model, {**self.model_options, "seq_len": 1})
+            except ValueError as exc:
+                raise ValueError(f"{where}.over': seq_len is searched by passing it to the model's builder, "
+                                 f"which does not take it: {exc}") from None
+        return self
+
+    def target_spec(self):
+        """The `mutwo.devices.DeviceSpec` op times are estimated for, or None (``local``: measured)."""
+        if self.target == LOCAL_TARGET:
+            return None
+        from mutwo.devices import get_device
+
+        return get_device(self.target)
+
+    def search_memory_bytes(self) -> int | None:
+        """The memory the largest-batch search fits plans into (``device``: the target's), or None."""
+        spec = self.search.largest_batch
+        if spec is None:
+            return None
+        return self.target_spec().memory_bytes if spec.memory == "device" else int(spec.memory)
 
     def timeout_s(self, spec: SolverSpec) -> float | None:
         """The hard wall-clock limit of one call of ``spec`` (None: in-process, unlimited)."""
