@@ -21,6 +21,7 @@ Schema (defaults in brackets)::
     execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null, threads: null}
     references: {eager: true, checkpoint: true, memory_budget: [0.5], backend: aot_eager_decomp_partition}
                                     # PyTorch's own savers as rows (mutwo.references); false: none
+    executor: {kind: local, address: null, max_concurrent: null}   # ray: on a Ray cluster [local]
     seed: 0
 
 This module is the schema and its error messages only. Everything a file can get wrong is checked when
@@ -45,7 +46,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
-           "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "ReferencesSpec", "load_scenario", "validate_scenario",
+           "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "ReferencesSpec", "ExecutorSpec", "load_scenario", "validate_scenario",
            "parse_size", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
@@ -329,6 +330,32 @@ class ReferencesSpec(BaseModel):
         return list(dict.fromkeys(float(x) for x in items))
 
 
+class ExecutorSpec(BaseModel):
+    """Where the grid's work runs (docs/compare.md, "Running on a Ray cluster"): ``local`` in this
+    process, or ``ray`` on a Ray cluster at ``address`` (``auto``: the one this machine belongs to; a
+    ``HOST:PORT``; null: a local one started for the run) with at most ``max_concurrent`` solver calls
+    at a time (null: as many as the cluster's CPUs take). ``--executor`` / ``--address`` override it.
+    Not part of what a resumed run must match: where a cell ran does not change its row."""
+
+    model_config = _STRICT
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    max_concurrent: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_kind(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None or v == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", v):
+            return v
+        raise ValueError(f"{v!r} is not a Ray address; write auto, HOST:PORT (e.g. 10.0.0.5:6379) or "
+                         f"ray://HOST:PORT, or null for a local cluster")
+
+
 class Scenario(BaseModel):
     """A validated scenario (the file it came from is the ``source`` its errors name)."""
 
@@ -346,6 +373,7 @@ class Scenario(BaseModel):
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     execute: ExecuteSpec = Field(default_factory=ExecuteSpec)
     references: ReferencesSpec = Field(default_factory=ReferencesSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     seed: int = 0
 
     @field_validator("name")
