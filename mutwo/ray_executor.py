@@ -79,7 +79,7 @@ def cluster_device(scenario: Scenario, source: str, resources: dict[str, float],
     on a cluster without one is refused before any work, with what it needs."""
     gpus = resources.get("GPU", 0.0)
     if scenario.device == "cuda" and gpus < 1:
-        have = ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU", "memory"))
+        have = f"CPU {resources.get('CPU', 0):g}, memory {resources.get('memory', 0) / 2**30:.1f} GiB"
         raise ScenarioError(f"{source}: field 'device': cuda needs GPU: 1 per batch size being prepared, and {where} "
                             f"has no GPU ({have}); add a GPU node (`ray start --address ... --num-gpus N`) or set "
                             f"device: cpu")
@@ -416,6 +416,7 @@ class _GridRun:
     def _release(self, b: _Batch) -> None:
         """Free the batch size's worker (and its GPU) as soon as its work is done: it removes its folder,
         then it is ended (`_on_close`)."""
+        b.problem_ref = None  # the object store may drop the Problem now
         if b.actor is not None:
             self.pending[b.actor.close.remote()] = ("close", b, "")
 
