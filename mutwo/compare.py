@@ -23,7 +23,7 @@ from mutwo.executors import Job, choose_executor, make_executor
 from mutwo.run import RunOptions
 from mutwo.scenario import Scenario, ScenarioError, load_scenario
 
-__all__ = ["main", "build_parser", "load", "options", "solver_listing", "whole_solver_errors", "COLUMNS",
+__all__ = ["main", "compare", "build_parser", "load", "options", "solver_listing", "whole_solver_errors", "COLUMNS",
            "EXIT_SOLVER_ERRORS"]
 
 EXIT_SOLVER_ERRORS = 3  # every cell of some solver is an error (unless --allow-errors)
@@ -201,6 +201,34 @@ def solver_listing(names: list[str] | None = None) -> str:
             lines += [f"      {k:<{width}}  default {_shown_default(o.default):<14} {describe(o.type)}"
                       for k, o in info.options.items()]
     return "\n".join(lines)
+
+
+def compare(scenario: str | Path, **overrides: Any) -> tuple[Path, pd.DataFrame]:
+    """The command line's run, called from Python (``mutwo.compare``): ``overrides`` are its long options
+    with underscores, a list for a comma-separated value, True for a flag (``budgets=[0.6, 0.8]``,
+    ``solvers="mutwo_greedy"``, ``no_execute=True``, ``run_id="a"``). Returns the run folder and the
+    results table; errors raise (`ScenarioError` for the scenario and its options) instead of exiting."""
+    import difflib
+
+    parser = build_parser()
+    parser.exit_on_error = False  # a bad value raises argparse.ArgumentError, it does not exit
+    flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "list_solvers")}
+    argv = [str(scenario)]
+    for key, value in overrides.items():
+        action = flags.get(key)
+        if action is None:
+            close = difflib.get_close_matches(key, flags, n=1)
+            raise TypeError(f"compare() got an unknown option {key!r}; {f'did you mean {close[0]!r}? ' if close else ''}"
+                            f"options: {', '.join(flags)}")
+        if action.nargs == 0:  # a flag
+            if not isinstance(value, bool):
+                raise TypeError(f"compare() option {key!r} is a flag: give True or False, not {value!r}")
+            argv += [action.option_strings[-1]] if value else []
+        elif value is not None:
+            text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+            argv += [action.option_strings[-1], text]
+    args = parser.parse_args(argv)
+    return run_scenario(load(args), options(args), argv, args.scenario)
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:

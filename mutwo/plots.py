@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +15,31 @@ import seaborn as sns  # noqa: E402
 
 from mutwo.files import atomic_path  # noqa: E402
 
-__all__ = ["memory_timeline", "op_times", "activation_attributes", "save"]
+__all__ = ["memory_timeline", "op_times", "activation_attributes", "save", "unit_for", "solver_palette",
+           "KEEP_ALL_COLOUR"]
+
+KEEP_ALL_COLOUR = "0.3"  # the keep-all plan: the same dark grey in every figure
+# tab20 without its grey pair (14, 15): the strong colours first, then their light partners
+_TAB20 = sns.color_palette("tab20", 20)
+_COLOURS = [_TAB20[i] for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]
+
+
+def unit_for(nbytes: float) -> tuple[str, float]:
+    """A readable unit for sizes up to ``nbytes``."""
+    if nbytes >= 2 * 2**30:
+        return "GiB", 2**30
+    if nbytes >= 2 * 2**20:
+        return "MiB", 2**20
+    return "KiB", 2**10
+
+
+def solver_palette(labels: Iterable[object], keep_all: str = "keep_all") -> dict[str, tuple]:
+    """One colour per solver label, the same in every figure of a run: the sorted labels take tab20's
+    colours in turn (cycling past 18), ``keep_all`` always `KEEP_ALL_COLOUR`."""
+    names = sorted({str(x) for x in labels} - {keep_all})
+    out = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(names)}
+    out[keep_all] = matplotlib.colors.to_rgb(KEEP_ALL_COLOUR)
+    return out
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
@@ -27,17 +52,31 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
 
 
 def memory_timeline(frames: dict[str, np.ndarray], fwd_end: int, path: str | Path, *,
-                    limit_bytes: float | None = None, title: str = "memory along the op order") -> Path:
-    """Live bytes against execution rank, one line per label, with the boundary and a limit line."""
-    rows = [pd.DataFrame({"op position": np.arange(len(v)), "GiB": np.asarray(v) / 2**30, "plan": k})
-            for k, v in frames.items()]
-    df = pd.concat(rows, ignore_index=True)
-    fig, ax = plt.subplots(figsize=(9, 4))
-    sns.lineplot(data=df, x="op position", y="GiB", hue="plan", ax=ax, linewidth=1)
-    ax.axvline(fwd_end, color="grey", linestyle="--", label="forward | backward")
+                    limit_bytes: float | None = None, title: str = "memory along the op order",
+                    colours: dict[str, object] | None = None, dashed: Sequence[str] = ()) -> Path:
+    """Live bytes against execution rank, one line per label (``colours``: label -> colour; ``dashed``:
+    labels drawn dashed), in a unit for the magnitude. The backward pass is a shaded span rather than a
+    line, so a one-op spike at the boundary stays visible; each line's peak is marked on it (▼) and
+    given in the legend."""
+    top = max([float(np.max(v)) for v in frames.values() if len(v)] + [float(limit_bytes or 0)])
+    unit, scale = unit_for(top)
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    n = max((len(v) for v in frames.values()), default=0)
+    ax.axvspan(fwd_end, max(n - 1, fwd_end), color="0.93", zorder=0, label="backward (shaded)")
+    for label, values in frames.items():
+        y = np.asarray(values, dtype=float) / scale
+        at = int(np.argmax(y)) if len(y) else 0
+        peak = f" - peak {y[at]:.4g} {unit} at op {at}" if len(y) else ""  # in the legend: no labels overlap
+        line, = ax.plot(np.arange(len(y)), y, color=(colours or {}).get(label), linewidth=1.1, zorder=3,
+                        label=label + peak, linestyle="--" if label in dashed else "-")
+        if len(y):  # the peak marked on the line, drawn above everything else
+            ax.scatter([at], [y[at]], marker="v", s=40, color=line.get_color(), zorder=5, clip_on=False)
     if limit_bytes is not None:
-        ax.axhline(limit_bytes / 2**30, color="red", linestyle=":", label="limit")
-    ax.legend(loc="upper right", fontsize=8)
+        ax.axhline(limit_bytes / scale, color="red", linestyle=":", zorder=2, label="budget")
+    ax.set_ylim(0, top / scale * 1.15)
+    ax.set_xlabel("op position (forward, then backward)")
+    ax.set_ylabel(f"live memory ({unit})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.set_title(title)
     return save(fig, path)
 

@@ -16,9 +16,11 @@ from mutwo.files import write_text
 
 __all__ = ["markdown_table", "best_per_budget", "summary_frame", "write_report", "fmt_bytes", "fixed_budgets",
            "largest_batch_skip_reason", "largest_batch_frame", "KEEP_ALL_BAR", "NO_FIT", "solver_rows",
-           "best_at_each_reference", "references_section", "TIME_TIE", "PLAN_RTOL"]
+           "best_at_each_reference", "references_section", "TIME_TIE", "PLAN_RTOL", "verdict_frame",
+           "verdict_section", "emulated_swaps", "KEEP_ALL", "EMULATED", "TIE_MIN_POINTS", "VERDICT_COLUMNS",
+           "COLUMN_GLOSSARY", "glossary_section"]
 
-KEEP_ALL_BAR = "keep-all (unmodified step)"
+KEEP_ALL_BAR = "keep_all (unmodified step)"  # the one keep-all label (`KEEP_ALL`), as the largest-batch row
 NO_FIT = "fits at no batch size tried"
 
 
@@ -61,7 +63,8 @@ def summary_frame(df: pd.DataFrame) -> pd.DataFrame:
         "emulated device peak MiB": _column(df, "emulated_device_peak_bytes") / 2**20,
         "meas time s": df["measured_time_s"], "meas overhead %": df["measured_overhead_pct"],
         "max rel diff": df["max_rel_diff"], "solve s": df["solve_time_s"],
-        "R/S": df["n_recompute"].astype("Int64").astype(str) + "/" + df["n_swap"].astype("Int64").astype(str),
+        "R/S": (df["n_recompute"].astype("Int64").astype(str) + "/" + df["n_swap"].astype("Int64").astype(str)
+                + np.where(emulated_swaps(df), " " + EMULATED, "")),
     })
     return out
 
@@ -112,7 +115,9 @@ def _series(df: pd.DataFrame, name: str) -> pd.Series:
 
 def best_per_budget(df: pd.DataFrame) -> pd.DataFrame:
     """Per batch size and budget: the feasible solver with the lowest predicted time, and the one with
-    the lowest measured time where schedules were executed."""
+    the lowest measured overhead where schedules were executed (the interleaved ratio to the unmodified
+    step: raw times of different plans were taken at different moments of a shared machine). The
+    console's summary; report.md weighs noise and emulated swaps too (`verdict_frame`)."""
     rows = []
     for (bs, budget), group in df.groupby(["batch_size", "budget"], sort=False):
         ok = group[group["status"].isin(FEASIBLE)]
@@ -120,12 +125,15 @@ def best_per_budget(df: pd.DataFrame) -> pd.DataFrame:
                "feasible": f"{len(ok)}/{len(group)}"}
         if len(ok):
             p = ok.sort_values(["predicted_time_s", "predicted_peak_bytes"], kind="stable").iloc[0]  # tie: less memory
-            row.update({"best (predicted)": p["solver"], "pred time s": p["predicted_time_s"],
+            emulated = emulated_swaps(ok)
+            row.update({"best (predicted)": p["solver"] + (f" {EMULATED}" if emulated[p.name] else ""),
+                        "pred time s": p["predicted_time_s"],
                         "pred peak MiB": p["predicted_peak_bytes"] / 2**20})
-            measured = ok.dropna(subset=["measured_time_s"])
+            measured = ok.dropna(subset=["measured_overhead_pct"])
             if len(measured):
-                m = measured.sort_values(["measured_time_s", "measured_peak_bytes"], kind="stable").iloc[0]
-                row.update({"best (measured)": m["solver"], "meas time s": m["measured_time_s"],
+                m = measured.sort_values(["measured_overhead_pct", "measured_peak_bytes"], kind="stable").iloc[0]
+                row.update({"best (measured)": m["solver"] + (f" {EMULATED}" if emulated[m.name] else ""),
+                            "meas overhead %": m["measured_overhead_pct"],
                             "meas peak MiB": m["measured_peak_bytes"] / 2**20})
         else:
             row["best (predicted)"] = "none feasible"
@@ -223,6 +231,201 @@ def _largest_batch_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[s
         markdown_table(shown), ""]
 
 
+# ---------------------------------------------------------------------- the verdict
+TIE_MIN_POINTS = 3.0  # measured overheads closer than this many percentage points are a tie, whatever the spreads
+EMULATED = "(emulated swaps)"  # after a plan whose saving rests on swaps emulated on CPU (no host link there)
+KEEP_ALL = "keep_all"  # the one label of the keep-all plan (the solver's name), in tables and plots
+VERDICT_COLUMNS = ["batch", "budget", "budget_bytes", "predicted", "predicted_overhead_pct", "predicted_emulated",
+                   "executed", "measured", "measured_overhead_pct", "measured_spread_pct", "measured_emulated", "ties",
+                   "over_budget", "differs", "recompute_only", "recompute_only_predicted_pct",
+                   "recompute_only_measured", "recompute_only_measured_pct", "recompute_only_spread_pct", "pytorch",
+                   "pytorch_overhead_pct", "pytorch_peak_bytes"]
+
+
+def emulated_swaps(df: pd.DataFrame) -> pd.Series:
+    """Rows whose plan swaps where there is no host/device link (CPU): executed rows say so in
+    ``emulated_swap``; a plan not executed swaps on CPU when ``n_swap`` > 0 and the device is a CPU."""
+    flagged = _series(df, "emulated_swap").astype(object).where(lambda s: s.notna(), False).astype(bool)
+    cpu = _series(df, "device").fillna("").astype(str).str.startswith("cpu")
+    return flagged | ((_column(df, "n_swap").fillna(0) > 0) & cpu)
+
+
+def _plans(group: pd.DataFrame, info: dict) -> pd.DataFrame:
+    """The distinct plans that fit one budget by prediction: cells with the same decisions counts and
+    simulated peak and time are one plan (their labels joined, keep_all first); the unmodified step
+    counts as a plan (``KEEP_ALL``) where it fits and no keep-all cell is there."""
+    ok = group[group["status"].isin(FEASIBLE)]
+    ok = ok.assign(emulated=emulated_swaps(ok))  # of ok itself: a Series assigned to an empty frame adds rows
+    nbytes = group["budget_bytes"].iloc[0]
+    if not ((ok["n_recompute"] == 0) & (ok["n_swap"] == 0)).any() and info.get("keep_all_peak_bytes", np.inf) <= nbytes:
+        measured = info.get("measured") or {}
+        ok = pd.concat([ok, pd.DataFrame([{
+            "solver": KEEP_ALL, "n_recompute": 0, "n_swap": 0, "emulated": False,
+            "predicted_peak_bytes": info["keep_all_peak_bytes"], "predicted_time_s": info.get("keep_all_time_s"),
+            "predicted_overhead_pct": 0.0, "executed": bool(measured), "max_rel_diff": measured.get("max_rel_diff"),
+            "measured_peak_bytes": measured.get("measured_peak_bytes"),
+            "measured_overhead_pct": 0.0 if measured else np.nan,
+            "measured_time_spread_pct": measured.get("measured_time_spread_pct")}])], ignore_index=True)
+    rows = []
+    key = ["n_recompute", "n_swap", "predicted_peak_bytes", "predicted_time_s"]
+    for _, same in ok.groupby(key, sort=False, dropna=False):
+        names = list(dict.fromkeys(same["solver"]))
+        names.sort(key=lambda n: n != KEEP_ALL)
+        ran = same[same["executed"].fillna(False).astype(bool) & _column(same, "measured_overhead_pct").notna()]
+        first = (ran if len(ran) else same).iloc[0]
+        rows.append({**first.to_dict(), "label": " = ".join(names), "ran": bool(len(ran))})
+    return pd.DataFrame(rows)
+
+
+def _fits_measured(plans: pd.DataFrame, nbytes: float) -> pd.Series:
+    """Executed plans whose memory fits by measurement: the measured peak, or for emulated swaps the
+    emulated device peak (the process's own peak holds the host copies)."""
+    peak = _column(plans, "measured_peak_bytes").where(~plans["emulated"], _column(plans, "emulated_device_peak_bytes"))
+    return peak <= nbytes
+
+
+def _tied(a: float, spread_a: float, b: float, spread_b: float) -> bool:
+    """Two measured overheads (%) within the noise of each other: the larger spread, at least `TIE_MIN_POINTS`."""
+    noise = max([TIE_MIN_POINTS] + [float(s) for s in (spread_a, spread_b) if _has(s)])
+    return abs(a - b) <= noise
+
+
+def _verdict_row(bs: int, budget: object, group: pd.DataFrame, info: dict, refs: pd.DataFrame) -> dict:
+    """One budget's verdict (a `VERDICT_COLUMNS` row)."""
+    nbytes = float(group["budget_bytes"].iloc[0])
+    row = dict.fromkeys(VERDICT_COLUMNS, None) | {"batch": bs, "budget": budget, "budget_bytes": nbytes}
+    plans = _plans(group, info)
+    if plans.empty:
+        return row
+    plans = plans.sort_values(["predicted_time_s", "predicted_peak_bytes"], kind="stable")
+    best = plans.iloc[0]
+    row.update(predicted=best["label"], predicted_overhead_pct=best["predicted_overhead_pct"],
+               predicted_emulated=bool(best["emulated"]))
+    ran = plans[plans["ran"]]
+    row["executed"] = bool(len(ran))
+    same = ran["max_rel_diff"].fillna(0) <= PLAN_RTOL if len(ran) else pd.Series(dtype=bool)
+    row["differs"] = ", ".join(ran.loc[~same, "label"]) if len(ran) else ""
+    ran = ran[same] if len(ran) else ran
+    fits = _fits_measured(ran, nbytes) if len(ran) else pd.Series(dtype=bool)
+    row["over_budget"] = ", ".join(ran.loc[~fits, "label"]) if len(ran) else ""
+    ran = ran[fits] if len(ran) else ran
+    if len(ran):
+        ran = ran.sort_values(["measured_overhead_pct", "predicted_peak_bytes"], kind="stable")
+        win = ran.iloc[0]
+        ties = [r for r in ran.iloc[1:].itertuples() if _tied(r.measured_overhead_pct, r.measured_time_spread_pct,
+                                                            win["measured_overhead_pct"], win["measured_time_spread_pct"])]
+        row.update(measured=win["label"], measured_overhead_pct=win["measured_overhead_pct"],
+                   measured_spread_pct=win["measured_time_spread_pct"], measured_emulated=bool(win["emulated"]),
+                   ties="; ".join(_plan_text(r.label, r.emulated, r.measured_overhead_pct, r.measured_time_spread_pct)
+                                  for r in ties))
+    if row["predicted_emulated"] or row["measured_emulated"]:
+        plain = plans[~plans["emulated"].astype(bool)]  # sorted by predicted time
+        if len(plain):
+            row.update(recompute_only=plain["label"].iloc[0],
+                       recompute_only_predicted_pct=plain["predicted_overhead_pct"].iloc[0])
+        measured = ran[~ran["emulated"].astype(bool)] if len(ran) else ran  # sorted by measured overhead
+        if len(measured):
+            row.update(recompute_only_measured=measured["label"].iloc[0],
+                       recompute_only_measured_pct=measured["measured_overhead_pct"].iloc[0],
+                       recompute_only_spread_pct=measured["measured_time_spread_pct"].iloc[0])
+    fit = refs[(refs["batch_size"] == bs) & (refs["measured_peak_bytes"] <= nbytes)]
+    if len(fit):
+        r = fit.sort_values(["measured_overhead_pct", "measured_peak_bytes"], kind="stable").iloc[0]
+        row.update(pytorch=r["solver"], pytorch_overhead_pct=r["measured_overhead_pct"],
+                   pytorch_peak_bytes=r["measured_peak_bytes"])
+    return row
+
+
+def verdict_frame(df: pd.DataFrame, batches: dict[int, dict] | None = None) -> pd.DataFrame:
+    """Per batch size and budget, the plan to pick (`VERDICT_COLUMNS`).
+
+    ``predicted``: the plan with the lowest simulated time among those whose simulated peak fits (less
+    memory breaks a tie); identical plans of several solvers are one plan, labels joined by `` = ``;
+    keep-all counts (``KEEP_ALL``, from ``batches``' keep_all.json where no keep-all cell is there).
+    ``executed``: whether any fitting plan ran. ``measured``: among executed plans that train like the
+    unmodified step and whose measured peak fits (for swaps emulated on CPU, the *emulated* device
+    peak), the lowest measured overhead; ``ties``: the others within the noise of it (`_tied`).
+    ``over_budget``: executed plans whose measured peak is over; ``differs``: executed plans whose
+    result differs from the unmodified step's by more than `PLAN_RTOL` (left out of the contest).
+    ``recompute_only``: where a winner's saving rests on emulated swaps, the best plan without swaps.
+    ``pytorch``: the fastest measured PyTorch reference whose measured peak fits the budget."""
+    batches = batches or {}
+    refs = df[(df["kind"] == REFERENCE) & (df["status"] == "measured")] if "kind" in df else df.iloc[:0]
+    cells = solver_rows(df)
+    rows = [_verdict_row(int(bs), budget, group, batches.get(int(bs)) or {}, refs)
+            for (bs, budget), group in cells.groupby(["batch_size", "budget"], sort=False)]
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def _has(x: object) -> bool:
+    """A verdict cell that holds a value (the frame turns a missing one into None or NaN)."""
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def _pct(x: float | None) -> str:
+    return f"{x:+.1f}%" if _has(x) else "–"
+
+
+def _figure(overhead: float | None, spread: float | None = None) -> str:
+    """An overhead in percent, with its spread (percentage points) where measured."""
+    return _pct(overhead) + (f" ±{spread:.1f}" if _has(spread) else "")
+
+
+def _plan_text(label: str, emulated: bool, overhead: float | None, spread: float | None = None) -> str:
+    return f"`{label}`" + (f" {EMULATED}" if emulated else "") + f" {_figure(overhead, spread)}"
+
+
+def _verdict_line(v: pd.Series) -> str:
+    head = f"- **{v['budget']}** ({fmt_bytes(v['budget_bytes'])}): "
+    if not _has(v["predicted"]):
+        return head + "no plan fits."
+    parts = [f"predicted fastest {_plan_text(v['predicted'], v['predicted_emulated'], v['predicted_overhead_pct'])}"]
+    if _has(v["measured"]):
+        measured = _plan_text(v["measured"], v["measured_emulated"], v["measured_overhead_pct"], v["measured_spread_pct"])
+        parts.append(f"measured fastest {measured}" + (f", a tie with {v['ties']}" if _has(v["ties"]) and v["ties"] else ""))
+    elif v["executed"]:
+        parts.append("no executed plan fits by measurement")
+    else:
+        parts.append("not executed: no measured figure")
+    if _has(v["over_budget"]) and v["over_budget"]:
+        parts.append(f"measured peak over the budget: {v['over_budget']}")
+    if _has(v["differs"]) and v["differs"]:
+        parts.append(f"left out, results differ from the unmodified step's: {v['differs']}")
+    if v["predicted_emulated"] or v["measured_emulated"]:
+        which = "the measured winner's" if v["measured_emulated"] else "the predicted winner's"
+        line = f"{which} saving rests on swaps, emulated on a CPU (no host link here)"
+        if _has(v["recompute_only"]):
+            line += f"; best recompute-only plan predicted `{v['recompute_only']}` {_pct(v['recompute_only_predicted_pct'])}"
+            if _has(v["recompute_only_measured"]):
+                line += (f", measured `{v['recompute_only_measured']}` "
+                         f"{_figure(v['recompute_only_measured_pct'], v['recompute_only_spread_pct'])}")
+        else:
+            line += "; no recompute-only plan fits"
+        parts.append(line)
+    if _has(v["pytorch"]):
+        parts.append(f"best PyTorch reference that fits: `{v['pytorch']}` {_pct(v['pytorch_overhead_pct'])} "
+                     f"at {fmt_bytes(v['pytorch_peak_bytes'])} (over the eager step)")
+    return head + "; ".join(parts) + "."
+
+
+def verdict_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[str]:
+    """report.md's opening section: `verdict_frame` in words, one line per budget, per batch size."""
+    lines = ["## Verdict at each budget", "",
+             "Per budget: the fastest plan whose simulated peak fits (overhead over keep-all, predicted), and "
+             "among executed plans whose measured peak fits, the one with the lowest measured overhead, ± its "
+             "spread (`measured_time_spread_pct`). Measured overheads within the larger of two plans' spreads, "
+             f"or {TIE_MIN_POINTS:g} percentage points, are a tie. Identical plans found by several solvers are joined by `=`; "
+             f"`{KEEP_ALL}` is the unmodified step. {EMULATED}: the plan swaps on a CPU, where no host link "
+             "exists: its memory saving is emulated (the emulated device peak), never measured, and its "
+             "measured time includes the copies done on the compute thread.", ""]
+    table = verdict_frame(df, batches)
+    if table.empty:
+        return lines + ["(no rows)", ""]
+    for bs, part in table.groupby("batch", sort=False):
+        lines += [f"### batch {bs}", ""] + [_verdict_line(v) for _, v in part.iterrows()] + [""]
+    return lines
+
+
 # ---------------------------------------------------------------------- PyTorch's own savers
 TIME_TIE = 0.05  # time ratios within 5% of each other are a tie: the spread of steps on a shared CPU
 PLAN_RTOL = 1e-3  # a plan counts against PyTorch only if it trains like the unmodified step
@@ -311,6 +514,77 @@ def references_section(df: pd.DataFrame, batches: dict[int, dict]) -> list[str]:
     return lines + notes + [""]
 
 
+# ---------------------------------------------------------------------- the glossary
+COLUMN_GLOSSARY: dict[str, str] = {
+    "batch": "batch size of the training step",
+    "budget": "the memory budget as written in the scenario: a fraction of keep-all's predicted peak (0.9) or a "
+              "size (900MiB)",
+    "budget MiB": "the budget in MiB",
+    "memory": "an absolute budget, the same bytes at every batch size",
+    "solver": "the label a solver is reported under (`keep_all`: the unmodified step, every activation kept)",
+    "status": "`optimal` / `feasible`: a plan whose simulated peak fits the budget; `infeasible`: none found "
+              "(below the floor: none exists); `timeout`, `error`, `invalid` (fails validation or simulates over "
+              "the budget), `oom`; `measured`: a PyTorch reference that ran",
+    "keep-all peak (predicted)": "simulated peak of the unmodified step, what budget fractions are of",
+    "iteration (predicted)": "simulated time of one unmodified step, from the profiled op times",
+    "measured peak": "allocator peak of one executed unmodified step",
+    "measured iteration": "median wall time of the unmodified step's timed iterations",
+    "activations": "total size of the activations a plan may keep, recompute or swap",
+    "floor": "the lowest peak any plan can reach (`Problem.peak_floor()`): fixed memory, transient memory and "
+             "the activations in use at its op; a budget below it is infeasible for every solver",
+    "fixed peak": "the largest fixed memory alone (parameters, gradients, optimizer state, inputs, "
+                  "temporaries), one part of the floor",
+    "pred peak MiB": "peak of the plan simulated by `mutwo.simulate` (the one cost model)",
+    "pred peak": "peak of the plan simulated by `mutwo.simulate`",
+    "pred time s": "iteration time simulated by `mutwo.simulate` (recomputation and swap stalls included)",
+    "pred overhead %": "simulated time over keep-all's simulated time, minus 1, in %",
+    "meas peak MiB": "allocator peak of the executed plan's first iteration (on CPU: host copies of swapped "
+                     "tensors included)",
+    "meas peak": "allocator peak of the executed plan (empty: not executed)",
+    "emulated device peak MiB": "plans whose swaps were emulated on CPU only: the allocator total minus the "
+                                "host copies live at each moment, what a device would hold. Emulated, not measured",
+    "meas time s": "median wall time of the plan's timed iterations",
+    "meas overhead %": "median over the plan's timed iterations of its time over the unmodified step timed just "
+                       "before and after it, minus 1, in % (keep-all and identical plans: 0)",
+    "max rel diff": "largest relative difference of loss, gradients and updated state from the unmodified step",
+    "solve s": "wall time of the solver call",
+    "R/S": "activations the plan recomputes / swaps to the host; " + EMULATED + ": the swaps ran on a CPU, "
+           "where no host link exists (memory saving emulated, copies on the compute thread)",
+    "largest batch": "the largest of the batch sizes tried whose plan fits the memory",
+    "basis": "`measured`: the plan ran and its measured peak fits too; `predicted`: simulated only",
+    "pytorch": "a PyTorch saver: `pytorch:eager`, per-block `pytorch:checkpoint`, or `torch.compile` at "
+               "`pytorch:memory_budget@knob`",
+    "pytorch peak": "allocator peak of the PyTorch reference's step",
+    "pytorch overhead %": "the reference's time over the eager steps timed beside it, minus 1, in %",
+    "best mutwo plan": "the executed plan with the lowest measured time among those at no more measured memory "
+                       "(emulated swaps and plans that train differently left out)",
+    "plan peak": "the best mutwo plan's measured peak",
+    "plan overhead %": "the best mutwo plan's measured overhead (over the captured keep-all step)",
+    "ties": f"other plans within {TIME_TIE:.0%} of the best's time",
+    "verdict": f"the two overheads compared: within {TIME_TIE:.0%} of each other a tie",
+}
+
+
+def _table_headers(lines: Sequence[str]) -> list[str]:
+    """The column headers of every markdown table in ``lines`` (a header row is followed by ``|---``)."""
+    heads = []
+    for line, nxt in zip(lines, lines[1:]):
+        if line.startswith("| ") and nxt.startswith("|---"):
+            heads += [c.strip() for c in line.strip().strip("|").split(" | ")]
+    return list(dict.fromkeys(heads))
+
+
+def glossary_section(lines: Sequence[str]) -> list[str]:
+    """report.md's closing "Columns" section: each column its tables show, explained once
+    (`COLUMN_GLOSSARY`, in its order; a header it lacks is listed as unexplained rather than left out)."""
+    shown = set(_table_headers([x for line in lines for x in line.split("\n")]))
+    out = ["## Columns", ""]
+    out += [f"- **{name}**: {text}" for name, text in COLUMN_GLOSSARY.items() if name in shown]
+    out += [f"- **{name}**: (not explained: add it to `mutwo.report.COLUMN_GLOSSARY`)"
+            for name in sorted(shown - set(COLUMN_GLOSSARY))]
+    return out + [""]
+
+
 def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[Path],
                  batches: dict[int, dict]) -> Path:
     """report.md: what ran, the best solver at each budget, the full table and the plots."""
@@ -325,6 +599,7 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
              f"- started {run['started']}, run id `{run['run_id']}`",
              f"- torch {run['versions'].get('torch')}, mutwo {run['versions'].get('mutwo')}",
              f"- execution: {run.get('execution_note', '')}", ""]
+    lines += verdict_section(everything, batches)
     lines += ["## Keep-all reference", "",
               "| batch | keep-all peak (predicted) | iteration (predicted) | measured peak | measured iteration "
               "| activations | floor | fixed peak |", "|---|---|---|---|---|---|---|---|"]
@@ -344,11 +619,6 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
     lines += [f"- batch {bs}: noisy profile: {info['profile_warning']}"
               for bs, info in sorted(batches.items()) if info.get("profile_warning")]
     lines += _eager_lines(batches)
-    lines += ["## Best solver at each budget", "",
-              "Lowest predicted iteration time among feasible plans"
-              + (", and lowest measured time among executed ones." if executed else
-                 " (schedules were not executed: no measured column)."), "",
-              markdown_table(best_per_budget(df)) if len(df) else "(no rows)", ""]
     lines += _largest_batch_section(df, batches) if len(df) else []
     lines += references_section(everything, batches)
     lines += ["## All results", "", markdown_table(summary_frame(everything)) if len(everything) else "(no rows)",
@@ -364,4 +634,5 @@ def write_report(path: str | Path, df: pd.DataFrame, run: dict, plots: Sequence[
     for p in plots:
         rel = os.path.relpath(p, path.parent)
         lines += [f"![{p.stem}]({rel})", ""]
+    lines += glossary_section(lines)
     return write_text(path, "\n".join(lines))

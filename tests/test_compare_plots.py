@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
-from mutwo import compare_plots, report
+from mutwo import compare_plots, plots, report
 from mutwo.compare import COLUMNS, main
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
@@ -142,3 +145,128 @@ def test_tiny_batches_end_to_end(tmp_path: Path) -> None:
     assert f"| 600KiB | 600.00 KiB | {report.KEEP_ALL_BAR} | 256 |" in text
     assert "| 600KiB | 600.00 KiB | mutwo_greedy | 512 |" in text
     assert compare_plots.largest_batch(df, run / "plots" / "largest_batch.png", keep_all).stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------- one colour per solver, one keep-all label
+def test_palette_is_one_colour_per_label_keep_all_grey() -> None:
+    pal = plots.solver_palette(["mutwo_greedy", "keep_all", "knapsack", "a:b", "knapsack"])
+    assert set(pal) == {"keep_all", "knapsack", "mutwo_greedy", "a:b"}
+    assert pal["keep_all"] == matplotlib.colors.to_rgb(plots.KEEP_ALL_COLOUR)
+    others = [pal[k] for k in ("a:b", "knapsack", "mutwo_greedy")]
+    assert len(set(others)) == 3 and pal["keep_all"] not in others
+    # keyed by label, not by position: the same label keeps its colour whatever else is listed beside it
+    assert plots.solver_palette(["knapsack", "mutwo_greedy", "keep_all", "a:b"]) == pal
+    assert plots.solver_palette(["keep_all"])["keep_all"] == pal["keep_all"]
+    many = plots.solver_palette([f"s{i:02d}" for i in range(18)])
+    assert len({v for k, v in many.items() if k != "keep_all"}) == 18  # 18 distinct before it cycles
+
+
+def _colours(fig: plt.Figure) -> set[tuple]:
+    """Every RGB a figure draws points, lines or boxes in (face and edge)."""
+    out = set()
+    for ax in fig.axes:
+        for art in [*ax.collections, *ax.patches]:
+            for c in [*np.atleast_2d(art.get_facecolor()), *np.atleast_2d(art.get_edgecolor())]:
+                if len(c) and c[-1] > 0:
+                    out.add(tuple(np.round(c[:3], 4)))
+        for line in ax.lines:
+            for c in (line.get_color(), line.get_markeredgecolor()):
+                out.add(tuple(np.round(matplotlib.colors.to_rgb(c), 4)))
+    return out
+
+
+def _figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, plt.Figure]:
+    """Catch each figure as it is saved (plots.save closes it)."""
+    caught = {}
+    monkeypatch.setattr(plots, "save", lambda fig, path: caught.setdefault(Path(path).name, fig) and Path(path))
+    return caught
+
+
+def _plans() -> pd.DataFrame:
+    """Two batch sizes, keep_all and two solvers; greedy's plan swaps (emulated on CPU); at budget 1.0
+    all three return the keep-all plan (one spot)."""
+    cells = []
+    for bs in (2, 4):
+        for solver, r, s in (("keep_all", 0, 0), ("knapsack", 3, 0), ("mutwo_greedy", 0, 2)):
+            for budget in ("1.0", "0.8"):
+                keep = solver == "keep_all" or budget == "1.0"
+                peak = KEEP[bs] * (1.0 if keep else 0.7)
+                cells.append({**_cell(bs, solver, "feasible" if keep or solver != "keep_all" else "infeasible",
+                                      peak, budget="1.0" if budget == "1.0" else "0.8"),
+                              "budget_bytes": int(float(budget) * KEEP[bs]), "device": "cpu",
+                              "n_recompute": 0 if keep else r, "n_swap": 0 if keep else s,
+                              "predicted_overhead_pct": 0.0 if keep else 10.0 + r, "predicted_time_s": 1.0,
+                              "solve_time_s": 0.01, "executed": True, "measured_peak_bytes": peak,
+                              "measured_overhead_pct": 0.0 if keep else 12.0 + r, "measured_time_s": 1.0,
+                              "emulated_swap": bool(not keep and s), "kind": "solver",
+                              "emulated_device_peak_bytes": peak * 0.9 if not keep and s else None})
+    return _frame(cells)
+
+
+def test_figures_use_the_runs_palette(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    df = _plans()
+    pal = compare_plots.palette_for(df)
+    assert pal == plots.solver_palette(["keep_all", "knapsack", "mutwo_greedy"])
+    figs = _figures(monkeypatch)
+    compare_plots.overhead_vs_peak(df, tmp_path / "o.png", pal)
+    compare_plots.solve_times(df, tmp_path / "s.png", pal)
+    keep = pd.DataFrame({"batch_size": [2, 4], "keep_all_peak_bytes": [KEEP[2], KEEP[4]],
+                         "keep_all_time_s": [1.0, 1.0]})
+    compare_plots.batch_scaling(df, keep, tmp_path / "b.png", pal)
+    wanted = {tuple(np.round(c, 4)) for c in pal.values()}
+    for name, fig in figs.items():
+        assert wanted <= _colours(fig), name  # every solver in its colour, in every figure
+    # a figure drawn alone (no palette passed) picks the same colours from its own frame
+    compare_plots.overhead_vs_peak(df[df["budget"] == "0.8"], tmp_path / "alone.png")
+    assert {tuple(np.round(pal[s], 4)) for s in ("knapsack", "mutwo_greedy")} <= _colours(figs["alone.png"])
+
+
+def _legend_texts(fig: plt.Figure) -> list[str]:
+    return [t.get_text() for ax in fig.axes for leg in [ax.get_legend()] if leg for t in leg.get_texts()]
+
+
+def test_legends_mark_emulated_swaps_shared_spots_and_budgets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    df = _plans()
+    figs = _figures(monkeypatch)
+    compare_plots.overhead_vs_peak(df, tmp_path / "o.png")
+    keep = pd.DataFrame({"batch_size": [2, 4], "keep_all_peak_bytes": [KEEP[2], KEEP[4]],
+                         "keep_all_time_s": [1.0, 1.0]})
+    compare_plots.batch_scaling(df, keep, tmp_path / "b.png")
+    over, scaling = _legend_texts(figs["o.png"]), _legend_texts(figs["b.png"])
+    assert any(compare_plots.EMULATED_LABEL in t for t in over) and any("×N" in t for t in over)
+    counts = [t.get_text() for ax in figs["o.png"].axes for t in ax.texts if t.get_text().startswith("×")]
+    assert counts == ["×3", "×3", "×3", "×3"]  # per batch: keep-all's spot, predicted and measured
+    hollow = [c for ax in figs["o.png"].axes for c in ax.collections if not np.atleast_2d(c.get_facecolor()).any()]
+    assert len(hollow) == 4  # greedy's swap plan, predicted and measured, in both panels
+    assert {"budget 0.8", "keep_all (no budget)"} <= set(scaling)
+    assert "budget 1.0" not in scaling  # every plan at 1.0 is keep-all's: drawn once, as the keep_all line
+    assert any(compare_plots.EMULATED_LABEL in t for t in scaling)
+    for texts in (over, scaling):  # one keep-all label
+        assert "keep_all" in texts and not any("keep-all" in t for t in texts)
+
+
+def test_timeline_unit_follows_the_magnitude_and_marks_the_peak(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    figs = _figures(monkeypatch)
+    spike = np.array([1, 2, 3, 9, 3, 2, 1], dtype=float) * 2**20  # the one-op peak sits at the boundary
+    plots.memory_timeline({"keep_all": spike, "p": spike / 2}, 3, tmp_path / "t.png", limit_bytes=5 * 2**20)
+    ax = figs["t.png"].axes[0]
+    assert ax.get_ylabel() == "live memory (MiB)" and ax.get_ylim()[1] >= 9
+    assert _legend_texts(figs["t.png"])[1:3] == ["keep_all - peak 9 MiB at op 3", "p - peak 4.5 MiB at op 3"]
+    peaks = [c.get_offsets()[0].tolist() for c in ax.collections if len(c.get_offsets()) == 1]
+    assert peaks == [[3, 9], [3, 4.5]]  # each marked at its op
+    assert not [line for line in ax.lines if len(set(line.get_xdata())) == 1]  # no vertical line over the spike
+    plots.memory_timeline({"x": spike / 2**10}, 3, tmp_path / "k.png")
+    assert figs["k.png"].axes[0].get_ylabel() == "live memory (KiB)"
+
+
+def test_largest_batch_bars_in_the_solvers_colours(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    df = _results()
+    pal = compare_plots.palette_for(df)
+    figs = _figures(monkeypatch)
+    compare_plots.largest_batch(df, tmp_path / "l.png", {4: {"measured_peak_bytes": 0.9 * MiB}}, pal)
+    fig = figs["l.png"]
+    assert {tuple(np.round(c, 4)) for c in pal.values()} <= _colours(fig)
+    bars = {t.get_text(): p for ax in fig.axes for t, p in zip(ax.get_yticklabels(), ax.patches)}
+    assert np.allclose(bars[report.KEEP_ALL_BAR].get_edgecolor()[:3], pal["keep_all"])  # one keep-all colour
+    assert bars["measured_over"].get_hatch() is None and bars["all"].get_hatch() == "///"  # measured: solid
