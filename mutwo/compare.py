@@ -228,7 +228,9 @@ def compare(scenario: str | Path, **overrides: Any) -> tuple[Path, pd.DataFrame]
             text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
             argv += [action.option_strings[-1], text]
     args = parser.parse_args(argv)
-    return run_scenario(load(args), options(args), argv, args.scenario)
+    job = Job(load(args), options(args), argv, str(args.scenarios[0]))
+    choice = choose_executor([(job.scenario, job.source)], args.executor, args.address)  # executor="ray" too
+    return make_executor(choice, quiet=args.quiet).run([job])[0]
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
