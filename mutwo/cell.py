@@ -396,7 +396,7 @@ def _solve_cell(ctx: CellContext, batch: Prepared, spec: SolverSpec, row: Row, f
 
     try:
         schedule = (solve_fn or solve)(spec.name, batch.problem, row.budget_bytes, spec.options,
-                         timeout_s=ctx.scenario.timeout_s(spec))
+                                       timeout_s=ctx.scenario.timeout_s(spec))
     except SolverTimeout as exc:  # killed: a result, not the end of the run
         row.status, row.solve_time_s = CellStatus.TIMEOUT, exc.timeout_s
         row.message = f"{exc}; give it longer with solvers[].timeout_s or solve.timeout_s"
