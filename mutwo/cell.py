@@ -390,13 +390,14 @@ def _oom_row(row: Row, why: str, same: str = "") -> Row:
     return row
 
 
-def _solve_cell(ctx: CellContext, batch: Prepared, spec: SolverSpec, row: Row, floor_note: str) -> Schedule | None:
+def _solve_cell(ctx: CellContext, batch: Prepared, spec: SolverSpec, row: Row, floor_note: str,
+                solve_fn: Callable[..., Schedule] | None = None) -> Schedule | None:
     """The solver's plan, or None with the row finished (timeout, error, not a Schedule)."""
     from mutwo.sandbox import SolverTimeout
 
     try:
-        schedule = solve(spec.name, batch.problem, row.budget_bytes, spec.options,
-                         timeout_s=ctx.scenario.timeout_s(spec))
+        schedule = (solve_fn or solve)(spec.name, batch.problem, row.budget_bytes, spec.options,
+                                       timeout_s=ctx.scenario.timeout_s(spec))
     except SolverTimeout as exc:  # killed: a result, not the end of the run
         row.status, row.solve_time_s = CellStatus.TIMEOUT, exc.timeout_s
         row.message = f"{exc}; give it longer with solvers[].timeout_s or solve.timeout_s"
@@ -509,13 +510,16 @@ def not_the_target(cost_source: str, device: str) -> str:
             f"(predicted times are estimated for {target}; measured_overhead_pct left empty)")
 
 
-def run_cell(ctx: CellContext, batch: Prepared, memo: PlanMemo, spec: SolverSpec, budget: Budget) -> Row:
-    """Solve, validate, simulate and (if feasible and enabled) execute one solver at one budget."""
+def run_cell(ctx: CellContext, batch: Prepared, memo: PlanMemo, spec: SolverSpec, budget: Budget, *,
+             solve_fn: Callable[..., Schedule] | None = None) -> Row:
+    """Solve, validate, simulate and (if feasible and enabled) execute one solver at one budget.
+    ``solve_fn`` (`solve`'s arguments) stands in for `solve`: `mutwo.ray_executor` gives the outcome of
+    a call made on another worker."""
     row = new_row(ctx, batch.batch_size, spec, budget, batch.keep_all_peak_bytes, batch.keep_all_time_s,
                   ctx.execute_note)
     row.cost_source = batch.problem.cost_source
     floor_note = _floor_note(batch, row.budget_bytes)
-    schedule = _solve_cell(ctx, batch, spec, row, floor_note)
+    schedule = _solve_cell(ctx, batch, spec, row, floor_note, solve_fn)
     if schedule is None:
         return row
     sim = _predict_cell(ctx, batch, schedule, row, floor_note)

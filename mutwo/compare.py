@@ -1,8 +1,10 @@
-"""``python -m mutwo.compare SCENARIO.yaml``: every solver x budget x batch size of one scenario.
+"""``python -m mutwo.compare SCENARIO.yaml [MORE.yaml ...]``: every solver x budget x batch size of
+each scenario (several files make one grid; each scenario keeps its own run folder and report).
 
 The command line only: options, overrides of the scenario, exit statuses and the printed summary. The
-run itself is `mutwo.run` (the grid), `mutwo.pipeline` (one batch size) and `mutwo.cell` (one cell);
-docs/compare.md explains it, results/README.md the files it writes.
+run itself is `mutwo.run` (the grid), `mutwo.executors` (where it runs: here, or on a Ray cluster),
+`mutwo.pipeline` (one batch size) and `mutwo.cell` (one cell); docs/compare.md explains it,
+results/README.md the files it writes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import pandas as pd
 
 from mutwo import report
 from mutwo.cell import COLUMNS, FEASIBLE
-from mutwo.run import RunOptions, run_scenario
+from mutwo.executors import Job, choose_executor, make_executor
+from mutwo.run import RunOptions
 from mutwo.scenario import Scenario, ScenarioError, load_scenario
 
 __all__ = ["main", "compare", "build_parser", "load", "options", "solver_listing", "whole_solver_errors", "COLUMNS",
@@ -31,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mutwo.compare",
         description="Compare activation-memory solvers (keep / recompute / swap) on one scenario: "
-                    "solve, simulate and execute every solver x budget x batch size.")
-    p.add_argument("scenario", type=Path, nargs="?", help="scenario YAML file (see docs/compare.md)")
+                    "solve, simulate and execute every solver x budget x batch size. Several scenario "
+                    "files make one grid (each keeps its own run folder and report).")
+    p.add_argument("scenarios", type=Path, nargs="*", metavar="scenario",
+                   help="scenario YAML file(s) (see docs/compare.md)")
     p.add_argument("--solvers", help="comma-separated solver names, labels or module:function paths; replaces "
                                      "the scenario's list")
     p.add_argument("--plan-space", choices=["both", "recompute", "swap"],
@@ -59,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"exit 0 even when every cell of a solver is an error (otherwise {EXIT_SOLVER_ERRORS})")
     p.add_argument("--list-solvers", action="store_true",
                    help="list the solvers with their decisions, options, defaults and accepted values, and exit")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="where the grid runs: local (this process, one scenario after another; the default) or "
+                        "ray (a Ray cluster; pip install 'mutwo[ray]'); replaces the scenario's executor.kind")
+    p.add_argument("--address", help="the Ray cluster with --executor ray: auto (the one this machine belongs "
+                                     "to) or HOST:PORT (default: a local cluster started for the run)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -107,12 +117,14 @@ def _select_solvers(scenario: Scenario, names: str, path: Path) -> list[dict]:
     return picked
 
 
-def load(args: argparse.Namespace) -> Scenario:
-    """The scenario file with the command line's overrides, validated together."""
-    scenario = load_scenario(args.scenario, _overrides(args, args.scenario))
+def load(args: argparse.Namespace, path: Path | None = None) -> Scenario:
+    """The scenario file (``path``; the first given when None) with the command line's overrides,
+    validated together."""
+    path = args.scenarios[0] if path is None else path
+    scenario = load_scenario(path, _overrides(args, path))
     if args.solvers:
-        solvers = _select_solvers(scenario, args.solvers, args.scenario)
-        scenario = load_scenario(args.scenario, {**_overrides(args, args.scenario), "solvers": solvers})
+        solvers = _select_solvers(scenario, args.solvers, path)
+        scenario = load_scenario(path, {**_overrides(args, path), "solvers": solvers})
     if args.no_execute:
         scenario.execute.enabled = False
     if args.refresh_profile:
@@ -223,11 +235,26 @@ def compare(scenario: str | Path, **overrides: Any) -> tuple[Path, pd.DataFrame]
             text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
             argv += [action.option_strings[-1], text]
     args = parser.parse_args(argv)
-    return run_scenario(load(args), options(args), argv, args.scenario)
+    job = Job(load(args), options(args), argv, str(args.scenarios[0]))
+    choice = choose_executor([(job.scenario, job.source)], args.executor, args.address)  # executor="ray" too
+    return make_executor(choice, quiet=args.quiet).run([job])[0]
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _jobs(args: argparse.Namespace, argv: list[str]) -> list[Job]:
+    """Every scenario file, loaded and checked before any work (two of one name would share a folder)."""
+    jobs = [Job(load(args, path), options(args), argv, str(path)) for path in args.scenarios]
+    seen: dict[str, str] = {}
+    for job in jobs:
+        if job.scenario.name in seen:
+            raise ScenarioError(f"{job.source}: field 'name': {job.scenario.name!r} is also the name of "
+                                f"{seen[job.scenario.name]}; each scenario of one command needs its own name "
+                                f"(its results folder)")
+        seen[job.scenario.name] = job.source
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,13 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_solvers:
         print(solver_listing())
         return 0
-    if args.scenario is None:
+    if not args.scenarios:
         parser.error("the scenario file is required (or --list-solvers)")
     try:
-        scenario = load(args)
+        jobs = _jobs(args, argv)
+        choice = choose_executor([(j.scenario, j.source) for j in jobs], args.executor, args.address)
+        executor = make_executor(choice, quiet=args.quiet)
         with warnings.catch_warnings():
             warnings.showwarning = _one_line  # e.g. a noisy profile: one line, not a source listing
-            run_dir, df = run_scenario(scenario, options(args), argv, args.scenario)
+            outcomes = executor.run(jobs)
     except ScenarioError as exc:
         if args.debug:
             raise
@@ -255,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"interrupted; finished cells are kept: continue with python -m mutwo.compare {args.scenario} "
+        files = " ".join(str(p) for p in args.scenarios)
+        print(f"interrupted; finished cells are kept: continue with python -m mutwo.compare {files} "
               f"--resume (and the same options)", file=sys.stderr)
         return 130
     except Exception as exc:
@@ -270,10 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the run failed: {type(exc).__name__}: {text} (run.json records it; --debug shows "
                   f"the traceback; --resume continues after the finished cells)", file=sys.stderr)
         return 1
-    _print_summary(df, run_dir)
-    broken = whole_solver_errors(df)
+    broken: list[str] = []
+    for run_dir, df in outcomes:
+        _print_summary(df, run_dir)
+        broken += whole_solver_errors(df)
     if broken and not args.allow_errors:
-        print(f"error: every cell of {', '.join(broken)} is an error (the reasons are in the table above and in "
+        print(f"error: every cell of {', '.join(dict.fromkeys(broken))} is an error (the reasons are in the table above and in "
               f"report.md); exit status {EXIT_SOLVER_ERRORS} (--allow-errors: 0)", file=sys.stderr)
         return EXIT_SOLVER_ERRORS
     return 0

@@ -15,6 +15,7 @@ import shlex
 import time
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from mutwo.cell import CellContext, PlanMemo, Row
 from mutwo.pipeline import Prepared
 from mutwo.scenario import Scenario
 
-__all__ = ["RunOptions", "RunContext", "run_scenario", "versions", "reference_list", "cell_context",
-           "measure_keep_all", "REFERENCE_NOTES", "SEARCH_FILE"]
+__all__ = ["RunOptions", "RunContext", "Grid", "run_scenario", "local_grid", "versions", "reference_list",
+           "cell_context", "measure_keep_all", "REFERENCE_NOTES", "SEARCH_FILE"]
 
 REFERENCE_NOTES = "reference_notes"  # keep_all.json: {label: why a reference has no row}
 SEARCH_FILE = "search.csv"  # the largest-batch search's answers, one row per solver
@@ -84,17 +85,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_scenario(scenario: Scenario, options: RunOptions, argv: list[str],
-                 source: str | Path) -> tuple[Path, pd.DataFrame]:
+def run_scenario(scenario: Scenario, options: RunOptions, argv: list[str], source: str | Path, *,
+                 grid: Grid | None = None, device: str | None = None) -> tuple[Path, pd.DataFrame]:
     """Run (or resume) the whole grid; returns the run folder and the results table.
 
     Everything that can refuse (an existing run without --resume, a resume under changed settings, a
     folder another process holds) is checked before any model is built. A failure or Ctrl-C on the way
     is recorded in run.json (status ``failed`` / ``interrupted``) and re-raised; finished cells stay in
-    cells.jsonl for --resume.
+    cells.jsonl for --resume. ``grid`` fills the context's rows (`local_grid` when None: this process;
+    `mutwo.executors` has the others), ``device`` is where it runs (None: this machine's, resolved here).
     """
     source = str(source)
-    device = pipeline.target_device(scenario, source)
+    device = device or pipeline.target_device(scenario, source)
     run_dir, previous = run_folder.open_run(scenario, device, options.out, options.run_id, options.resume, source)
     with run_folder.locked(run_dir):
         execute_fn, execute_note = cell.executor(scenario.execute.enabled)
@@ -102,7 +104,7 @@ def run_scenario(scenario: Scenario, options: RunOptions, argv: list[str],
                          CellContext(scenario, device, run_dir, execute_fn, execute_note, options.debug))
         if options.resume:
             ctx.done = run_folder.finished_cells(run_dir)
-        return _run_grid(ctx, previous)
+        return _run_grid(ctx, previous, grid or local_grid)
 
 
 def _run_info(ctx: RunContext, previous: dict) -> dict:
@@ -114,7 +116,17 @@ def _run_info(ctx: RunContext, previous: dict) -> dict:
             "versions": versions(), "execution_note": ctx.cell.execute_note, "status": "running"}
 
 
-def _run_grid(ctx: RunContext, previous: dict) -> tuple[Path, pd.DataFrame]:
+Grid = Callable[[RunContext], None]  # fills ctx.rows (in grid order) and ctx.batches, appending to cells.jsonl
+
+
+def local_grid(ctx: RunContext) -> None:
+    """Every batch size in this process, one after another: its cells, then its PyTorch references."""
+    for bs in ctx.scenario.batch_size:
+        _run_batch(ctx, bs)
+        _run_references(ctx, bs)
+
+
+def _run_grid(ctx: RunContext, previous: dict, grid: Grid) -> tuple[Path, pd.DataFrame]:
     from tqdm.auto import tqdm
 
     sc, run_json = ctx.scenario, ctx.run_dir / run_folder.RUN_FILE
@@ -126,9 +138,7 @@ def _run_grid(ctx: RunContext, previous: dict) -> tuple[Path, pd.DataFrame]:
     ctx.bar = tqdm(total=n_cells, desc=sc.name, unit="cell", disable=ctx.options.quiet, dynamic_ncols=True)
     search = None
     try:
-        for bs in sc.batch_size:
-            _run_batch(ctx, bs)
-            _run_references(ctx, bs)
+        grid(ctx)
         ctx.bar.close()
         if sc.search.largest_batch is not None:
             from mutwo import search_run

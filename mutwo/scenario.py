@@ -26,6 +26,7 @@ Schema (defaults in brackets)::
     search: {largest_batch: {memory: 80GiB, max: 512, min: 1, over: batch_size, step: 1, solvers: null}}
                                     # the largest batch (or seq_len) each solver fits in `memory`
                                     # (a size, or `device`: the target's) [none]
+    executor: {kind: local, address: null, max_concurrent: null}   # ray: on a Ray cluster [local]
     seed: 0
 
 This module is the schema and its error messages only. Everything a file can get wrong is checked when
@@ -51,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = ["ScenarioError", "Scenario", "Budget", "SolverSpec", "OptimizerSpec", "ProfileSpec",
            "ExecuteSpec", "SolveSpec", "PlanSpaceSpec", "ReferencesSpec", "LargestBatchSpec", "SearchSpec",
-           "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S", "LOCAL_TARGET"]
+           "ExecutorSpec", "load_scenario", "validate_scenario", "parse_size", "DEFAULT_TIMEOUT_S", "LOCAL_TARGET"]
 
 DEFAULT_TIMEOUT_S = 1800.0  # hard limit per solver call: far above the ILPs' own 60 s default
 LOCAL_TARGET = "local"  # target: op times measured on this machine (mutwo.profile), not estimated
@@ -406,6 +407,32 @@ class SearchSpec(BaseModel):
     largest_batch: LargestBatchSpec | None = None
 
 
+class ExecutorSpec(BaseModel):
+    """Where the grid's work runs (docs/compare.md, "Running on a Ray cluster"): ``local`` in this
+    process, or ``ray`` on a Ray cluster at ``address`` (``auto``: the one this machine belongs to; a
+    ``HOST:PORT``; null: a local one started for the run) with at most ``max_concurrent`` solver calls
+    at a time (null: as many as the cluster's CPUs take). ``--executor`` / ``--address`` override it.
+    Not part of what a resumed run must match: where a cell ran does not change its row."""
+
+    model_config = _STRICT
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    max_concurrent: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_kind(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None or v == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", v):
+            return v
+        raise ValueError(f"{v!r} is not a Ray address; write auto, HOST:PORT (e.g. 10.0.0.5:6379) or "
+                         f"ray://HOST:PORT, or null for a local cluster")
+
+
 class Scenario(BaseModel):
     """A validated scenario (the file it came from is the ``source`` its errors name)."""
 
@@ -425,6 +452,7 @@ class Scenario(BaseModel):
     references: ReferencesSpec = Field(default_factory=ReferencesSpec)
     target: str | dict[str, Any] = LOCAL_TARGET
     search: SearchSpec = Field(default_factory=SearchSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     seed: int = 0
 
     @field_validator("name")
