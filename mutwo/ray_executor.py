@@ -192,7 +192,7 @@ class BatchWorker:
         sc, bs, out = self.ctx.scenario, self.batch_size, []
         runner = _reference_runner(self.ctx, bs)
         try:
-            for ref in (r for r in reference_list(sc) if r.label in labels):
+            for ref in (r for r in reference_list(sc, bs) if r.label in labels):
                 result = runner.measure(ref)
                 if result.status == "skipped":
                     out.append((ref.label, None, result.message))
@@ -273,7 +273,7 @@ class _GridRun:
                 else:
                     todo[key] = (spec, budget)
         refs = []
-        for ref in reference_list(sc):
+        for ref in reference_list(sc, bs):
             key = cell.cell_key(bs, ref.label, None)
             if key in ctx.done or ref.label in notes:
                 self._keep(ctx.done.get(key))
@@ -440,7 +440,7 @@ class _GridRun:
         sc, out = self.ctx.scenario, []
         for bs in sc.batch_size:
             keys = [cell.cell_key(bs, s.label, b.label) for s in sc.solvers for b in sc.budgets]
-            keys += [cell.cell_key(bs, r.label, None) for r in reference_list(sc)]
+            keys += [cell.cell_key(bs, r.label, None) for r in reference_list(sc, bs)]
             out += [self.rows[k] for k in keys if k in self.rows]
         return out
 

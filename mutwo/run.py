@@ -133,7 +133,7 @@ def _run_grid(ctx: RunContext, previous: dict, grid: Grid) -> tuple[Path, pd.Dat
     run_info = _run_info(ctx, previous)
     files.write_json(run_json, run_info)
     files.write_text(ctx.run_dir / "scenario.yaml", Path(ctx.source).read_text())
-    n_cells = len(sc.batch_size) * (len(sc.solvers) * len(sc.budgets) + len(reference_list(sc)))
+    n_cells = sum(len(sc.solvers) * len(sc.budgets) + len(reference_list(sc, bs)) for bs in sc.batch_size)
     t_start = time.perf_counter()
     ctx.bar = tqdm(total=n_cells, desc=sc.name, unit="cell", disable=ctx.options.quiet, dynamic_ncols=True)
     search = None
@@ -269,11 +269,13 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
 
 
 # ---------------------------------------------------------------------- PyTorch's own savers
-def reference_list(scenario: Scenario) -> list:
-    """The `mutwo.references.Reference` s each batch size gets rows for (none when turned off, or when
-    nothing is executed: they are measured runs)."""
+def reference_list(scenario: Scenario, batch_size: int | None = None) -> list:
+    """The `mutwo.references.Reference` s a batch size gets rows for (none when turned off, when nothing
+    is executed: they are measured runs, or when ``references.batch_sizes`` leaves ``batch_size`` out)."""
     spec = scenario.references
     if not (spec.enabled and scenario.execute.enabled):
+        return []
+    if batch_size is not None and not spec.applies_to(batch_size):
         return []
     from mutwo.references import references
 
@@ -296,7 +298,7 @@ def _run_references(ctx: RunContext, bs: int) -> None:
     known block) has no row: its note goes to keep_all.json and report.md."""
     from mutwo.references import reference_row
 
-    refs = reference_list(ctx.scenario)
+    refs = reference_list(ctx.scenario, bs)
     if not refs:
         return
     info_path = ctx.run_dir / f"batch{bs}" / pipeline.KEEP_ALL_FILE

@@ -19,7 +19,8 @@ Schema (defaults in brackets)::
     solve: {timeout_s: 1800}        # hard wall-clock limit per solver call [1800]; null: in-process
     profile: {runs: 3, warmup: 1, refresh: false}   # refresh: measure again, not from the cache
     execute: {enabled: true, iterations: 3, warmup: 1, max_slowdown: 3.0, memory_limit: null, threads: null}
-    references: {eager: true, checkpoint: true, memory_budget: [0.5], backend: aot_eager_decomp_partition}
+    references: {eager: true, checkpoint: true, memory_budget: [0.5], backend: aot_eager_decomp_partition,
+                 batch_sizes: null}
                                     # PyTorch's own savers as rows (mutwo.references); false: none
     target: local                   # local (op times measured here) | a device name (h100-sxm) | a mapping
                                     # of mutwo.devices.DeviceSpec fields: op times estimated for it [local]
@@ -306,7 +307,9 @@ class ReferencesSpec(BaseModel):
     """PyTorch's own savers measured beside the solvers (`mutwo.references`): the eager step, per-block
     checkpointing, and ``torch.compile`` at each ``activation_memory_budget`` knob value in [0, 1] (a
     fraction of the partitioner's default activation memory, not a byte budget) on ``backend``.
-    ``references: false`` (or ``--no-references``) turns them all off; they need ``execute.enabled``."""
+    ``references: false`` (or ``--no-references``) turns them all off; they need ``execute.enabled``.
+    ``batch_sizes``: the batch sizes that get them (null: every one; each compile of a large model takes
+    minutes, so a scenario may measure PyTorch at its most telling size only)."""
 
     model_config = _STRICT
     enabled: bool = True
@@ -314,6 +317,11 @@ class ReferencesSpec(BaseModel):
     checkpoint: bool = True
     memory_budget: list[float] = Field(default_factory=lambda: [0.5])
     backend: Literal["aot_eager_decomp_partition", "aot_eager", "inductor"] = "aot_eager_decomp_partition"
+    batch_sizes: list[int] | None = None  # which of the scenario's batch sizes get reference rows (null: all)
+
+    def applies_to(self, batch_size: int) -> bool:
+        """Whether ``batch_size`` gets reference rows (compiling a large model per batch size takes minutes)."""
+        return self.enabled and (self.batch_sizes is None or batch_size in self.batch_sizes)
 
     @model_validator(mode="before")
     @classmethod
@@ -573,6 +581,14 @@ class Scenario(BaseModel):
     @classmethod
     def _known_target(cls, v: Any) -> Any:
         return _target(v)
+
+    @model_validator(mode="after")
+    def _reference_batches_are_the_scenarios(self) -> Scenario:
+        extra = sorted(set(self.references.batch_sizes or []) - set(self.batch_size))
+        if extra:
+            raise ValueError(f"field 'references.batch_sizes': {extra} not in batch_size {self.batch_size}; list "
+                             f"some of the scenario's batch sizes, or null for all")
+        return self
 
     @model_validator(mode="after")
     def _meta_needs_a_target(self) -> Scenario:

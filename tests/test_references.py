@@ -278,3 +278,15 @@ def test_reference_row_columns_and_the_memory_limit_note():
     failed = reference_row(ReferenceResult(ref, "error", message="BackendCompilerFailed: no"), scenario="s",
                            model="m", batch_size=2, device="cpu")
     assert (failed.status, failed.executed, failed.message) == ("error", False, "BackendCompilerFailed: no")
+
+
+def test_references_only_at_the_batch_sizes_listed():
+    from mutwo.run import reference_list
+
+    data = {"name": "s", "model": "mlp", "batch_size": [2, 4], "budgets": [1.0], "solvers": ["keep_all"],
+            "references": {"batch_sizes": [4]}}
+    sc = validate_scenario(data)
+    assert reference_list(sc, 2) == [] and [r.label for r in reference_list(sc, 4)] == [
+        r.label for r in reference_list(sc)] != []
+    with pytest.raises(ScenarioError, match=r"references\.batch_sizes.*\[8\] not in batch_size \[2, 4\]"):
+        validate_scenario({**data, "references": {"batch_sizes": [4, 8]}})
