@@ -22,9 +22,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+# The allocator meter reads the CPU allocator's events through the PyTorch profiler, whose Kineto
+# library prints "ERROR ... gpuGetDeviceCount failed" on every machine without a GPU. Silenced unless
+# the user set a level; it must be set before torch loads, and mutwo is imported first by its CLI.
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily
     from mutwo.capture import capture
