@@ -53,7 +53,7 @@ def describe(p: Problem, label: str | None = None) -> dict:
     return {"problem": label or p.name, "n_ops": p.n_ops, "n_act": p.n_act, "n_recomputable": int(p.recomputable.sum()),
             "n_swappable": int(p.swappable.sum()), "compute_s": float(p.op_time_s.sum()),
             "keep_peak_bytes": int(keep.peak_bytes), "keep_time_s": keep.time_s,
-            "fixed_peak_bytes": int(p.fixed_bytes.max()),
+            "fixed_peak_bytes": int(p.fixed_bytes.max()), "floor_bytes": p.peak_floor()[0],
             "fixed_transient_peak_bytes": int((p.fixed_bytes + p.op_transient_bytes).max())}
 
 
@@ -98,12 +98,22 @@ def solve_row(p: Problem, name: str, budget: int, keep_peak: int, greedy_time: f
     return row
 
 
-def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_limit: float, threads: int,
-                progress: bool = True) -> list[dict]:
-    """The greedy reference row and one row per backend at ``frac`` of the keep-all peak."""
+def budget_of(info: dict, frac: float, of_range: bool) -> int:
+    """``frac`` of the keep-all peak, or (``of_range``) of the way from the every-plan floor to it."""
     keep_peak = info["keep_peak_bytes"]
-    budget = int(frac * keep_peak)
-    head = {"problem": info["problem"], "fraction": frac, "budget_bytes": budget,
+    if not of_range:
+        return int(frac * keep_peak)
+    floor = info["floor_bytes"]
+    return int(floor + frac * (keep_peak - floor))
+
+
+def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_limit: float, threads: int,
+                progress: bool = True, of_range: bool = False) -> list[dict]:
+    """The greedy reference row and one row per backend at ``frac`` of the keep-all peak (or of the
+    floor..keep-all range)."""
+    keep_peak = info["keep_peak_bytes"]
+    budget = budget_of(info, frac, of_range)
+    head = {"problem": info["problem"], "fraction": frac, "of_range": of_range, "budget_bytes": budget,
             "time_limit_s": time_limit, "threads": threads}
     greedy = solve_row(p, "mutwo_greedy", budget, keep_peak, None)
     g_time = greedy.get("sim_time_s")
@@ -120,7 +130,7 @@ def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_l
 
 
 def run_problems(problems: dict[str, Problem], fractions: list[float], backends: list[str], time_limit: float,
-                 threads: int, on_budget=None, progress: bool = True) -> pd.DataFrame:
+                 threads: int, on_budget=None, progress: bool = True, of_range: bool = False) -> pd.DataFrame:
     """Every (problem, budget, backend) plus the greedy rows; problem sizes and the machine on each row.
     ``problems`` maps a label (the file name for saved Problems) to the Problem. ``on_budget(df)`` is
     called with the rows so far after every budget (to save partial results)."""
@@ -136,7 +146,7 @@ def run_problems(problems: dict[str, Problem], fractions: list[float], backends:
                   f"{info['fixed_transient_peak_bytes'] / 2**20:.1f} MiB; {host}", flush=True)
         for frac in fractions:
             rows += [{**r, **{k: v for k, v in info.items() if k != "problem"}, **host}
-                     for r in budget_rows(p, info, frac, backends, time_limit, threads, progress)]
+                     for r in budget_rows(p, info, frac, backends, time_limit, threads, progress, of_range)]
             if on_budget is not None:
                 on_budget(pd.DataFrame(rows))
     return pd.DataFrame(rows)
@@ -193,9 +203,12 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS))
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--range", action="store_true", dest="of_range",
+                    help="fractions of the floor..keep-all range (Problem.peak_floor) instead of the keep-all peak")
+    ap.add_argument("--stem", help="output file stem (default ilp_real / ilp_speed)")
     ap.add_argument("--out", type=Path, help="also write the CSV here")
     args = ap.parse_args(argv)
-    stem = "ilp_real" if args.problems else "ilp_speed"
+    stem = args.stem or ("ilp_real" if args.problems else "ilp_speed")
 
     def save(df: pd.DataFrame) -> None:
         write_csv(df, f"{stem}.csv", out)
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
 
     if args.problems:
         df = run_problems({f.stem: Problem.load(f) for f in args.problems}, args.fractions, args.backends,
-                          args.time_limit, args.threads, on_budget=save)
+                          args.time_limit, args.threads, on_budget=save, of_range=args.of_range)
     else:
         df = run(args.n_act, args.seed, args.fractions, args.backends, args.time_limit, args.threads, on_budget=save)
     if args.out:
