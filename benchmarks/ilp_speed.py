@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks._common import RESULTS, machine, markdown, write_csv
+from mutwo.cell import gap_to_bound_pct
 from mutwo.problem import Problem
 from mutwo.registry import get_solver
 from mutwo.schedule import Schedule, Status
@@ -90,6 +91,8 @@ def solve_row(p: Problem, name: str, budget: int, keep_peak: int, greedy_time: f
            "peak_fraction": sim.peak_bytes / keep_peak if sim else None,
            "vs_greedy": (sim.time_s / greedy_time - 1) if (sim and greedy_time) else None,
            "proven": proven, "within_1pct": proven in ("optimal", "within 1%"),
+           "lower_bound_s": opts.get("lower_bound", {}).get("bound_s"),
+           "lower_bound_solve_s": opts.get("lower_bound", {}).get("solve_s"),
            "load1_before": load_before, "load1_after": load_after, **s.counts(),
            "start": opts.get("warm_start"), "phase1": opts.get("phase1"), "engine": opts.get("engine"),
            "engine_status": opts.get("engine_status"), "engine_s": opts.get("engine_wall_s"),
@@ -107,8 +110,20 @@ def budget_of(info: dict, frac: float, of_range: bool) -> int:
     return int(floor + frac * (keep_peak - floor))
 
 
+def with_best_bound(rows: list[dict]) -> list[dict]:
+    """``best_bound_s`` (the largest proven bound among the rows of one budget) and every row's
+    ``gap_to_bound_pct`` to it: how far from optimal each plan, the greedy's included, is at most."""
+    bounds = [r["bound_s"] for r in rows if r.get("bound_s") is not None and r["bound_s"] == r["bound_s"]]
+    best = max(bounds, default=None)
+    for r in rows:
+        t = r.get("sim_time_s")
+        r["best_bound_s"] = best
+        r["gap_to_bound_pct"] = gap_to_bound_pct(t, best) if t is not None else None
+    return rows
+
+
 def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_limit: float, threads: int,
-                progress: bool = True, of_range: bool = False) -> list[dict]:
+                progress: bool = True, of_range: bool = False, options: dict | None = None) -> list[dict]:
     """The greedy reference row and one row per backend at ``frac`` of the keep-all peak (or of the
     floor..keep-all range)."""
     keep_peak = info["keep_peak_bytes"]
@@ -123,14 +138,15 @@ def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_l
         print(_line(rows[-1]), flush=True)
     for name in backends:
         rows.append({**head, **solve_row(p, name, budget, keep_peak, g_time, time_limit_s=time_limit,
-                                         threads=threads)})
+                                         threads=threads, **(options or {}))})
         if progress:
             print(_line(rows[-1]), flush=True)
-    return rows
+    return with_best_bound(rows)
 
 
 def run_problems(problems: dict[str, Problem], fractions: list[float], backends: list[str], time_limit: float,
-                 threads: int, on_budget=None, progress: bool = True, of_range: bool = False) -> pd.DataFrame:
+                 threads: int, on_budget=None, progress: bool = True, of_range: bool = False,
+                 options: dict | None = None) -> pd.DataFrame:
     """Every (problem, budget, backend) plus the greedy rows; problem sizes and the machine on each row.
     ``problems`` maps a label (the file name for saved Problems) to the Problem. ``on_budget(df)`` is
     called with the rows so far after every budget (to save partial results)."""
@@ -146,7 +162,7 @@ def run_problems(problems: dict[str, Problem], fractions: list[float], backends:
                   f"{info['fixed_transient_peak_bytes'] / 2**20:.1f} MiB; {host}", flush=True)
         for frac in fractions:
             rows += [{**r, **{k: v for k, v in info.items() if k != "problem"}, **host}
-                     for r in budget_rows(p, info, frac, backends, time_limit, threads, progress, of_range)]
+                     for r in budget_rows(p, info, frac, backends, time_limit, threads, progress, of_range, options)]
             if on_budget is not None:
                 on_budget(pd.DataFrame(rows))
     return pd.DataFrame(rows)
@@ -173,6 +189,9 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         "gap %": [pct(x) for x in df.get("gap", pd.Series(index=df.index, dtype=float))],
         "gap % (obj, bound)": [pct(x) for x in df.get("gap_recomputed", pd.Series(index=df.index, dtype=float))],
         "sim time s": [num(x, ".5g") for x in df.get("sim_time_s", pd.Series(index=df.index, dtype=float))],
+        "bound s": [num(x, ".5g") for x in df.get("bound_s", pd.Series(index=df.index, dtype=float))],
+        "gap to best bound %": [num(x, ".2f") for x in df.get("gap_to_bound_pct",
+                                                               pd.Series(index=df.index, dtype=float))],
         "vs greedy %": [pct(x, "+.2f") for x in df.get("vs_greedy", pd.Series(index=df.index, dtype=float))],
         "peak / keep-all": [num(x, ".3f") for x in df.get("peak_fraction", pd.Series(index=df.index, dtype=float))],
         "rec / swap": [(f"{int(r)} / {int(s)}" if st in ("optimal", "feasible") else "–") for st, r, s in
@@ -206,6 +225,8 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
     ap.add_argument("--range", action="store_true", dest="of_range",
                     help="fractions of the floor..keep-all range (Problem.peak_floor) instead of the keep-all peak")
     ap.add_argument("--stem", help="output file stem (default ilp_real / ilp_speed)")
+    ap.add_argument("--warm-start", help="the ILPs' warm_start (a solver name or 'heuristics'; default theirs)")
+    ap.add_argument("--bound", choices=["lp", "mip", "none"], help="the ILPs' lower bound (default theirs)")
     ap.add_argument("--out", type=Path, help="also write the CSV here")
     args = ap.parse_args(argv)
     stem = args.stem or ("ilp_real" if args.problems else "ilp_speed")
@@ -219,7 +240,8 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
 
     if args.problems:
         df = run_problems({f.stem: Problem.load(f) for f in args.problems}, args.fractions, args.backends,
-                          args.time_limit, args.threads, on_budget=save, of_range=args.of_range)
+                          args.time_limit, args.threads, on_budget=save, of_range=args.of_range,
+                          options={k: v for k, v in (("warm_start", args.warm_start), ("bound", args.bound)) if v})
     else:
         df = run(args.n_act, args.seed, args.fractions, args.backends, args.time_limit, args.threads, on_budget=save)
     if args.out:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from mutwo.problem import Problem
 from mutwo.schedule import Schedule
@@ -38,6 +38,7 @@ from solvers.modes import may_recompute, may_swap
 
 __all__ = ["IterationBound", "iteration_bound", "check_positions"]
 
+_THRESHOLDS = 16  # link-capacity thresholds per check and direction
 _LP_SAFETY = 1e-6  # relative: an LP optimum is accurate to the solver's tolerances, not exactly
 
 
@@ -96,6 +97,18 @@ class _Rows:
         self.lo.append(lo)
         self.hi.append(hi)
 
+    def add_pairs(self, a_cols: np.ndarray, b_cols: np.ndarray, a_coef: float, b_coef: float, lo: float,
+                  hi: float) -> None:
+        """One row ``lo <= a_coef x[a] + b_coef x[b] <= hi`` per pair, at once."""
+        k = len(a_cols)
+        first = len(self.lo)
+        ids = np.arange(first, first + k)
+        self.r += [ids, ids]
+        self.c += [np.asarray(a_cols, np.int64), np.asarray(b_cols, np.int64)]
+        self.v += [np.full(k, a_coef), np.full(k, b_coef)]
+        self.lo += [lo] * k
+        self.hi += [hi] * k
+
     def constraint(self, n_vars: int) -> LinearConstraint:
         A = sp.csr_array((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))),
                          shape=(len(self.lo), n_vars))
@@ -117,20 +130,37 @@ class _Vars:
 
 
 def _prefix_rows(rows: _Rows, V: _Vars, cols: np.ndarray, weights: np.ndarray, keys: np.ndarray,
-                 limit_of_key, z: int, z_coef: float, descending: bool) -> None:
-    """For every distinct key ``k``: ``Σ_{key ⪰ k} weight · x ≤ limit_of_key(k) + z_coef · Z`` (``⪰`` is ≥
-    when ``descending``, else ≤), with one running-sum variable per key (linear in size)."""
-    order = np.argsort(-keys if descending else keys, kind="stable")
+                 limit_of_key, z: int, z_coef: float, descending: bool, most: int = _THRESHOLDS) -> None:
+    """For thresholds ``k`` among the keys: ``Σ_{key ⪰ k} weight · x ≤ limit_of_key(k) + z_coef · Z`` (``⪰``
+    is ≥ when ``descending``, else ≤), with one running-sum variable per threshold (linear in size). At
+    most ``most`` thresholds, spread over the distinct keys (fewer rows only weaken the bound)."""
+    sign = -1 if descending else 1
+    order = np.argsort(sign * keys, kind="stable")
     keys, cols, weights = keys[order], cols[order], weights[order]
-    uniq, starts = np.unique(-keys if descending else keys, return_index=True)
-    uniq = -uniq if descending else uniq
-    ends = np.append(starts[1:], len(keys))
+    uniq = np.unique(sign * keys) * sign  # in visiting order
+    if len(uniq) > most:
+        uniq = uniq[np.unique(np.linspace(0, len(uniq) - 1, most).round().astype(np.int64))]
+    # bucket j: the keys after threshold j - 1 up to threshold j (included), in visiting order, so the
+    # running sum at threshold j holds exactly the keys ⪰ it
+    ends = np.searchsorted(sign * keys, sign * uniq, side="right")
+    starts = np.concatenate([[0], ends[:-1]])
     run = V.new(len(uniq), np.inf, 0)
     for j, (k, s, e) in enumerate(zip(uniq, starts, ends, strict=True)):
         prev = [run[j - 1]] if j else []
         rows.add([run[j], *prev, *cols[s:e]], [1.0, *([-1.0] if j else []), *(-weights[s:e])], 0.0, np.inf)
-        lim = limit_of_key(k)
-        rows.add([run[j], z], [1.0, -z_coef], -np.inf, lim)
+        rows.add([run[j], z], [1.0, -z_coef], -np.inf, limit_of_key(k))
+
+
+def _lp(c: np.ndarray, A: LinearConstraint, V: _Vars, seconds: float):
+    """The LP by HiGHS' dual simplex (as ``linprog``: two-sided rows split into ``<=`` / ``==``)."""
+    M = sp.csr_array(A.A)
+    lo, hi = np.asarray(A.lb), np.asarray(A.ub)
+    up = np.isfinite(hi)
+    down = np.isfinite(lo)
+    A_ub = sp.vstack([M[up], -M[down]]).tocsr()
+    b_ub = np.concatenate([hi[up], -lo[down]])
+    return linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=list(zip(V.lb, V.ub, strict=True)), method="highs-ds",
+                   options={"time_limit": seconds, "presolve": True})
 
 
 def iteration_bound(problem: Problem, budget_bytes: int, mode: str = "both", *, max_checks: int = 400,
@@ -163,8 +193,9 @@ def iteration_bound(problem: Problem, budget_bytes: int, mode: str = "both", *, 
     # Z covers every recompute; one decision per activation
     rc = np.fromiter(r_of, np.int64, len(r_of))
     rows.add([z, *r_of.values()], [1.0, *(-rec_t[rc])], 0.0, np.inf)
-    for a in set(r_of) & set(s_of):
-        rows.add([r_of[a], s_of[a]], [1.0, 1.0], -np.inf, 1.0)
+    both = sorted(set(r_of) & set(s_of))
+    rows.add_pairs(np.array([r_of[a] for a in both], np.int64), np.array([s_of[a] for a in both], np.int64),
+                   1.0, 1.0, -np.inf, 1.0)
     back0 = cum[p.fwd_end + 1]
     if s_of:  # every copy back is issued in backward and is back by its first backward use
         sc = np.fromiter(s_of, np.int64, len(s_of))
@@ -182,8 +213,7 @@ def iteration_bound(problem: Problem, budget_bytes: int, mode: str = "both", *, 
         # a swap can have left by t only if its transfer could end before t starts
         sw = gap[can_s[gap] & ((not forward) | (issue[gap] + tau[gap] <= cum[t]))]
         g = V.new(len(sw), 1.0, 0)
-        for a, ga in zip(sw.tolist(), g.tolist(), strict=True):
-            rows.add([ga, s_of[a]], [1.0, -1.0], -np.inf, 0.0)
+        rows.add_pairs(g, np.array([s_of[a] for a in sw.tolist()], np.int64), 1.0, -1.0, -np.inf, 0.0)
         rg = gap[can_r[gap]]
         rows.add([*(r_of[a] for a in rg.tolist()), *g], [*size[rg], *size[sw]], need, np.inf)
         if len(sw):
@@ -195,8 +225,13 @@ def iteration_bound(problem: Problem, budget_bytes: int, mode: str = "both", *, 
     c = np.zeros(len(V.lb))
     c[z] = 1.0
     integrality = np.asarray(V.integral) if integral else None
-    res = milp(c, constraints=rows.constraint(len(V.lb)), bounds=Bounds(V.lb, V.ub), integrality=integrality,
-               options={"time_limit": max(1.0, time_limit_s - (time.perf_counter() - t0)), "presolve": True})
+    left = max(1.0, time_limit_s - (time.perf_counter() - t0))
+    if integral:
+        res = milp(c, constraints=rows.constraint(len(V.lb)), bounds=Bounds(V.lb, V.ub), integrality=integrality,
+                   options={"time_limit": left, "presolve": True})
+    else:
+        A = rows.constraint(len(V.lb))
+        res = _lp(c, A, V, left)
     elapsed = time.perf_counter() - t0
     method = "mip" if integral else "lp"
     if res.status == 2:  # infeasible relaxation: no plan fits

@@ -123,3 +123,79 @@ def test_fewer_checks_only_weaken_the_bound():
     full, few = iteration_bound(p, b), iteration_bound(p, b, max_checks=2)
     assert few.n_checks <= 2 < full.n_checks
     assert few.bound_s <= full.bound_s * (1 + 1e-9)
+
+
+# ---------------------------------------------------------------------- wired into the ILP solvers
+def test_ilp_reports_the_bound_where_it_bites():
+    """The ILPs' reported bound is at least the iteration-time bound (not the compute time), never above
+    their plan, and a plan within rel_gap of it is proven optimal."""
+    from mutwo.registry import get_solver
+
+    p = slow_link(chain(8), 50.0)
+    b = range_budget(p, 0.3)
+    ib = iteration_bound(p, b)
+    assert ib.bound_s > ib.compute_s * 1.01
+    for name in ("ilp_cpsat", "ilp_pulp_highs"):
+        s = get_solver(name)(p, b, time_limit_s=20, warm_start=None)
+        assert s.feasible, s.message
+        assert ib.bound_s * (1 - 1e-9) <= s.bound <= s.objective * (1 + 1e-9), (name, s.bound, s.objective)
+        assert s.options["lower_bound"]["method"] == "lp"
+    none = get_solver("ilp_cpsat")(p, b, time_limit_s=20, warm_start=None, bound="none")
+    assert none.options["lower_bound"]["method"] == "compute"
+
+
+def test_a_start_within_the_gap_of_the_bound_is_proven_without_a_model():
+    from mutwo.registry import get_solver
+
+    p = slow_link(chain(8), 50.0)
+    b = range_budget(p, 0.3)
+    best = brute_force(p, b)
+    s = get_solver("ilp_pulp_highs")(p, b, warm_start=best, rel_gap=0.5)
+    assert s.status.value == "optimal" and s.options["engine"].startswith("none (iteration-time bound")
+    assert s.bound <= s.objective and s.decisions.tolist() == best.decisions.tolist()
+
+
+def test_budget_the_bound_proves_infeasible_is_reported_for_every_plan():
+    from mutwo.registry import get_solver
+
+    p = chain(6)
+    s = get_solver("ilp_cpsat")(p, p.peak_floor()[0] - 1, warm_start=None)
+    assert s.status.value == "infeasible" and "every plan" in s.message
+
+
+def test_warm_start_from_every_heuristic_takes_the_fastest():
+    from mutwo.registry import get_solver
+    from solvers.ilp import heuristic_names
+
+    names = heuristic_names("both")
+    assert "mutwo_greedy" in names and "knapsack" in names
+    assert not any(n.startswith("ilp_") or n in ("brute_force", "checkmate_exact") for n in names)
+    assert "swap_hidden" not in heuristic_names("recompute") and "knapsack" not in heuristic_names("swap")
+    p = slow_link(residual(3, seed=1), 10.0)
+    b = range_budget(p, 0.4)
+    s = get_solver("ilp_cpsat")(p, b, warm_start="heuristics", time_limit_s=20)
+    assert "fastest of" in s.options["warm_start"] and "knapsack" in s.options["warm_start"]
+    starts = [get_solver(n)(p, b) for n in names]
+    fastest = min(simulate(p, x).time_s for x in starts if x.feasible and simulate(p, x).fits(b))
+    assert s.feasible and s.objective <= fastest * (1 + 1e-9)
+
+
+def test_a_start_that_does_not_fit_is_repaired_and_never_beaten_by_a_slower_answer():
+    """A sweep's plan at a larger budget is a start at a smaller one: repaired until it fits."""
+    from mutwo.registry import get_solver
+
+    p = chain(10)
+    big, small = range_budget(p, 0.8), range_budget(p, 0.3)
+    start = get_solver("mutwo_greedy")(p, big)
+    assert not simulate(p, start).fits(small)
+    s = get_solver("ilp_cpsat")(p, small, warm_start=start, time_limit_s=20)
+    assert "repaired to fit" in s.options["warm_start"]
+    assert s.feasible and s.objective <= s.options["warm_start_time_s"] * (1 + 1e-9)
+
+
+def test_gap_to_bound_pct():
+    from mutwo.cell import gap_to_bound_pct
+
+    assert gap_to_bound_pct(2.0, 1.5) == pytest.approx(25.0)
+    assert gap_to_bound_pct(2.0, None) is None and gap_to_bound_pct(0.0, 1.0) is None
+    assert gap_to_bound_pct(1.0, 1.0 + 1e-12) == 0.0

@@ -129,7 +129,7 @@ def test_reference_rows_beside_the_solvers_and_resume(tmp_path):
     assert _go(path, tmp_path) == 0
     run = tmp_path / "toy_mlp" / "r"
     df = pd.read_csv(run / "results.csv")
-    assert list(df.columns) == COLUMNS and COLUMNS[-1] == "kind"
+    assert list(df.columns) == COLUMNS and COLUMNS[-2:] == ["kind", "gap_to_bound_pct"]
     assert set(df[df["solver"].isin(["keep_all", "recompute_all"])]["kind"]) == {"solver"}
     ref = df[df["kind"] == "reference"].set_index("solver")
     # the MLP has no block list: no checkpoint row, a note instead
