@@ -26,6 +26,7 @@ from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_bound import IterationBound, iteration_bound
 from solvers.ilp_model import INF, Formulation, build
 from solvers.ilp_options import IlpOptions
+from solvers.ilp_rounding import round_bound
 from solvers.modes import may_recompute, may_swap
 from solvers.options import option_defaults, read_options
 
@@ -130,6 +131,20 @@ def lower_bound(problem: Problem, budget: int, opts: IlpOptions) -> IterationBou
                            time_limit_s=_BOUND_SHARE * opts.time_limit_s)
 
 
+def _start_from_bound(problem: Problem, budget: int, mode: str, lb: IterationBound, warm: Schedule | None,
+                      warm_from: str) -> tuple[Schedule | None, str]:
+    """The plan rounded from the bound's relaxation (`solvers.ilp_rounding`) when it is faster than the
+    start (or there is none)."""
+    rounded = round_bound(problem, budget, lb, mode)
+    if rounded is None:
+        return warm, warm_from
+    t = simulate(problem, rounded).time_s
+    if warm is not None and simulate(problem, warm).time_s <= t:
+        return warm, warm_from
+    return rounded, f"the bound's relaxation, rounded ({t:.6g} s; {warm_from or 'no other start'}: " + (
+        f"{simulate(problem, warm).time_s:.6g} s)" if warm is not None else "none)")
+
+
 def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_gap: float,
                      lb: IterationBound) -> tuple[SimResult, dict, str] | None:
     """The start plan, when it already fits and is within ``rel_gap`` of the lower bound.
@@ -214,6 +229,7 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
                                 options=shown)
         s.solve_time_s = time.perf_counter() - t0
         return s
+    warm, warm_from = _start_from_bound(problem, budget, opts.mode, lb, warm, warm_from)
     proven = _proven_by_bound(problem, budget, warm, opts.rel_gap, lb)
     if proven is not None:
         shown.update(warm_start=warm_from, **proven[1])

@@ -13,6 +13,8 @@ whose proven dual bound is used):
   the transfers of those issued at or after ``e`` fit in ``start(t) − e``; it comes back over the
   host-to-device link after ``t`` (and in backward) and before its first backward use, so for every
   ``u`` those needed by ``u`` fit in ``start(u) − reached(max(t + 1, fwd_end + 1))``;
+* a recomputed activation's chain may not read a swapped source that is first read in backward after
+  the target is (`mutwo.schedule.resolve_recompute` refuses such plans): ``r_a + s_x ≤ 1``;
 * start times are the static ones plus the delays (recompute and stall) before them: none in forward,
   at most the total ``Z`` in backward; ``Z ≥ Σ_a recompute_time(a) r_a`` (a chain runs at least its
   target's own ops), and the objective is ``compute + Z``.
@@ -42,9 +44,12 @@ _THRESHOLDS = 16  # link-capacity thresholds per check and direction
 _LP_SAFETY = 1e-6  # relative: an LP optimum is accurate to the solver's tolerances, not exactly
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IterationBound:
-    """``bound_s`` ≤ the simulated time of every plan that fits ``budget`` (``inf``: none fits)."""
+    """``bound_s`` ≤ the simulated time of every plan that fits ``budget`` (``inf``: none fits).
+
+    ``recompute`` / ``swap``: the relaxation's values of ``r_a`` / ``s_a`` per activation (None when no
+    relaxation was solved), from which `solvers.ilp_rounding` makes a plan."""
 
     bound_s: float
     compute_s: float
@@ -52,6 +57,8 @@ class IterationBound:
     method: str  # "lp" | "mip" | "compute" (no check over budget)
     solve_s: float
     message: str = ""
+    recompute: np.ndarray | None = None
+    swap: np.ndarray | None = None
 
     @property
     def infeasible(self) -> bool:
@@ -196,6 +203,13 @@ def iteration_bound(problem: Problem, budget_bytes: int, mode: str = "both", *, 
     both = sorted(set(r_of) & set(s_of))
     rows.add_pairs(np.array([r_of[a] for a in both], np.int64), np.array([s_of[a] for a in both], np.int64),
                    1.0, 1.0, -np.inf, 1.0)
+    # a recompute may not read a swapped source that is not back yet (`resolve_recompute` refuses it):
+    # a source first read in backward after the target's first backward use is never back in time
+    pairs = [(r_of[a], s_of[int(x)]) for a in r_of for x in p.recompute_sources[a].tolist()
+             if int(x) in s_of and fb[x] > fb[a]]
+    if pairs:
+        ra, sx = np.array(pairs, np.int64).T
+        rows.add_pairs(ra, sx, 1.0, 1.0, -np.inf, 1.0)
     back0 = cum[p.fwd_end + 1]
     if s_of:  # every copy back is issued in backward and is back by its first backward use
         sc = np.fromiter(s_of, np.int64, len(s_of))
@@ -242,5 +256,10 @@ def iteration_bound(problem: Problem, budget_bytes: int, mode: str = "both", *, 
         return IterationBound(compute, compute, len(checks), "compute", elapsed,
                               f"relaxation not solved ({res.message}); compute-time bound only")
     extra = max(0.0, float(extra)) * (1 - _LP_SAFETY) * unit
+    values = np.zeros(len(V.lb)) if res.x is None else np.asarray(res.x)
+    rec, swap = np.zeros(p.n_act), np.zeros(p.n_act)
+    rec[list(r_of)] = values[list(r_of.values())]
+    swap[list(s_of)] = values[list(s_of.values())]
     return IterationBound(compute + extra, compute, len(checks), method, elapsed,
-                          f"{method} over {len(checks)} checks: compute {compute:.6g} s + {extra:.6g} s")
+                          f"{method} over {len(checks)} checks: compute {compute:.6g} s + {extra:.6g} s",
+                          rec if res.x is not None else None, swap if res.x is not None else None)
