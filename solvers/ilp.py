@@ -39,6 +39,7 @@ _PHASE1_SHARE = 0.3  # of the time limit, at most, for that solve
 _MIP_LIMIT_SHARE = 0.8  # of the remaining time handed to SCIP / CBC / HiGHS, which overrun their limits
 _FINISH_RESERVE_S = 2.0  # decode, complete and simulate a large plan after the engine returns
 _BOUND_SHARE = 0.25  # of the time limit, at most, for the iteration-time lower bound's relaxation
+_ROUNDING_SHARE = 0.2  # of the time limit, at most, for a plan rounded from that relaxation
 _ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
 _OPTIONS = set(option_defaults(IlpOptions))  # every ILP option name (``engine``: ilp_ortools_mip's only)
 # what the single-engine ILP solvers take, with the values each accepts (IlpOptions' type hints)
@@ -132,10 +133,10 @@ def lower_bound(problem: Problem, budget: int, opts: IlpOptions) -> IterationBou
 
 
 def _start_from_bound(problem: Problem, budget: int, mode: str, lb: IterationBound, warm: Schedule | None,
-                      warm_from: str) -> tuple[Schedule | None, str]:
-    """The plan rounded from the bound's relaxation (`solvers.ilp_rounding`) when it is faster than the
-    start (or there is none)."""
-    rounded = round_bound(problem, budget, lb, mode)
+                      warm_from: str, seconds: float) -> tuple[Schedule | None, str]:
+    """The plan rounded from the bound's relaxation (`solvers.ilp_rounding`, within ``seconds``) when it
+    is faster than the start (or there is none)."""
+    rounded = round_bound(problem, budget, lb, mode, time.perf_counter() + seconds)
     if rounded is None:
         return warm, warm_from
     t = simulate(problem, rounded).time_s
@@ -158,7 +159,9 @@ def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_g
     gap = max(0.0, (sim.time_s - lb.bound_s) / sim.time_s) if sim.time_s > 0 else 0.0
     if not _fits(sim, budget) or gap > rel_gap:
         return None
-    which = "compute-time bound" if lb.method == "compute" else f"iteration-time bound ({lb.method})"
+    # the relaxation can prove no more than the compute time (swaps that hide): say which bound it is
+    which = ("compute-time bound" if lb.method == "compute" or lb.bound_s <= lb.compute_s
+             else f"iteration-time bound ({lb.method})")
     shown = {"gap": gap, "simulated_time_s": sim.time_s, "simulated_peak_bytes": int(sim.peak_bytes),
              "engine": f"none ({which})"}
     msg = (f"start plan proven within {gap:.2%} of optimal by the {which} ({lb.bound_s:.6g} s; no plan "
@@ -167,12 +170,13 @@ def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_g
 
 
 def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "both",
-           max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
+           max_steps: int | None = None, deadline: float | None = None
+           ) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
     """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
 
     Moves: RECOMPUTE a KEEP/SWAP activation resident at the peak, SWAP a KEEP one (default prefetch),
     or move a SWAP's copy back to its first backward use. Returns the plan and its simulation, or
-    ``None`` for the simulation when no move helps.
+    ``None`` for the simulation when no move helps (or ``deadline``, a `time.perf_counter` value, passes).
     """
     d, pf = d.copy(), pf.copy()
     dflt = default_prefetch(problem)
@@ -181,6 +185,8 @@ def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: s
     for _ in range(steps):
         if _fits(sim, budget):
             return d, pf, sim
+        if deadline is not None and time.perf_counter() > deadline:
+            return d, pf, None
         P = sim.peak_op
         best = None
         gap = (problem.last_fwd_use < P) & (problem.first_bwd_use > P)
@@ -229,7 +235,8 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
                                 options=shown)
         s.solve_time_s = time.perf_counter() - t0
         return s
-    warm, warm_from = _start_from_bound(problem, budget, opts.mode, lb, warm, warm_from)
+    warm, warm_from = _start_from_bound(problem, budget, opts.mode, lb, warm, warm_from,
+                                        _ROUNDING_SHARE * opts.time_limit_s)
     proven = _proven_by_bound(problem, budget, warm, opts.rel_gap, lb)
     if proven is not None:
         shown.update(warm_start=warm_from, **proven[1])
@@ -322,7 +329,7 @@ def _no_plan(problem: Problem, budget: int, F: Formulation, res: BackendResult, 
 
 
 def _no_worse_than_start(problem: Problem, budget: int, s: Schedule, warm: Schedule | None, warm_from: str,
-                         t0: float, bound_s: float) -> Schedule:
+                         t0: float, bound_s: float | None = None) -> Schedule:
     """The start plan when it fits and is faster than the model's answer.
 
     That happens when the start lies outside the model: its chain-memory rows are conservative (member
@@ -334,7 +341,7 @@ def _no_worse_than_start(problem: Problem, budget: int, s: Schedule, warm: Sched
     sim = simulate(problem, warm)
     if not _fits(sim, budget) or (s.feasible and s.objective is not None and sim.time_s >= s.objective):
         return s
-    bound = min(bound_s, sim.time_s)
+    bound = min(float(problem.op_time_s.sum()) if bound_s is None else bound_s, sim.time_s)
     out = Schedule(warm.decisions, warm.prefetch_at, recompute_at=warm.recompute_at, solver=s.solver,
                    status=Status.FEASIBLE, budget_bytes=budget, options={**s.options, "gap": (sim.time_s - bound)
                                                                          / sim.time_s},

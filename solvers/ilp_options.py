@@ -37,7 +37,7 @@ class IlpOptions:
     two_phase: bool | None = None  # recompute-only solve first (None: large "both" problems)
     log: bool = False  # engine log on stdout
     bound: Literal["lp", "mip", "none"] = "lp"  # the iteration-time lower bound (solvers.ilp_bound) or none
-    bound_checks: Annotated[int, Ge(1)] = 150  # memory checks that bound's relaxation takes at most
+    bound_checks: Annotated[int, Ge(1)] = 80  # memory checks that bound's relaxation takes at most
     engine: Literal["SCIP", "CBC"] = "SCIP"  # ilp_ortools_mip only
 
     def __post_init__(self) -> None:

@@ -12,6 +12,8 @@ ILPs, never a proof).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from mutwo.problem import Problem
@@ -59,21 +61,26 @@ def _valid_decisions(problem: Problem, d: np.ndarray) -> np.ndarray:
     return d
 
 
-def round_bound(problem: Problem, budget: int, bound: IterationBound, mode: str = "both") -> Schedule | None:
-    """The fastest fitting plan rounded from ``bound``'s relaxation (module doc), or None."""
+def round_bound(problem: Problem, budget: int, bound: IterationBound, mode: str = "both",
+                deadline: float | None = None) -> Schedule | None:
+    """The fastest fitting plan rounded from ``bound``'s relaxation (module doc), or None; no threshold
+    is started, and no repair goes on, after ``deadline`` (a `time.perf_counter` value)."""
     from solvers.ilp import repair  # the ILP's repair moves (solvers.ilp imports this module's caller)
 
     if bound.recompute is None or bound.swap is None:
         return None
     best = None
     for th in THRESHOLDS:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         d = np.zeros(problem.n_act, np.int8)
         if may_recompute(mode):
             d[(bound.recompute > th) & problem.recomputable] = Decision.RECOMPUTE
         if may_swap(mode):
             d[(bound.swap > th) & problem.swappable & (d == Decision.KEEP)] = Decision.SWAP
         d = _valid_decisions(problem, d)
-        d, pf, sim = repair(problem, budget, d, latest_prefetch(problem, d), mode, max_steps=_REPAIR_STEPS)
+        d, pf, sim = repair(problem, budget, d, latest_prefetch(problem, d), mode, max_steps=_REPAIR_STEPS,
+                           deadline=deadline)
         if sim is not None and (best is None or sim.time_s < best[0]):
             best = (sim.time_s, d, pf)
     if best is None:

@@ -77,8 +77,8 @@ def test_an_old_cells_line_round_trips_byte_for_byte():
     row = Row.from_dict(json.loads(OLD_LINE))
     assert row.status is CellStatus.FEASIBLE and row.executed is True and row.n_keep == 6
     assert list(row.to_dict()) == COLUMNS
-    # written before the kind column: a solver cell, the same line with its kind added
-    assert row.kind == "solver" and json.dumps(files.jsonable(row.to_dict())) == OLD_LINE[:-1] + ', "kind": "solver"}'
+    # written before the kind and gap_to_bound_pct columns: a solver cell, the same line with them added
+    assert row.kind == "solver" and json.dumps(files.jsonable(row.to_dict())) == OLD_LINE[:-1] + ', "kind": "solver", "gap_to_bound_pct": null}'
     assert row.key == "128|mutwo_greedy|600KiB"
 
 

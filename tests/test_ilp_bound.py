@@ -199,3 +199,44 @@ def test_gap_to_bound_pct():
     assert gap_to_bound_pct(2.0, 1.5) == pytest.approx(25.0)
     assert gap_to_bound_pct(2.0, None) is None and gap_to_bound_pct(0.0, 1.0) is None
     assert gap_to_bound_pct(1.0, 1.0 + 1e-12) == 0.0
+
+
+# ---------------------------------------------------------------------- a plan from the relaxation
+@pytest.mark.parametrize("seed", range(3))
+def test_rounded_plan_fits_and_is_no_faster_than_the_bound(seed):
+    from mutwo.schedule import validate
+    from solvers.ilp_rounding import round_bound
+
+    p = slow_link(random_dag(40, seed), 5.0)
+    for f in (0.6, 0.3):
+        b = range_budget(p, f)
+        ib = iteration_bound(p, b)
+        s = round_bound(p, b, ib)
+        assert s is not None, (seed, f)
+        validate(p, s)
+        sim = simulate(p, s)
+        assert sim.fits(b) and sim.time_s >= ib.bound_s * (1 - 1e-9)
+
+
+def test_latest_prefetch_points_lie_in_backward_and_hide_a_lone_copy():
+    from solvers.ilp_rounding import latest_prefetch
+
+    p = chain(8)
+    d = np.zeros(p.n_act, np.int8)
+    d[2] = Decision.SWAP
+    pf = latest_prefetch(p, d)
+    assert pf[2] > p.fwd_end and pf[2] <= p.first_bwd_use[2] and (pf[np.arange(p.n_act) != 2] == -1).all()
+    sim = simulate(p, Schedule(d, pf))
+    assert sim.stall_s == 0.0
+
+
+def test_recompute_reading_a_swapped_source_too_late_is_kept():
+    """The rounding never hands `simulate` a chain that reads a swapped source not yet back."""
+    from solvers.ilp_rounding import _valid_decisions
+
+    p = chain(6)
+    d = np.full(p.n_act, int(Decision.RECOMPUTE), np.int8)
+    d[1::2] = Decision.SWAP
+    fixed = _valid_decisions(p, d)
+    simulate(p, Schedule(fixed, np.where(fixed == Decision.SWAP, p.first_bwd_use, -1)))  # no ScheduleError
+    assert (fixed == Decision.KEEP).any() and (fixed[d == Decision.SWAP] == Decision.SWAP).all()
