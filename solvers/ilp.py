@@ -170,13 +170,14 @@ def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_g
 
 
 def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "both",
-           max_steps: int | None = None, deadline: float | None = None
+           max_steps: int | None = None, deadline: float | None = None, max_tries: int | None = None
            ) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
     """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
 
     Moves: RECOMPUTE a KEEP/SWAP activation resident at the peak, SWAP a KEEP one (default prefetch),
     or move a SWAP's copy back to its first backward use. Returns the plan and its simulation, or
     ``None`` for the simulation when no move helps (or ``deadline``, a `time.perf_counter` value, passes).
+    ``max_tries``: only the largest that many activations at the peak are tried (each try simulates).
     """
     d, pf = d.copy(), pf.copy()
     dflt = default_prefetch(problem)
@@ -189,8 +190,10 @@ def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: s
             return d, pf, None
         P = sim.peak_op
         best = None
-        gap = (problem.last_fwd_use < P) & (problem.first_bwd_use > P)
-        for a in np.flatnonzero(gap).tolist():
+        gap = np.flatnonzero((problem.last_fwd_use < P) & (problem.first_bwd_use > P))
+        if max_tries is not None and len(gap) > max_tries:
+            gap = gap[np.argsort(-problem.act_bytes[gap], kind="stable")[:max_tries]]
+        for a in gap.tolist():
             tries = []
             if d[a] != Decision.RECOMPUTE and problem.recomputable[a] and may_recompute(mode):
                 tries.append((Decision.RECOMPUTE, -1))
@@ -239,7 +242,7 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
                                         _ROUNDING_SHARE * opts.time_limit_s)
     proven = _proven_by_bound(problem, budget, warm, opts.rel_gap, lb)
     if proven is not None:
-        shown.update(warm_start=warm_from, **proven[1])
+        shown.update(warm_start=warm_from, warm_start_time_s=proven[0].time_s, **proven[1])
         s = Schedule(warm.decisions, warm.prefetch_at, recompute_at=warm.recompute_at, solver=solver_name,
                      status=Status.OPTIMAL, budget_bytes=budget, options=shown, objective=proven[0].time_s,
                      bound=min(lb.bound_s, proven[0].time_s), message=proven[2])

@@ -24,7 +24,8 @@ from solvers.modes import may_recompute, may_swap
 __all__ = ["latest_prefetch", "round_bound", "THRESHOLDS"]
 
 THRESHOLDS = (0.5, 0.3, 0.7)
-_REPAIR_STEPS = 40  # greedy repair moves at most (each simulates every candidate at the peak)
+_REPAIR_STEPS = 60  # greedy repair moves at most
+_REPAIR_TRIES = 16  # the largest activations at the peak tried per move (each try simulates the plan)
 
 
 def latest_prefetch(problem: Problem, decisions: np.ndarray) -> np.ndarray:
@@ -80,7 +81,7 @@ def round_bound(problem: Problem, budget: int, bound: IterationBound, mode: str 
             d[(bound.swap > th) & problem.swappable & (d == Decision.KEEP)] = Decision.SWAP
         d = _valid_decisions(problem, d)
         d, pf, sim = repair(problem, budget, d, latest_prefetch(problem, d), mode, max_steps=_REPAIR_STEPS,
-                           deadline=deadline)
+                           deadline=deadline, max_tries=_REPAIR_TRIES)
         if sim is not None and (best is None or sim.time_s < best[0]):
             best = (sim.time_s, d, pf)
     if best is None:

@@ -53,7 +53,7 @@ def every_plan_time(p: Problem, budget: int, rng: np.random.Generator, points: i
     return best
 
 
-CASES = [(seed, f, slow) for seed in range(5) for f in (0.6, 0.3, 0.05) for slow in (1.0, 30.0)]
+CASES = [(seed, f, slow) for seed in range(3) for f in (0.6, 0.3, 0.05) for slow in (1.0, 30.0)]
 
 
 @pytest.mark.parametrize("seed,f,slow", CASES)
@@ -69,11 +69,10 @@ def test_bound_is_never_above_any_fitting_plan(seed, f, slow):
         assert ib.bound_s <= best * (1 + 1e-9), (ib, best)
 
 
-@pytest.mark.parametrize("mode", ["both", "recompute", "swap"])
-@pytest.mark.parametrize("integral", [False, True])
+@pytest.mark.parametrize("mode,integral", [("both", False), ("both", True), ("recompute", False), ("swap", False)])
 def test_bound_holds_against_brute_force_in_every_mode(mode, integral):
-    for seed, f in itertools.product(range(3), (0.5, 0.2)):
-        p = slow_link(random_dag(10, seed), 10.0)
+    for seed, f in itertools.product(range(2), (0.5, 0.2)):
+        p = slow_link(random_dag(9, seed), 10.0)
         b = range_budget(p, f)
         bf = brute_force(p, b, mode=mode)
         ib = iteration_bound(p, b, mode=mode, integral=integral)
@@ -191,6 +190,10 @@ def test_a_start_that_does_not_fit_is_repaired_and_never_beaten_by_a_slower_answ
     s = get_solver("ilp_cpsat")(p, small, warm_start=start, time_limit_s=20)
     assert "repaired to fit" in s.options["warm_start"]
     assert s.feasible and s.objective <= s.options["warm_start_time_s"] * (1 + 1e-9)
+    from solvers.ilp import repair
+
+    repaired = repair(p, small, start.decisions, start.prefetch_at, max_steps=40)[2]
+    assert repaired is not None and s.options["warm_start_time_s"] <= repaired.time_s * (1 + 1e-9)
 
 
 def test_gap_to_bound_pct():
