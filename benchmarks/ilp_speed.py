@@ -4,6 +4,8 @@
     python -m benchmarks.ilp_speed --time-limit 20 --fractions 0.5 --backends ilp_cpsat
     python -m benchmarks.ilp_speed --problems results/benchmarks/problems/resnet152-b8-sgd.npz \
         results/benchmarks/problems/bert-base-b8-sgd.npz --fractions 0.7 0.5 0.3 --time-limit 60 --threads 2
+    python -m benchmarks.device_problems && python -m benchmarks.ilp_speed --range --warm-start heuristics \
+        --problems results/benchmarks/problems/*-h100-sxm.npz --backends ilp_cpsat ilp_pulp_highs
 
 Budgets are fractions of each Problem's keep-all peak. One row per (problem, budget, backend) plus the
 mutwo_greedy reference row per budget. Every answer is simulated; "vs greedy" is the simulated time
@@ -14,6 +16,12 @@ optimal: the engine's proof and our gap both within 1%), ``within 1%`` (a bound 
 engine's optimal status), ``infeasible (every plan)`` (presolve: the budget is below what every plan
 holds), ``infeasible (model)`` (the engine: no plan within the model's candidate points), or ``no``;
 ``n/a`` for the greedy, which proves nothing.
+
+``--range``: the fractions are of the way from the every-plan floor (`Problem.peak_floor`) to the keep-all
+peak instead (the device-costed Problems of ``benchmarks.device_problems``). Per budget, ``best_bound_s`` is
+the largest bound any solver proved and ``gap_to_bound_pct`` every row's (the greedy's included) gap to
+it: how far from optimal each plan is at most. ``lower_bound_s`` is the ILPs' iteration-time bound
+(`solvers.ilp_bound`). ``--warm-start heuristics`` starts the ILPs from the fastest registered heuristic.
 
 Rows carry the machine (`benchmarks._common.machine`) and the 1-minute load average just before and
 just after each solve, since on a shared 2-core CPU a solve's wall time means little without them.

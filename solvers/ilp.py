@@ -191,7 +191,11 @@ def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: s
         P = sim.peak_op
         best = None
         gap = np.flatnonzero((problem.last_fwd_use < P) & (problem.first_bwd_use > P))
-        if max_tries is not None and len(gap) > max_tries:
+        if max_tries is not None and len(gap) > max_tries:  # the largest that have a move left
+            movable = (((d[gap] != Decision.RECOMPUTE) & problem.recomputable[gap] & may_recompute(mode))
+                       | ((d[gap] == Decision.KEEP) & problem.swappable[gap] & may_swap(mode))
+                       | ((d[gap] == Decision.SWAP) & (pf[gap] != problem.first_bwd_use[gap])))
+            gap = gap[movable]
             gap = gap[np.argsort(-problem.act_bytes[gap], kind="stable")[:max_tries]]
         for a in gap.tolist():
             tries = []

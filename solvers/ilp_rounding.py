@@ -25,7 +25,7 @@ __all__ = ["latest_prefetch", "round_bound", "THRESHOLDS"]
 
 THRESHOLDS = (0.5, 0.3, 0.7)
 _REPAIR_STEPS = 60  # greedy repair moves at most
-_REPAIR_TRIES = 16  # the largest activations at the peak tried per move (each try simulates the plan)
+_REPAIR_TRIES = 96  # the largest activations at the peak with a move left, tried per move (each try simulates)
 
 
 def latest_prefetch(problem: Problem, decisions: np.ndarray) -> np.ndarray:
