@@ -346,7 +346,9 @@ def _no_worse_than_start(problem: Problem, budget: int, s: Schedule, warm: Sched
     if warm is None or not (s.feasible or s.status == Status.TIMEOUT):
         return s
     sim = simulate(problem, warm)
-    if not _fits(sim, budget) or (s.feasible and s.objective is not None and sim.time_s >= s.objective):
+    # faster by more than float noise (the model's objective and simulate agree to ~1e-15)
+    if not _fits(sim, budget) or (s.feasible and s.objective is not None
+                                  and sim.time_s >= s.objective * (1 - 1e-9)):
         return s
     bound = min(float(problem.op_time_s.sum()) if bound_s is None else bound_s, sim.time_s)
     out = Schedule(warm.decisions, warm.prefetch_at, recompute_at=warm.recompute_at, solver=s.solver,
