@@ -164,8 +164,8 @@ def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_g
              else f"iteration-time bound ({lb.method})")
     shown = {"gap": gap, "simulated_time_s": sim.time_s, "simulated_peak_bytes": int(sim.peak_bytes),
              "engine": f"none ({which})"}
-    msg = (f"start plan proven within {gap:.2%} of optimal by the {which} ({lb.bound_s:.6g} s; no plan "
-           f"is faster), so no model was solved: objective {sim.time_s:.6g} s; peak {sim.peak_bytes} B")
+    msg = (f"start plan proven within {gap:.2%} of optimal (gap {gap:.2%} to the {which}, {lb.bound_s:.6g} s; "
+           f"no plan is faster), so no model was solved: objective {sim.time_s:.6g} s; peak {sim.peak_bytes} B")
     return sim, shown, msg
 
 
