@@ -142,8 +142,9 @@ def _start_from_bound(problem: Problem, budget: int, mode: str, lb: IterationBou
     t = simulate(problem, rounded).time_s
     if warm is not None and simulate(problem, warm).time_s <= t:
         return warm, warm_from
-    return rounded, f"the bound's relaxation, rounded ({t:.6g} s; {warm_from or 'no other start'}: " + (
-        f"{simulate(problem, warm).time_s:.6g} s)" if warm is not None else "none)")
+    given = f"{simulate(problem, warm).time_s:.6g} s" if warm is not None else "no plan"
+    return rounded, (f"{warm_from or 'none'}, replaced by the bound's relaxation, rounded ({t:.6g} s against "
+                     f"{given})")
 
 
 def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_gap: float,
