@@ -55,10 +55,15 @@ _NOT_HEURISTICS = ("brute_force", "checkmate_exact")  # exact solvers (and every
 
 def heuristic_names(mode: str) -> list[str]:
     """Registered solvers that are heuristics (not an ILP or exact solver) and whose decisions ``mode``
-    allows."""
+    allows (a solver that does not declare its decisions only for ``"both"``)."""
     allowed = {"both": {"recompute", "swap"}, "recompute": {"recompute"}, "swap": {"swap"}}[mode]
+
+    def fits_mode(name: str) -> bool:
+        decisions = solver_info(name).decisions
+        return mode == "both" if decisions is None else set(decisions) <= allowed
+
     return [n for n in available_solvers() if not n.startswith("ilp_") and n not in _NOT_HEURISTICS
-            and set(solver_info(n).decisions) <= allowed]
+            and fits_mode(n)]
 
 
 def _fastest_start(problem: Problem, budget: int, mode: str, seed: int) -> tuple[Schedule | None, str]:
