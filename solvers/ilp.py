@@ -72,13 +72,13 @@ def _fastest_start(problem: Problem, budget: int, mode: str, seed: int) -> tuple
     for name in heuristic_names(mode):
         try:
             sched, _ = _warm_start(problem, budget, name, True, mode, seed)
-        except Exception as exc:  # noqa: BLE001 - a failing heuristic is no start, not a failed solve
+            sim = None if sched is None else simulate(problem, sched)
+        except Exception as exc:  # noqa: BLE001 - a failing heuristic (or its invalid plan) is no start
             tried.append(f"{name}: {type(exc).__name__}")
             continue
-        if sched is None:
-            tried.append(f"{name}: none")
+        if sim is None or not _fits(sim, budget):
+            tried.append(f"{name}: none" if sim is None else f"{name}: over budget")
             continue
-        sim = simulate(problem, sched)
         tried.append(f"{name}: {sim.time_s:.6g} s")
         if best is None or sim.time_s < best[0]:
             best = (sim.time_s, sched, name)

@@ -243,3 +243,17 @@ def test_recompute_reading_a_swapped_source_too_late_is_kept():
     fixed = _valid_decisions(p, d)
     simulate(p, Schedule(fixed, np.where(fixed == Decision.SWAP, p.first_bwd_use, -1)))  # no ScheduleError
     assert (fixed == Decision.KEEP).any() and (fixed[d == Decision.SWAP] == Decision.SWAP).all()
+
+
+def test_a_failing_heuristic_is_no_start_and_the_others_go_on():
+    from mutwo.registry import get_solver, register_solver
+
+    @register_solver("test_ilp_bound_failing_heuristic")
+    def _failing(problem, budget_bytes):
+        raise RuntimeError("broken on purpose")
+
+    p = random_dag(20, 2)
+    b = range_budget(p, 0.5)
+    s = get_solver("ilp_pulp_highs")(p, b, warm_start="heuristics", time_limit_s=10)
+    assert s.feasible and "test_ilp_bound_failing_heuristic: RuntimeError" in s.options["warm_start"]
+    assert "mutwo_greedy: " in s.options["warm_start"]
