@@ -174,8 +174,15 @@ def test_warm_start_from_every_heuristic_takes_the_fastest():
     b = range_budget(p, 0.4)
     s = get_solver("ilp_cpsat")(p, b, warm_start="heuristics", time_limit_s=20)
     assert "fastest of" in s.options["warm_start"] and "knapsack" in s.options["warm_start"]
-    starts = [get_solver(n)(p, b) for n in names]
-    fastest = min(simulate(p, x).time_s for x in starts if x.feasible and simulate(p, x).fits(b))
+    times = []
+    for n in names:  # other tests register broken solvers too: those are no start
+        try:
+            sim = simulate(p, get_solver(n)(p, b))
+        except Exception:  # noqa: BLE001
+            continue
+        if sim.fits(b):
+            times.append(sim.time_s)
+    fastest = min(times)
     assert s.feasible and s.objective <= fastest * (1 + 1e-9)
 
 
