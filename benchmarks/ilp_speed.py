@@ -4,6 +4,8 @@
     python -m benchmarks.ilp_speed --time-limit 20 --fractions 0.5 --backends ilp_cpsat
     python -m benchmarks.ilp_speed --problems results/benchmarks/problems/resnet152-b8-sgd.npz \
         results/benchmarks/problems/bert-base-b8-sgd.npz --fractions 0.7 0.5 0.3 --time-limit 60 --threads 2
+    python -m benchmarks.device_problems && python -m benchmarks.ilp_speed --range --warm-start heuristics \
+        --problems results/benchmarks/problems/*-h100-sxm.npz --backends ilp_cpsat ilp_pulp_highs
 
 Budgets are fractions of each Problem's keep-all peak. One row per (problem, budget, backend) plus the
 mutwo_greedy reference row per budget. Every answer is simulated; "vs greedy" is the simulated time
@@ -14,6 +16,12 @@ optimal: the engine's proof and our gap both within 1%), ``within 1%`` (a bound 
 engine's optimal status), ``infeasible (every plan)`` (presolve: the budget is below what every plan
 holds), ``infeasible (model)`` (the engine: no plan within the model's candidate points), or ``no``;
 ``n/a`` for the greedy, which proves nothing.
+
+``--range``: the fractions are of the way from the every-plan floor (`Problem.peak_floor`) to the keep-all
+peak instead (the device-costed Problems of ``benchmarks.device_problems``). Per budget, ``best_bound_s`` is
+the largest bound any solver proved and ``gap_to_bound_pct`` every row's (the greedy's included) gap to
+it: how far from optimal each plan is at most. ``lower_bound_s`` is the ILPs' iteration-time bound
+(`solvers.ilp_bound`). ``--warm-start heuristics`` starts the ILPs from the fastest registered heuristic.
 
 Rows carry the machine (`benchmarks._common.machine`) and the 1-minute load average just before and
 just after each solve, since on a shared 2-core CPU a solve's wall time means little without them.
@@ -32,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks._common import RESULTS, machine, markdown, write_csv
+from mutwo.cell import gap_to_bound_pct
 from mutwo.problem import Problem
 from mutwo.registry import get_solver
 from mutwo.schedule import Schedule, Status
@@ -53,7 +62,7 @@ def describe(p: Problem, label: str | None = None) -> dict:
     return {"problem": label or p.name, "n_ops": p.n_ops, "n_act": p.n_act, "n_recomputable": int(p.recomputable.sum()),
             "n_swappable": int(p.swappable.sum()), "compute_s": float(p.op_time_s.sum()),
             "keep_peak_bytes": int(keep.peak_bytes), "keep_time_s": keep.time_s,
-            "fixed_peak_bytes": int(p.fixed_bytes.max()),
+            "fixed_peak_bytes": int(p.fixed_bytes.max()), "floor_bytes": p.peak_floor()[0],
             "fixed_transient_peak_bytes": int((p.fixed_bytes + p.op_transient_bytes).max())}
 
 
@@ -90,6 +99,8 @@ def solve_row(p: Problem, name: str, budget: int, keep_peak: int, greedy_time: f
            "peak_fraction": sim.peak_bytes / keep_peak if sim else None,
            "vs_greedy": (sim.time_s / greedy_time - 1) if (sim and greedy_time) else None,
            "proven": proven, "within_1pct": proven in ("optimal", "within 1%"),
+           "lower_bound_s": opts.get("lower_bound", {}).get("bound_s"),
+           "lower_bound_solve_s": opts.get("lower_bound", {}).get("solve_s"),
            "load1_before": load_before, "load1_after": load_after, **s.counts(),
            "start": opts.get("warm_start"), "phase1": opts.get("phase1"), "engine": opts.get("engine"),
            "engine_status": opts.get("engine_status"), "engine_s": opts.get("engine_wall_s"),
@@ -98,12 +109,34 @@ def solve_row(p: Problem, name: str, budget: int, keep_peak: int, greedy_time: f
     return row
 
 
-def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_limit: float, threads: int,
-                progress: bool = True) -> list[dict]:
-    """The greedy reference row and one row per backend at ``frac`` of the keep-all peak."""
+def budget_of(info: dict, frac: float, of_range: bool) -> int:
+    """``frac`` of the keep-all peak, or (``of_range``) of the way from the every-plan floor to it."""
     keep_peak = info["keep_peak_bytes"]
-    budget = int(frac * keep_peak)
-    head = {"problem": info["problem"], "fraction": frac, "budget_bytes": budget,
+    if not of_range:
+        return int(frac * keep_peak)
+    floor = info["floor_bytes"]
+    return int(floor + frac * (keep_peak - floor))
+
+
+def with_best_bound(rows: list[dict]) -> list[dict]:
+    """``best_bound_s`` (the largest proven bound among the rows of one budget) and every row's
+    ``gap_to_bound_pct`` to it: how far from optimal each plan, the greedy's included, is at most."""
+    bounds = [r["bound_s"] for r in rows if r.get("bound_s") is not None and r["bound_s"] == r["bound_s"]]
+    best = max(bounds, default=None)
+    for r in rows:
+        t = r.get("sim_time_s")
+        r["best_bound_s"] = best
+        r["gap_to_bound_pct"] = gap_to_bound_pct(t, best) if t is not None else None
+    return rows
+
+
+def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_limit: float, threads: int,
+                progress: bool = True, of_range: bool = False, options: dict | None = None) -> list[dict]:
+    """The greedy reference row and one row per backend at ``frac`` of the keep-all peak (or of the
+    floor..keep-all range)."""
+    keep_peak = info["keep_peak_bytes"]
+    budget = budget_of(info, frac, of_range)
+    head = {"problem": info["problem"], "fraction": frac, "of_range": of_range, "budget_bytes": budget,
             "time_limit_s": time_limit, "threads": threads}
     greedy = solve_row(p, "mutwo_greedy", budget, keep_peak, None)
     g_time = greedy.get("sim_time_s")
@@ -113,14 +146,15 @@ def budget_rows(p: Problem, info: dict, frac: float, backends: list[str], time_l
         print(_line(rows[-1]), flush=True)
     for name in backends:
         rows.append({**head, **solve_row(p, name, budget, keep_peak, g_time, time_limit_s=time_limit,
-                                         threads=threads)})
+                                         threads=threads, **(options or {}))})
         if progress:
             print(_line(rows[-1]), flush=True)
-    return rows
+    return with_best_bound(rows)
 
 
 def run_problems(problems: dict[str, Problem], fractions: list[float], backends: list[str], time_limit: float,
-                 threads: int, on_budget=None, progress: bool = True) -> pd.DataFrame:
+                 threads: int, on_budget=None, progress: bool = True, of_range: bool = False,
+                 options: dict | None = None) -> pd.DataFrame:
     """Every (problem, budget, backend) plus the greedy rows; problem sizes and the machine on each row.
     ``problems`` maps a label (the file name for saved Problems) to the Problem. ``on_budget(df)`` is
     called with the rows so far after every budget (to save partial results)."""
@@ -136,7 +170,7 @@ def run_problems(problems: dict[str, Problem], fractions: list[float], backends:
                   f"{info['fixed_transient_peak_bytes'] / 2**20:.1f} MiB; {host}", flush=True)
         for frac in fractions:
             rows += [{**r, **{k: v for k, v in info.items() if k != "problem"}, **host}
-                     for r in budget_rows(p, info, frac, backends, time_limit, threads, progress)]
+                     for r in budget_rows(p, info, frac, backends, time_limit, threads, progress, of_range, options)]
             if on_budget is not None:
                 on_budget(pd.DataFrame(rows))
     return pd.DataFrame(rows)
@@ -163,6 +197,9 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         "gap %": [pct(x) for x in df.get("gap", pd.Series(index=df.index, dtype=float))],
         "gap % (obj, bound)": [pct(x) for x in df.get("gap_recomputed", pd.Series(index=df.index, dtype=float))],
         "sim time s": [num(x, ".5g") for x in df.get("sim_time_s", pd.Series(index=df.index, dtype=float))],
+        "bound s": [num(x, ".5g") for x in df.get("bound_s", pd.Series(index=df.index, dtype=float))],
+        "gap to best bound %": [num(x, ".2f") for x in df.get("gap_to_bound_pct",
+                                                               pd.Series(index=df.index, dtype=float))],
         "vs greedy %": [pct(x, "+.2f") for x in df.get("vs_greedy", pd.Series(index=df.index, dtype=float))],
         "peak / keep-all": [num(x, ".3f") for x in df.get("peak_fraction", pd.Series(index=df.index, dtype=float))],
         "rec / swap": [(f"{int(r)} / {int(s)}" if st in ("optimal", "feasible") else "–") for st, r, s in
@@ -193,9 +230,14 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS))
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--range", action="store_true", dest="of_range",
+                    help="fractions of the floor..keep-all range (Problem.peak_floor) instead of the keep-all peak")
+    ap.add_argument("--stem", help="output file stem (default ilp_real / ilp_speed)")
+    ap.add_argument("--warm-start", help="the ILPs' warm_start (a solver name or 'heuristics'; default theirs)")
+    ap.add_argument("--bound", choices=["lp", "mip", "none"], help="the ILPs' lower bound (default theirs)")
     ap.add_argument("--out", type=Path, help="also write the CSV here")
     args = ap.parse_args(argv)
-    stem = "ilp_real" if args.problems else "ilp_speed"
+    stem = args.stem or ("ilp_real" if args.problems else "ilp_speed")
 
     def save(df: pd.DataFrame) -> None:
         write_csv(df, f"{stem}.csv", out)
@@ -206,7 +248,8 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
 
     if args.problems:
         df = run_problems({f.stem: Problem.load(f) for f in args.problems}, args.fractions, args.backends,
-                          args.time_limit, args.threads, on_budget=save)
+                          args.time_limit, args.threads, on_budget=save, of_range=args.of_range,
+                          options={k: v for k, v in (("warm_start", args.warm_start), ("bound", args.bound)) if v})
     else:
         df = run(args.n_act, args.seed, args.fractions, args.backends, args.time_limit, args.threads, on_budget=save)
     if args.out:

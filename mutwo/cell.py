@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from mutwo.simulate import SimResult
 
 __all__ = ["CellStatus", "FEASIBLE", "Row", "COLUMNS", "results_frame", "CellContext", "Measured", "PlanMemo",
-           "cell_key", "run_cell", "batch_oom_row", "measure_reference", "solve", "predict", "execute_plan", "executor",
+           "cell_key", "gap_to_bound_pct", "run_cell", "batch_oom_row", "measure_reference", "solve", "predict", "execute_plan", "executor",
            "error_text", "is_oom", "release_memory", "schedule_file_name", "not_the_target", "SOLVER", "REFERENCE"]
 
 ExecuteFn = Callable[..., Any]
@@ -105,6 +105,8 @@ class Row:
     timing_note: str | None = None  # why a measured time may be off (load, emulated swaps); empty: steady
     torch_threads: int | None = None
     cost_source: str | None = None  # where the predicted times come from: measured:cpu, estimated:h100-sxm, ...
+    # 100 (predicted time - the schedule's proven lower bound) / predicted time; None without a bound
+    gap_to_bound_pct: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as cells.jsonl stores it: every column, in order, the status as its string."""
@@ -135,7 +137,7 @@ COLUMNS = [f.name for f in fields(Row)]
 _INTS = ("budget_bytes", "predicted_peak_bytes", "measured_peak_bytes", "n_keep", "n_recompute", "n_swap",
          "emulated_device_peak_bytes", "op_output_peak_bytes", "torch_threads")
 _FLOATS = ("predicted_time_s", "measured_time_s", "predicted_overhead_pct", "measured_overhead_pct",
-           "max_rel_diff", "solve_time_s", "reference_time_s", "measured_time_spread_pct")
+           "max_rel_diff", "solve_time_s", "reference_time_s", "measured_time_spread_pct", "gap_to_bound_pct")
 
 
 def results_frame(rows: Sequence[Row]) -> pd.DataFrame:
@@ -234,6 +236,14 @@ def solve(name: str, problem: Problem, budget_bytes: int, options: dict | None =
     from mutwo.sandbox import run_solver
 
     return run_solver(name, problem, budget_bytes, options, timeout_s=timeout_s)
+
+
+def gap_to_bound_pct(time_s: float, bound_s: float | None) -> float | None:
+    """How far (percent of ``time_s``) a plan's simulated time is from a proven lower bound on every
+    plan's time; None without a bound."""
+    if bound_s is None or not time_s > 0 or bound_s != bound_s:
+        return None
+    return max(0.0, 100.0 * (time_s - bound_s) / time_s)
 
 
 def predict(problem: Problem, schedule: Schedule) -> SimResult:
@@ -442,6 +452,7 @@ def _predict_cell(ctx: CellContext, batch: Prepared, schedule: Schedule, row: Ro
     row.predicted_peak_bytes, row.predicted_time_s = sim.peak_bytes, sim.time_s
     row.predicted_overhead_pct = 100.0 * (sim.time_s / keep_time - 1.0) if keep_time > 0 else None
     row.recompute_s, row.stall_s = sim.recompute_s, sim.stall_s
+    row.gap_to_bound_pct = gap_to_bound_pct(sim.time_s, schedule.bound)
     if row.status in FEASIBLE and sim.peak_bytes > row.budget_bytes:
         row.message = (f"the solver said {row.status}, but the simulated peak {sim.peak_bytes} bytes exceeds "
                        f"the budget {row.budget_bytes} bytes; {schedule.message}")

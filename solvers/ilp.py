@@ -18,13 +18,15 @@ import numpy as np
 
 import solvers.brute_force  # noqa: F401  registers "brute_force" (the registry loads this module)
 from mutwo.problem import Problem
-from mutwo.registry import get_solver, register_solver, solver_options
+from mutwo.registry import available_solvers, get_solver, register_solver, solver_info, solver_options
 from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_prefetch
 from mutwo.simulate import SimResult, simulate
 from mutwo.solver_options import options_from_table
 from solvers.ilp_backends import BACKENDS, BackendResult
-from solvers.ilp_model import Formulation, build
+from solvers.ilp_bound import IterationBound, iteration_bound
+from solvers.ilp_model import INF, Formulation, build
 from solvers.ilp_options import IlpOptions
+from solvers.ilp_rounding import round_bound
 from solvers.modes import may_recompute, may_swap
 from solvers.options import option_defaults, read_options
 
@@ -36,6 +38,8 @@ _TWO_PHASE_MIN_ACT = 100  # "both"-mode problems with more activations start fro
 _PHASE1_SHARE = 0.3  # of the time limit, at most, for that solve
 _MIP_LIMIT_SHARE = 0.8  # of the remaining time handed to SCIP / CBC / HiGHS, which overrun their limits
 _FINISH_RESERVE_S = 2.0  # decode, complete and simulate a large plan after the engine returns
+_BOUND_SHARE = 0.25  # of the time limit, at most, for the iteration-time lower bound's relaxation
+_ROUNDING_SHARE = 0.2  # of the time limit, at most, for a plan rounded from that relaxation
 _ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
 _OPTIONS = set(option_defaults(IlpOptions))  # every ILP option name (``engine``: ilp_ortools_mip's only)
 # what the single-engine ILP solvers take, with the values each accepts (IlpOptions' type hints)
@@ -44,17 +48,66 @@ _SINGLE_ENGINE = options_from_table(IlpOptions, drop=("engine",))
 EngineCall = Callable[[Formulation, float, "np.ndarray | None"], BackendResult]
 
 
+HEURISTICS = "heuristics"  # warm_start: the fastest fitting plan of every registered heuristic
+_START_REPAIRS = 40  # repair moves at most for a given start that does not fit (each simulates every candidate)
+_NOT_HEURISTICS = ("brute_force", "checkmate_exact")  # exact solvers (and every ilp_*): too slow to start from
+
+
+def heuristic_names(mode: str) -> list[str]:
+    """Registered solvers that are heuristics (not an ILP or exact solver) and whose decisions ``mode``
+    allows (a solver that does not declare its decisions only for ``"both"``)."""
+    allowed = {"both": {"recompute", "swap"}, "recompute": {"recompute"}, "swap": {"swap"}}[mode]
+
+    def fits_mode(name: str) -> bool:
+        decisions = solver_info(name).decisions
+        return mode == "both" if decisions is None else set(decisions) <= allowed
+
+    return [n for n in available_solvers() if not n.startswith("ilp_") and n not in _NOT_HEURISTICS
+            and fits_mode(n)]
+
+
+def _fastest_start(problem: Problem, budget: int, mode: str, seed: int) -> tuple[Schedule | None, str]:
+    """Every heuristic's plan, simulated: the fastest that fits (ties: the first by name)."""
+    best, tried = None, []
+    for name in heuristic_names(mode):
+        try:
+            sched, _ = _warm_start(problem, budget, name, True, mode, seed)
+            sim = None if sched is None else simulate(problem, sched)
+        except Exception as exc:  # noqa: BLE001 - a failing heuristic (or its invalid plan) is no start
+            tried.append(f"{name}: {type(exc).__name__}")
+            continue
+        if sim is None or not _fits(sim, budget):
+            tried.append(f"{name}: none" if sim is None else f"{name}: over budget")
+            continue
+        tried.append(f"{name}: {sim.time_s:.6g} s")
+        if best is None or sim.time_s < best[0]:
+            best = (sim.time_s, sched, name)
+    if best is None:
+        return None, f"no heuristic found a plan ({'; '.join(tried)})"
+    return best[1], f"{best[2]} (fastest of {'; '.join(tried)})"
+
+
 def _warm_start(problem: Problem, budget: int, warm, insisted: bool, mode: str, seed: int
                 ) -> tuple[Schedule | None, str]:
-    """The starting plan: a given Schedule, or the named solver's answer when it fits.
+    """The starting plan: a given Schedule, the named solver's answer when it fits, or with
+    ``"heuristics"`` the fastest fitting plan of every registered heuristic.
 
     A solver name that is not registered is an error only when the caller named it (``insisted``);
-    the default start is skipped where its solver is absent.
+    the default start is skipped where its solver is absent. A given Schedule that does not fit (e.g.
+    the plan of a larger budget in a sweep) is repaired until it fits, or dropped.
     """
     if warm is None:
         return None, ""
     if isinstance(warm, Schedule):
-        return warm, "given schedule"
+        sim = simulate(problem, warm)
+        if _fits(sim, budget):
+            return warm, "given schedule"
+        d, pf, fixed = repair(problem, budget, warm.decisions, warm.prefetch_at, mode, max_steps=_START_REPAIRS)
+        if fixed is not None:
+            return Schedule(d, pf), "given schedule, repaired to fit"
+        return warm, "given schedule (does not fit)"
+    if warm == HEURISTICS:
+        return _fastest_start(problem, budget, mode, seed)
     try:
         fn = get_solver(warm)
     except KeyError:
@@ -74,35 +127,63 @@ def _fits(sim: SimResult, budget: int) -> bool:
     return int(sim.peak_bytes) <= int(budget)
 
 
-def _proven_by_compute_bound(problem: Problem, budget: int, warm: Schedule | None,
-                             rel_gap: float) -> tuple[SimResult, dict, str] | None:
-    """The start plan, when it already fits and is within ``rel_gap`` of the compute time.
+def lower_bound(problem: Problem, budget: int, opts: IlpOptions) -> IterationBound:
+    """The iteration-time lower bound the options ask for (`solvers.ilp_bound`; the compute time with
+    ``bound="none"``): it holds for every plan, in or out of the model."""
+    compute = float(problem.op_time_s.sum())
+    if opts.bound == "none":
+        return IterationBound(compute, compute, 0, "compute", 0.0, "compute-time bound (bound='none')")
+    return iteration_bound(problem, budget, opts.mode, max_checks=opts.bound_checks, integral=opts.bound == "mip",
+                           time_limit_s=_BOUND_SHARE * opts.time_limit_s)
 
-    Every plan takes at least the compute time (recompute and stall are never negative), and that is
-    also the full model's LP bound (docs/ilp.md), so no engine can prove more: building and solving the
-    model would only spend the time limit confirming it.
+
+def _start_from_bound(problem: Problem, budget: int, mode: str, lb: IterationBound, warm: Schedule | None,
+                      warm_from: str, seconds: float) -> tuple[Schedule | None, str]:
+    """The plan rounded from the bound's relaxation (`solvers.ilp_rounding`, within ``seconds``) when it
+    is faster than the start (or there is none)."""
+    rounded = round_bound(problem, budget, lb, mode, time.perf_counter() + seconds)
+    if rounded is None:
+        return warm, warm_from
+    t = simulate(problem, rounded).time_s
+    if warm is not None and simulate(problem, warm).time_s <= t:
+        return warm, warm_from
+    given = f"{simulate(problem, warm).time_s:.6g} s" if warm is not None else "no plan"
+    return rounded, (f"{warm_from or 'none'}, replaced by the bound's relaxation, rounded ({t:.6g} s against "
+                     f"{given})")
+
+
+def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_gap: float,
+                     lb: IterationBound) -> tuple[SimResult, dict, str] | None:
+    """The start plan, when it already fits and is within ``rel_gap`` of the lower bound.
+
+    The bound holds for every plan (the compute time at least: recompute and stall are never negative),
+    so building and solving the model would only spend the time limit confirming it.
     """
     if warm is None:
         return None
     sim = simulate(problem, warm)
-    compute = float(problem.op_time_s.sum())
-    gap = (sim.time_s - compute) / sim.time_s if sim.time_s > 0 else 0.0
+    gap = max(0.0, (sim.time_s - lb.bound_s) / sim.time_s) if sim.time_s > 0 else 0.0
     if not _fits(sim, budget) or gap > rel_gap:
         return None
+    # the relaxation can prove no more than the compute time (swaps that hide): say which bound it is
+    which = ("compute-time bound" if lb.method == "compute" or lb.bound_s <= lb.compute_s
+             else f"iteration-time bound ({lb.method})")
     shown = {"gap": gap, "simulated_time_s": sim.time_s, "simulated_peak_bytes": int(sim.peak_bytes),
-             "engine": "none (compute-time bound)"}
-    msg = (f"start plan proven within {gap:.2%} of optimal by the compute-time bound ({compute:.6g} s; no plan "
-           f"is faster), so no model was solved: objective {sim.time_s:.6g} s; peak {sim.peak_bytes} B")
+             "engine": f"none ({which})"}
+    msg = (f"start plan proven within {gap:.2%} of optimal (gap {gap:.2%} to the {which}, {lb.bound_s:.6g} s; "
+           f"no plan is faster), so no model was solved: objective {sim.time_s:.6g} s; peak {sim.peak_bytes} B")
     return sim, shown, msg
 
 
 def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "both",
-           max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
+           max_steps: int | None = None, deadline: float | None = None, max_tries: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
     """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
 
     Moves: RECOMPUTE a KEEP/SWAP activation resident at the peak, SWAP a KEEP one (default prefetch),
     or move a SWAP's copy back to its first backward use. Returns the plan and its simulation, or
-    ``None`` for the simulation when no move helps.
+    ``None`` for the simulation when no move helps (or ``deadline``, a `time.perf_counter` value, passes).
+    ``max_tries``: only the largest that many activations at the peak are tried (each try simulates).
     """
     d, pf = d.copy(), pf.copy()
     dflt = default_prefetch(problem)
@@ -111,10 +192,18 @@ def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: s
     for _ in range(steps):
         if _fits(sim, budget):
             return d, pf, sim
+        if deadline is not None and time.perf_counter() > deadline:
+            return d, pf, None
         P = sim.peak_op
         best = None
-        gap = (problem.last_fwd_use < P) & (problem.first_bwd_use > P)
-        for a in np.flatnonzero(gap).tolist():
+        gap = np.flatnonzero((problem.last_fwd_use < P) & (problem.first_bwd_use > P))
+        if max_tries is not None and len(gap) > max_tries:  # the largest that have a move left
+            movable = (((d[gap] != Decision.RECOMPUTE) & problem.recomputable[gap] & may_recompute(mode))
+                       | ((d[gap] == Decision.KEEP) & problem.swappable[gap] & may_swap(mode))
+                       | ((d[gap] == Decision.SWAP) & (pf[gap] != problem.first_bwd_use[gap])))
+            gap = gap[movable]
+            gap = gap[np.argsort(-problem.act_bytes[gap], kind="stable")[:max_tries]]
+        for a in gap.tolist():
             tries = []
             if d[a] != Decision.RECOMPUTE and problem.recomputable[a] and may_recompute(mode):
                 tries.append((Decision.RECOMPUTE, -1))
@@ -151,12 +240,22 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
                  mode=opts.mode)
 
     warm, warm_from = _warm_start(problem, budget, opts.warm_start, "warm_start" in options, opts.mode, opts.seed)
-    proven = _proven_by_compute_bound(problem, budget, warm, opts.rel_gap)
+    lb = lower_bound(problem, budget, opts)
+    shown["lower_bound"] = {"bound_s": lb.bound_s, "method": lb.method, "n_checks": lb.n_checks,
+                            "solve_s": lb.solve_s}
+    if lb.infeasible:
+        s = Schedule.infeasible(problem, solver_name, budget, f"{lb.message} (every plan: lower bound)",
+                                options=shown)
+        s.solve_time_s = time.perf_counter() - t0
+        return s
+    warm, warm_from = _start_from_bound(problem, budget, opts.mode, lb, warm, warm_from,
+                                        _ROUNDING_SHARE * opts.time_limit_s)
+    proven = _proven_by_bound(problem, budget, warm, opts.rel_gap, lb)
     if proven is not None:
-        shown.update(warm_start=warm_from, **proven[1])
+        shown.update(warm_start=warm_from, warm_start_time_s=proven[0].time_s, **proven[1])
         s = Schedule(warm.decisions, warm.prefetch_at, recompute_at=warm.recompute_at, solver=solver_name,
                      status=Status.OPTIMAL, budget_bytes=budget, options=shown, objective=proven[0].time_s,
-                     bound=float(problem.op_time_s.sum()), message=proven[2])
+                     bound=min(lb.bound_s, proven[0].time_s), message=proven[2])
         s.solve_time_s = time.perf_counter() - t0
         return s
     run = _engine_call(backend, opts, opts.rel_gap * float(problem.op_time_s.sum()))
@@ -176,6 +275,9 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
     plan = None if warm is None else (warm.decisions, warm.prefetch_at)
     F = build(problem, budget, opts, plan=plan)
     shown["model"] = dict(F.stats)
+    if not F.infeasible and F.obj and lb.bound_s > lb.compute_s:  # the engine's bound starts at ours
+        # as a "<=" cut (CP-SAT rounds cuts loosely): -(objective terms) <= constant - bound
+        F.add({i: -c for i, c in F.obj.items()}, -INF, F.obj_const - lb.bound_s / F.time_unit, "cut")
     if F.infeasible:
         s = Schedule.infeasible(problem, solver_name, budget, F.infeasible, options=shown)
         s.solve_time_s = time.perf_counter() - t0
@@ -198,9 +300,9 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
         res = BackendResult("feasible", hint, None, res.bound, res.wall_s, res.engine,
                             f"{res.message}; no better plan than its start ({warm_from})")
     if res.x is None:
-        return _no_plan(problem, budget, F, res, solver_name, shown, t0)
-    s = _finish(problem, budget, F, res, solver_name, shown, opts.rel_gap, t0, F.time_unit)
-    return _no_worse_than_start(problem, budget, s, warm, warm_from, t0)
+        return _no_plan(problem, budget, F, res, solver_name, shown, t0, lb.bound_s)
+    s = _finish(problem, budget, F, res, solver_name, shown, opts.rel_gap, t0, lb.bound_s)
+    return _no_worse_than_start(problem, budget, s, warm, warm_from, t0, lb.bound_s)
 
 
 def _engine_call(backend: str, opts: IlpOptions, abs_gap_s: float) -> EngineCall:
@@ -220,7 +322,7 @@ def _engine_call(backend: str, opts: IlpOptions, abs_gap_s: float) -> EngineCall
 
 
 def _no_plan(problem: Problem, budget: int, F: Formulation, res: BackendResult, solver_name: str, shown: dict,
-             t0: float) -> Schedule:
+             t0: float, bound_s: float) -> Schedule:
     """The Schedule when the engine returned no plan: infeasible, an engine error, or a timeout."""
     if res.status == "infeasible":
         why = ("no plan fits within the model" + ("" if F.stats.get("exact_positions") else
@@ -230,33 +332,38 @@ def _no_plan(problem: Problem, budget: int, F: Formulation, res: BackendResult, 
         s = Schedule.keep_all(problem, solver=solver_name, status=Status.ERROR, budget_bytes=budget,
                               options=shown, message=f"{res.engine} failed: {res.message}")
     else:
+        engine_bound = -INF if res.bound is None else res.bound * F.time_unit
         s = Schedule.keep_all(problem, solver=solver_name, status=Status.TIMEOUT, budget_bytes=budget,
-                              options=shown, message=f"{res.engine}: no plan found ({res.message})")
+                              options=shown, bound=max(bound_s, engine_bound),
+                              message=f"{res.engine}: no plan found ({res.message}); lower bound reached "
+                                      f"{max(bound_s, engine_bound):.6g} s")
     s.solve_time_s = time.perf_counter() - t0
     return s
 
 
 def _no_worse_than_start(problem: Problem, budget: int, s: Schedule, warm: Schedule | None, warm_from: str,
-                         t0: float) -> Schedule:
+                         t0: float, bound_s: float | None = None) -> Schedule:
     """The start plan when it fits and is faster than the model's answer.
 
     That happens when the start lies outside the model: its chain-memory rows are conservative (member
     rule, docs/ilp.md), so a plan that fits under ``simulate`` may not fit there. The model's bound says
-    nothing about plans outside it; only the compute-time bound is kept.
+    nothing about plans outside it; only the iteration-time bound (which holds for every plan) is kept.
     """
     if warm is None or not (s.feasible or s.status == Status.TIMEOUT):
         return s
     sim = simulate(problem, warm)
-    if not _fits(sim, budget) or (s.feasible and s.objective is not None and sim.time_s >= s.objective):
+    # faster by more than float noise (the model's objective and simulate agree to ~1e-15)
+    if not _fits(sim, budget) or (s.feasible and s.objective is not None
+                                  and sim.time_s >= s.objective * (1 - 1e-9)):
         return s
-    compute = float(problem.op_time_s.sum())
+    bound = min(float(problem.op_time_s.sum()) if bound_s is None else bound_s, sim.time_s)
     out = Schedule(warm.decisions, warm.prefetch_at, recompute_at=warm.recompute_at, solver=s.solver,
-                   status=Status.FEASIBLE, budget_bytes=budget, options={**s.options, "gap": (sim.time_s - compute)
+                   status=Status.FEASIBLE, budget_bytes=budget, options={**s.options, "gap": (sim.time_s - bound)
                                                                          / sim.time_s},
-                   objective=sim.time_s, bound=compute,
+                   objective=sim.time_s, bound=bound,
                    message=(f"start plan ({warm_from}) kept: {sim.time_s:.6g} s, faster than the model's answer "
                             f"({s.message}); it lies outside the model (conservative chain memory), so only the "
-                            f"compute-time bound {compute:.6g} s holds"))
+                            f"iteration-time bound {bound:.6g} s holds"))
     out.solve_time_s = time.perf_counter() - t0
     return out
 
@@ -295,13 +402,15 @@ def _phase1(problem: Problem, budget: int, opts: IlpOptions, warm: Schedule | No
 
 
 def _finish(problem: Problem, budget: int, F: Formulation, res: BackendResult, solver_name: str, shown: dict,
-            rel_gap: float, t0: float, tu: float) -> Schedule:
+            rel_gap: float, t0: float, bound_s: float) -> Schedule:
     """Turn an engine's solution into a verified Schedule (see module doc)."""
     d, pf = F.decode(np.rint(res.x))
     x, issue = F.complete(d, pf)
     objective = F.objective_of(x)
-    # no plan is faster than its compute time: an engine's weaker bound is raised to it
-    bound = None if res.bound is None else min(max(res.bound * tu, float(problem.op_time_s.sum())), objective)
+    # no plan is faster than the iteration-time bound (the compute time at least): a weaker engine bound is
+    # raised to it, and it stands in for an engine that reported none
+    engine_bound = -INF if res.bound is None else res.bound * F.time_unit
+    bound = min(max(engine_bound, bound_s), objective)
     status = Status.OPTIMAL if res.status == "optimal" else Status.FEASIBLE
     notes = []
     if issue:

@@ -25,7 +25,9 @@ class IlpOptions:
     time_limit_s: Annotated[float, Gt(0)] = 60.0
     rel_gap: Annotated[float, Ge(0)] = 0.01
     threads: Annotated[int, Ge(1)] = 2
-    warm_start: Schedule | str | None = "mutwo_greedy"  # a Schedule, a solver name, or None
+    # a Schedule (repaired to fit when it does not), a solver name, "heuristics" (the fastest plan of every
+    # registered heuristic), or None
+    warm_start: Schedule | str | None = "mutwo_greedy"
     seed: int = 0
     mode: Mode = "both"
     max_chain_depth: Annotated[int, Ge(-1)] | None = -1  # -1 automatic (unlimited while small), None unlimited
@@ -34,6 +36,8 @@ class IlpOptions:
     max_candidates: Annotated[int, Ge(1)] = 6  # copy-back leads tried per activation
     two_phase: bool | None = None  # recompute-only solve first (None: large "both" problems)
     log: bool = False  # engine log on stdout
+    bound: Literal["lp", "mip", "none"] = "lp"  # the iteration-time lower bound (solvers.ilp_bound) or none
+    bound_checks: Annotated[int, Ge(1)] = 80  # memory checks that bound's relaxation takes at most
     engine: Literal["SCIP", "CBC"] = "SCIP"  # ilp_ortools_mip only
 
     def __post_init__(self) -> None:
@@ -41,7 +45,7 @@ class IlpOptions:
         if self.prefetch not in PREFETCH:
             raise ValueError(f"prefetch must be 'free' or 'default', got {self.prefetch!r}")
         for name, kind in (("time_limit_s", float), ("rel_gap", float), ("threads", int), ("seed", int),
-                           ("max_candidates", int), ("log", bool)):
+                           ("max_candidates", int), ("log", bool), ("bound_checks", int)):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
 

@@ -185,10 +185,17 @@ def test_warm_start_lies_inside_the_model_and_is_used():
     assert F.violation(x) <= 1e-7
     assert F.objective_of(x) == pytest.approx(simulate(p, greedy).time_s, rel=1e-9)
     for name in ("ilp_cpsat", "ilp_pulp_highs"):
-        s = get_solver(name)(p, b, time_limit_s=3, warm_start="mutwo_greedy")
+        # without the bound (and so without its rounded plan) the named start is the start
+        s = get_solver(name)(p, b, time_limit_s=3, warm_start="mutwo_greedy", bound="none")
         check_against_simulate(p, s, b)
         assert s.objective <= simulate(p, greedy).time_s * (1 + 1e-9), s.message
         assert s.options["warm_start"] == "mutwo_greedy"
+        # with it, the plan rounded from the bound's relaxation replaces the start only when faster
+        s = get_solver(name)(p, b, time_limit_s=3, warm_start="mutwo_greedy")
+        check_against_simulate(p, s, b)
+        assert s.objective <= simulate(p, greedy).time_s * (1 + 1e-9), s.message
+        used = s.options["warm_start"]
+        assert used == "mutwo_greedy" or used.startswith("mutwo_greedy, replaced by the bound's relaxation"), used
 
 
 def test_completed_plans_satisfy_every_row_and_price_exactly(truth):

@@ -1,0 +1,266 @@
+"""The iteration-time lower bound (`solvers.ilp_bound`): never above any fitting plan's simulated time,
+above the compute time where memory forces eviction and swaps cannot hide, and an infeasible relaxation
+only where no plan fits."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mutwo.problem import Problem
+from mutwo.schedule import Decision, Schedule, ScheduleError
+from mutwo.simulate import simulate
+from mutwo.synthetic import chain, random_dag, residual
+from solvers.brute_force import brute_force
+from solvers.ilp_bound import iteration_bound
+
+
+def range_budget(p: Problem, f: float) -> int:
+    keep = simulate(p, Schedule.keep_all(p)).peak_bytes
+    floor = p.peak_floor()[0]
+    return int(floor + f * (keep - floor))
+
+
+def slow_link(p: Problem, factor: float) -> Problem:
+    """The same Problem with a host link ``factor`` times slower (swaps stop hiding)."""
+    p.host_bandwidth_bytes_per_s = p.host_bandwidth_bytes_per_s / factor
+    return p
+
+
+def every_plan_time(p: Problem, budget: int, rng: np.random.Generator, points: int = 2) -> float:
+    """The fastest simulated time over every decision vector, each tried with its default points and
+    ``points`` random prefetch / recompute points in backward (more plans than brute force names)."""
+    best = np.inf
+    allowed = [[Decision.KEEP] + [Decision.RECOMPUTE] * bool(p.recomputable[a]) + [Decision.SWAP] * bool(p.swappable[a])
+               for a in range(p.n_act)]
+    lo = p.fwd_end + 1
+    for d in itertools.product(*allowed):
+        d = np.asarray(d, np.int8)
+        for k in range(points + 1):
+            pf = np.where(d == Decision.SWAP, p.first_bwd_use, -1)
+            ra = np.full(p.n_act, -1, np.int64)
+            if k:
+                pf = np.where(d == Decision.SWAP, rng.integers(lo, p.first_bwd_use + 1), -1)
+                ra = np.where(d == Decision.RECOMPUTE, rng.integers(lo, p.first_bwd_use + 1), -1)
+            try:
+                sim = simulate(p, Schedule(d, pf, recompute_at=ra))
+            except ScheduleError:
+                continue
+            if sim.fits(budget):
+                best = min(best, sim.time_s)
+    return best
+
+
+CASES = [(seed, f, slow) for seed in range(3) for f in (0.6, 0.3, 0.05) for slow in (1.0, 30.0)]
+
+
+@pytest.mark.parametrize("seed,f,slow", CASES)
+def test_bound_is_never_above_any_fitting_plan(seed, f, slow):
+    p = slow_link(random_dag(6, seed), slow)
+    b = range_budget(p, f)
+    best = every_plan_time(p, b, np.random.default_rng(seed))
+    ib = iteration_bound(p, b)
+    if ib.infeasible:
+        assert best == np.inf, ib.message
+    else:
+        assert ib.bound_s >= ib.compute_s
+        assert ib.bound_s <= best * (1 + 1e-9), (ib, best)
+
+
+@pytest.mark.parametrize("mode,integral", [("both", False), ("both", True), ("recompute", False), ("swap", False)])
+def test_bound_holds_against_brute_force_in_every_mode(mode, integral):
+    for seed, f in itertools.product(range(2), (0.5, 0.2)):
+        p = slow_link(random_dag(9, seed), 10.0)
+        b = range_budget(p, f)
+        bf = brute_force(p, b, mode=mode)
+        ib = iteration_bound(p, b, mode=mode, integral=integral)
+        if bf.feasible:
+            assert not ib.infeasible and ib.bound_s <= bf.objective * (1 + 1e-9), (seed, f, ib, bf.objective)
+
+
+def test_bound_bites_where_memory_forces_eviction():
+    """A chain whose link is too slow to hide its swaps: the budget forces activations off the device,
+    so every plan recomputes or stalls, and the bound says so (the compute time does not)."""
+    p = slow_link(chain(8), 50.0)
+    b = range_budget(p, 0.3)
+    ib = iteration_bound(p, b)
+    bf = brute_force(p, b)
+    assert bf.feasible
+    assert ib.bound_s > ib.compute_s * 1.01, ib
+    assert ib.bound_s <= bf.objective * (1 + 1e-9)
+    # the LP is tight enough here to be within 20% of the extra time the optimum spends
+    assert ib.bound_s - ib.compute_s >= 0.2 * (bf.objective - ib.compute_s), (ib, bf.objective)
+
+
+def test_integral_bound_is_at_least_the_lp_bound():
+    p = slow_link(residual(4, seed=1), 20.0)
+    b = range_budget(p, 0.3)
+    lp, mip = iteration_bound(p, b), iteration_bound(p, b, integral=True)
+    assert mip.bound_s >= lp.bound_s * (1 - 1e-9)
+    assert mip.method == "mip" and lp.method == "lp"
+
+
+def test_no_check_over_budget_gives_the_compute_time():
+    p = random_dag(20, 0)
+    ib = iteration_bound(p, 10**15)
+    assert ib.bound_s == ib.compute_s and ib.method == "compute" and ib.n_checks == 0
+
+
+def test_budget_below_what_every_plan_holds_is_infeasible():
+    p = chain(6)
+    floor = p.peak_floor()[0]
+    ib = iteration_bound(p, floor - 1)
+    assert ib.infeasible and "over budget with every plan" in ib.message
+    assert not brute_force(p, floor - 1).feasible
+
+
+def test_fewer_checks_only_weaken_the_bound():
+    p = slow_link(residual(6, seed=0), 20.0)
+    b = range_budget(p, 0.3)
+    full, few = iteration_bound(p, b), iteration_bound(p, b, max_checks=2)
+    assert few.n_checks <= 2 < full.n_checks
+    assert few.bound_s <= full.bound_s * (1 + 1e-9)
+
+
+# ---------------------------------------------------------------------- wired into the ILP solvers
+def test_ilp_reports_the_bound_where_it_bites():
+    """The ILPs' reported bound is at least the iteration-time bound (not the compute time), never above
+    their plan, and a plan within rel_gap of it is proven optimal."""
+    from mutwo.registry import get_solver
+
+    p = slow_link(chain(8), 50.0)
+    b = range_budget(p, 0.3)
+    ib = iteration_bound(p, b)
+    assert ib.bound_s > ib.compute_s * 1.01
+    for name in ("ilp_cpsat", "ilp_pulp_highs"):
+        s = get_solver(name)(p, b, time_limit_s=20, warm_start=None)
+        assert s.feasible, s.message
+        assert ib.bound_s * (1 - 1e-9) <= s.bound <= s.objective * (1 + 1e-9), (name, s.bound, s.objective)
+        assert s.options["lower_bound"]["method"] == "lp"
+    none = get_solver("ilp_cpsat")(p, b, time_limit_s=20, warm_start=None, bound="none")
+    assert none.options["lower_bound"]["method"] == "compute"
+
+
+def test_a_start_within_the_gap_of_the_bound_is_proven_without_a_model():
+    from mutwo.registry import get_solver
+
+    p = slow_link(chain(8), 50.0)
+    b = range_budget(p, 0.3)
+    best = brute_force(p, b)
+    s = get_solver("ilp_pulp_highs")(p, b, warm_start=best, rel_gap=0.5)
+    assert s.status.value == "optimal" and s.options["engine"].startswith("none (iteration-time bound")
+    assert s.bound <= s.objective and s.decisions.tolist() == best.decisions.tolist()
+
+
+def test_budget_the_bound_proves_infeasible_is_reported_for_every_plan():
+    from mutwo.registry import get_solver
+
+    p = chain(6)
+    s = get_solver("ilp_cpsat")(p, p.peak_floor()[0] - 1, warm_start=None)
+    assert s.status.value == "infeasible" and "every plan" in s.message
+
+
+def test_warm_start_from_every_heuristic_takes_the_fastest():
+    from mutwo.registry import get_solver
+    from solvers.ilp import heuristic_names
+
+    names = heuristic_names("both")
+    assert "mutwo_greedy" in names and "knapsack" in names
+    assert not any(n.startswith("ilp_") or n in ("brute_force", "checkmate_exact") for n in names)
+    assert "swap_hidden" not in heuristic_names("recompute") and "knapsack" not in heuristic_names("swap")
+    p = slow_link(residual(3, seed=1), 10.0)
+    b = range_budget(p, 0.4)
+    s = get_solver("ilp_cpsat")(p, b, warm_start="heuristics", time_limit_s=20)
+    assert "fastest of" in s.options["warm_start"] and "knapsack" in s.options["warm_start"]
+    times = []
+    for n in names:  # other tests register broken solvers too: those are no start
+        try:
+            sim = simulate(p, get_solver(n)(p, b))
+        except Exception:  # noqa: BLE001
+            continue
+        if sim.fits(b):
+            times.append(sim.time_s)
+    fastest = min(times)
+    assert s.feasible and s.objective <= fastest * (1 + 1e-9)
+
+
+def test_a_start_that_does_not_fit_is_repaired_and_never_beaten_by_a_slower_answer():
+    """A sweep's plan at a larger budget is a start at a smaller one: repaired until it fits."""
+    from mutwo.registry import get_solver
+
+    p = chain(10)
+    big, small = range_budget(p, 0.8), range_budget(p, 0.3)
+    start = get_solver("mutwo_greedy")(p, big)
+    assert not simulate(p, start).fits(small)
+    s = get_solver("ilp_cpsat")(p, small, warm_start=start, time_limit_s=20)
+    assert "repaired to fit" in s.options["warm_start"]
+    assert s.feasible and s.objective <= s.options["warm_start_time_s"] * (1 + 1e-9)
+    from solvers.ilp import repair
+
+    repaired = repair(p, small, start.decisions, start.prefetch_at, max_steps=40)[2]
+    assert repaired is not None and s.options["warm_start_time_s"] <= repaired.time_s * (1 + 1e-9)
+
+
+def test_gap_to_bound_pct():
+    from mutwo.cell import gap_to_bound_pct
+
+    assert gap_to_bound_pct(2.0, 1.5) == pytest.approx(25.0)
+    assert gap_to_bound_pct(2.0, None) is None and gap_to_bound_pct(0.0, 1.0) is None
+    assert gap_to_bound_pct(1.0, 1.0 + 1e-12) == 0.0
+
+
+# ---------------------------------------------------------------------- a plan from the relaxation
+@pytest.mark.parametrize("seed", range(3))
+def test_rounded_plan_fits_and_is_no_faster_than_the_bound(seed):
+    from mutwo.schedule import validate
+    from solvers.ilp_rounding import round_bound
+
+    p = slow_link(random_dag(40, seed), 5.0)
+    for f in (0.6, 0.3):
+        b = range_budget(p, f)
+        ib = iteration_bound(p, b)
+        s = round_bound(p, b, ib)
+        assert s is not None, (seed, f)
+        validate(p, s)
+        sim = simulate(p, s)
+        assert sim.fits(b) and sim.time_s >= ib.bound_s * (1 - 1e-9)
+
+
+def test_latest_prefetch_points_lie_in_backward_and_hide_a_lone_copy():
+    from solvers.ilp_rounding import latest_prefetch
+
+    p = chain(8)
+    d = np.zeros(p.n_act, np.int8)
+    d[2] = Decision.SWAP
+    pf = latest_prefetch(p, d)
+    assert pf[2] > p.fwd_end and pf[2] <= p.first_bwd_use[2] and (pf[np.arange(p.n_act) != 2] == -1).all()
+    sim = simulate(p, Schedule(d, pf))
+    assert sim.stall_s == 0.0
+
+
+def test_recompute_reading_a_swapped_source_too_late_is_kept():
+    """The rounding never hands `simulate` a chain that reads a swapped source not yet back."""
+    from solvers.ilp_rounding import _valid_decisions
+
+    p = chain(6)
+    d = np.full(p.n_act, int(Decision.RECOMPUTE), np.int8)
+    d[1::2] = Decision.SWAP
+    fixed = _valid_decisions(p, d)
+    simulate(p, Schedule(fixed, np.where(fixed == Decision.SWAP, p.first_bwd_use, -1)))  # no ScheduleError
+    assert (fixed == Decision.KEEP).any() and (fixed[d == Decision.SWAP] == Decision.SWAP).all()
+
+
+def test_a_failing_heuristic_is_no_start_and_the_others_go_on():
+    from mutwo.registry import get_solver, register_solver
+
+    @register_solver("test_ilp_bound_failing_heuristic")
+    def _failing(problem, budget_bytes):
+        raise RuntimeError("broken on purpose")
+
+    p = random_dag(20, 2)
+    b = range_budget(p, 0.5)
+    s = get_solver("ilp_pulp_highs")(p, b, warm_start="heuristics", time_limit_s=10)
+    assert s.feasible and "test_ilp_bound_failing_heuristic: RuntimeError" in s.options["warm_start"]
+    assert "mutwo_greedy: " in s.options["warm_start"]
