@@ -289,10 +289,12 @@ def largest_batch(df: pd.DataFrame, path: str | Path, keep_all: dict[int, dict] 
             colour = palette.get(r["solver"], "0.5")
             predicted_only = r["basis"] == "predicted"
             ax.barh(i, width[i], height=0.7, color="none" if predicted_only else colour, edgecolor=colour,
-                    hatch="///" if predicted_only else None, linewidth=1.2)
+                    hatch="///" if predicted_only else "..." if r["basis"] == "emulated" else None, linewidth=1.2,
+                    alpha=0.5 if r["basis"] == "emulated" else 1.0)
             text = report.NO_FIT if pd.isna(r["largest_batch"]) else (
                 f"{r['largest_batch']}: {report.fmt_bytes(r['predicted_peak_bytes'])} predicted"
-                + (f", {report.fmt_bytes(r['measured_peak_bytes'])} measured" if pd.notna(r["measured_peak_bytes"])
+                + (f", {report.fmt_bytes(r['measured_peak_bytes'])} "
+                   f"{'emulated' if r['basis'] == 'emulated' else 'measured'}" if pd.notna(r["measured_peak_bytes"])
                    else ""))
             ax.text(width[i] + 0.01 * sizes[-1], i, " " + text, va="center", fontsize=8)
         ax.set_yticks(range(len(part)), part["solver"])
@@ -302,7 +304,9 @@ def largest_batch(df: pd.DataFrame, path: str | Path, keep_all: dict[int, dict] 
         ax.set_xlabel("largest batch that fits")
         ax.set_title(f"{budget} ({report.fmt_bytes(part['budget_bytes'].iloc[0])})")
     handles = [Patch(facecolor="0.5", edgecolor="0.5", label="solid: measured peak (and predicted) fit"),
-               Patch(facecolor="none", edgecolor="0.5", hatch="///", label="hatched: predicted peak fits (not executed)")]
+               Patch(facecolor="none", edgecolor="0.5", hatch="///", label="hatched: predicted peak fits (not executed)"),
+               Patch(facecolor="0.5", edgecolor="0.5", hatch="...", alpha=0.5,
+                     label="dotted: swaps emulated on CPU, emulated device peak fits")]
     axes.flat[-1].legend(handles=handles, title="fits by", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(f"largest of the batch sizes tried ({', '.join(map(str, sizes))}) that fits each device memory",
                  y=1.02)

@@ -170,8 +170,9 @@ def _largest(budget: object, nbytes: int, solver: str, cells: pd.DataFrame) -> d
     if len(ok):
         best = ok.iloc[-1]
         measured = best["measured_peak_bytes"]
+        basis = "predicted" if pd.isna(measured) else "emulated" if best.get("emulated", False) else "measured"
         row.update({"largest_batch": int(best["batch_size"]), "predicted_peak_bytes": best["predicted_peak_bytes"],
-                    "measured_peak_bytes": measured, "basis": "predicted" if pd.isna(measured) else "measured"})
+                    "measured_peak_bytes": measured, "basis": basis})
     return row
 
 
@@ -180,7 +181,8 @@ def largest_batch_frame(df: pd.DataFrame, keep_all: dict[int, dict] | None = Non
 
     A solver's cell fits when its status is optimal/feasible, its simulated peak is within the budget,
     its execution did not fail and, where it was executed, its measured peak is within the budget too
-    (basis: ``measured``; not executed: ``predicted``). The ``KEEP_ALL_BAR`` row is the unmodified step:
+    (basis: ``measured``; not executed: ``predicted``; swaps emulated on CPU: the emulated device peak,
+    basis ``emulated``). The ``KEEP_ALL_BAR`` row is the unmodified step:
     the keep-all predicted peak of each batch size, and its measured peak from ``keep_all`` (the
     keep_all.json of each batch size) where known. No batch fits: largest_batch is missing, basis
     ``NO_FIT``. Empty when `largest_batch_skip_reason` gives a reason."""
@@ -202,6 +204,10 @@ def largest_batch_frame(df: pd.DataFrame, keep_all: dict[int, dict] | None = Non
         ref["fits"] = (ref["predicted_peak_bytes"] <= nbytes) & ~(ref["measured_peak_bytes"] > nbytes)
         rows.append(_largest(budget, nbytes, KEEP_ALL_BAR, ref))
         failed = cells["execute_note"].fillna("").astype(str).str.startswith("execution failed")
+        if "emulated_device_peak_bytes" in cells:  # CPU swaps: what a device would hold (emulated), not the host's
+            device = pd.to_numeric(cells["emulated_device_peak_bytes"], errors="coerce")
+            cells = cells.assign(measured_peak_bytes=device.fillna(cells["measured_peak_bytes"]),
+                                 emulated=device.notna())
         fits = (cells["status"].isin(FEASIBLE) & (cells["predicted_peak_bytes"] <= nbytes) & ~failed
                 & ~(cells["measured_peak_bytes"] > nbytes))
         cells = cells.assign(fits=fits)
@@ -298,7 +304,9 @@ def _verdict_row(bs: int, budget: object, group: pd.DataFrame, info: dict, refs:
     plans = _plans(group, info)
     if plans.empty:
         return row
-    plans = plans.sort_values(["predicted_time_s", "predicted_peak_bytes"], kind="stable")
+    # equal predicted times: a plan without emulated swaps first (on CPU a swap is predicted free), then less memory
+    plans = plans.assign(_emulated=plans["emulated"].astype(bool))
+    plans = plans.sort_values(["predicted_time_s", "_emulated", "predicted_peak_bytes"], kind="stable")
     best = plans.iloc[0]
     row.update(predicted=best["label"], predicted_overhead_pct=best["predicted_overhead_pct"],
                predicted_emulated=bool(best["emulated"]))
@@ -541,7 +549,8 @@ COLUMN_GLOSSARY: dict[str, str] = {
     "pred overhead %": "simulated time over keep-all's simulated time, minus 1, in %",
     "meas peak MiB": "allocator peak of the executed plan's first iteration (on CPU: host copies of swapped "
                      "tensors included)",
-    "meas peak": "allocator peak of the executed plan (empty: not executed)",
+    "meas peak": "allocator peak of the executed plan (empty: not executed; basis `emulated`: the emulated device "
+                 "peak of a plan whose swaps ran on CPU)",
     "emulated device peak MiB": "plans whose swaps were emulated on CPU only: the allocator total minus the "
                                 "host copies live at each moment, what a device would hold. Emulated, not measured",
     "meas time s": "median wall time of the plan's timed iterations",
@@ -552,7 +561,8 @@ COLUMN_GLOSSARY: dict[str, str] = {
     "R/S": "activations the plan recomputes / swaps to the host; " + EMULATED + ": the swaps ran on a CPU, "
            "where no host link exists (memory saving emulated, copies on the compute thread)",
     "largest batch": "the largest of the batch sizes tried whose plan fits the memory",
-    "basis": "`measured`: the plan ran and its measured peak fits too; `predicted`: simulated only",
+    "basis": "`measured`: the plan ran and its measured peak fits too; `emulated`: it ran with swaps emulated on "
+             "CPU and its emulated device peak fits; `predicted`: simulated only",
     "pytorch": "a PyTorch saver: `pytorch:eager`, per-block `pytorch:checkpoint`, or `torch.compile` at "
                "`pytorch:memory_budget@knob`",
     "pytorch peak": "allocator peak of the PyTorch reference's step",

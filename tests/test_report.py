@@ -68,8 +68,9 @@ def _verdict() -> pd.DataFrame:
 def test_the_fastest_plan_that_fits_by_prediction_and_by_measurement() -> None:
     v = _verdict()
     assert list(v.index) == ["1.0", "0.9", "0.75", "0.5"]
-    # identical plans are one plan, keep_all first; equal predicted time: less memory wins (c)
-    assert (v.loc["1.0", "predicted"], v.loc["1.0", "predicted_emulated"]) == ("c", True)
+    # identical plans are one plan, keep_all first; equal predicted time: a plan without emulated swaps
+    # wins over c, whose swaps a CPU predicts free (a naive swap-everything plan must not beat keep-all)
+    assert (v.loc["1.0", "predicted"], v.loc["1.0", "predicted_emulated"]) == ("keep_all = a", False)
     assert v.loc["1.0", "measured"] == "keep_all = a" and v.loc["1.0", "measured_spread_pct"] == 5.0
     assert v.loc["1.0", "ties"] == ""  # c at +30% is far outside keep-all's noise
     assert v.loc["0.9", "predicted"] == "c" and v.loc["0.9", "predicted_overhead_pct"] == 0.0
@@ -94,7 +95,7 @@ def test_emulated_swaps_are_marked_with_the_best_recompute_only_plan_beside() ->
     assert row["recompute_only"] == "e" and row["recompute_only_predicted_pct"] == pytest.approx(5.0)  # predicted
     assert (row["recompute_only_measured"], row["recompute_only_measured_pct"]) == ("a", 12.0)
     assert pd.isna(v.loc["0.75", "recompute_only"])  # nothing without swaps fits 750 bytes
-    assert v.loc["1.0", "recompute_only"] == "keep_all = a"
+    assert pd.isna(v.loc["1.0", "recompute_only"])  # neither winner swaps there: no recompute-only line needed
 
 
 def test_the_best_pytorch_reference_that_fits() -> None:
@@ -186,3 +187,16 @@ def test_a_column_missing_from_the_glossary_is_named() -> None:
     out = "\n".join(report.glossary_section(lines))
     assert f"- **batch**: {report.COLUMN_GLOSSARY['batch']}" in out
     assert "- **mystery**: (not explained: add it to `mutwo.report.COLUMN_GLOSSARY`)" in out
+
+
+def test_largest_batch_counts_a_cpu_swap_plan_by_its_emulated_device_peak() -> None:
+    """On CPU a swap plan's process peak keeps the host copies: whether it fits a device is the emulated
+    device figure, and the table says the basis is emulated, never measured."""
+    rows = []
+    for bs, peak, process, device in ((2, 600, 640, 590), (4, 690, 970, 694)):
+        rows.append({"batch_size": bs, "budget": "700B", "budget_bytes": 700, "solver": "swapper", "status": "feasible",
+                     "predicted_peak_bytes": peak, "measured_peak_bytes": process, "emulated_device_peak_bytes": device,
+                     "keep_all_peak_bytes": 900, "execute_note": "executed"})
+    table = report.largest_batch_frame(pd.DataFrame(rows))
+    swapper = table[table["solver"] == "swapper"].iloc[0]
+    assert swapper["largest_batch"] == 4 and swapper["basis"] == "emulated" and swapper["measured_peak_bytes"] == 694
