@@ -10,7 +10,10 @@ results/README.md the files it writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -257,6 +260,32 @@ def _jobs(args: argparse.Namespace, argv: list[str]) -> list[Job]:
     return jobs
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    from mutwo import run
+
+    run.STOP.set()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """A run stopped with SIGTERM (``kill``, a job scheduler) ends like Ctrl-C: run.json says
+    ``interrupted`` and finished cells stay for --resume. Only where Python allows a handler (the main
+    thread); the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from mutwo import run
+
+    run.STOP.clear()
+    before = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        run.STOP.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status: 0 ok, 2 bad scenario or arguments, 1 the run failed,
     3 every cell of some solver is an error (0 with ``--allow-errors``), 130 interrupted. Errors are
@@ -273,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = _jobs(args, argv)
         choice = choose_executor([(j.scenario, j.source) for j in jobs], args.executor, args.address)
         executor = make_executor(choice, quiet=args.quiet)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt():
             warnings.showwarning = _one_line  # e.g. a noisy profile: one line, not a source listing
             outcomes = executor.run(jobs)
     except ScenarioError as exc:

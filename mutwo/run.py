@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shlex
+import threading
 import time
 import traceback
 import types
@@ -29,6 +30,11 @@ from mutwo.scenario import Scenario
 
 __all__ = ["RunOptions", "RunContext", "Grid", "run_scenario", "local_grid", "versions", "reference_list",
            "cell_context", "measure_keep_all", "REFERENCE_NOTES", "SEARCH_FILE"]
+
+# Set by the command line's SIGTERM handler. The handler raises KeyboardInterrupt too, but Python drops an
+# exception raised where it cannot propagate (e.g. inside an at-fork callback while a solver's child is
+# forked), so the grid also checks this between cells.
+STOP = threading.Event()
 
 REFERENCE_NOTES = "reference_notes"  # keep_all.json: {label: why a reference has no row}
 SEARCH_FILE = "search.csv"  # the largest-batch search's answers, one row per solver
@@ -251,6 +257,8 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
     memo, why = _prepare_or_oom(ctx, bs, capture_graph=bool(todo))
     cell_ctx = cell_context(ctx, ctx.batches[bs].info) if bs in ctx.batches else ctx.cell
     for (spec, budget), key in zip(cells, keys):
+        if STOP.is_set():  # a stop asked for by a signal whose KeyboardInterrupt Python swallowed
+            raise KeyboardInterrupt("stop requested")
         if key in ctx.done:
             ctx.rows.append(ctx.done[key])
             ctx.bar.update()

@@ -573,3 +573,26 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
         holder.kill()
         holder.wait(10)
     assert _go(path, tmp_path, "--no-execute", "--resume") == 0  # the holder died: the lock went with it
+
+
+def test_a_terminated_run_says_interrupted_and_resumes(tmp_path):
+    """SIGTERM (kill, a scheduler's time limit) ends a run like Ctrl-C: exit 130, run.json
+    ``interrupted``, finished cells kept, and --resume completes it."""
+    budgets = [round(1.0 - 0.02 * i, 2) for i in range(15)]
+    path = _scenario(tmp_path, budgets=budgets, solvers=["keep_all", "knapsack", "mutwo_greedy", "chen_sqrt"])
+    run = tmp_path / "rel" / "term"
+    cmd = [sys.executable, "-m", "mutwo.compare", str(path), "--out", str(tmp_path), "--run-id", "term", "--quiet",
+           "--no-plots", "--no-execute"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while len(_lines(run / "cells.jsonl")) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and "--resume" in proc.stderr.read().decode()
+    kept = _lines(run / "cells.jsonl")
+    assert len(kept) >= 4
+    assert _go(path, tmp_path, "--no-execute", "--resume", run_id="term") == 0
+    assert _lines(run / "cells.jsonl")[:len(kept)] == kept and len(pd.read_csv(run / "results.csv")) == 60
