@@ -59,7 +59,7 @@ from mutwo.problem_build import STATE_UPDATING_OPS, StorageBinding
 from mutwo.schedule import Decision, Schedule, resolve_recompute, validate
 
 __all__ = ["ExecResult", "ExecuteError", "Reference", "apply", "reference", "run", "execute", "swap_out",
-           "swap_in", "swap_wait"]
+           "swap_in", "swap_wait", "rel_diff"]
 
 
 class ExecuteError(RuntimeError):
@@ -392,7 +392,8 @@ class ExecResult:
                 "timing_clock": self.timing_clock}
 
 
-def _rel_diff(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
+def rel_diff(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
+    """max|x - ref| / max|ref| and whether the two are bitwise equal (another shape or dtype: inf)."""
     if x.shape != ref.shape or x.dtype != ref.dtype:
         return float("inf"), False
     if torch.equal(x, ref):
@@ -453,7 +454,7 @@ class _Checker:
     def _part(self, part: str, xs: Sequence, refs: Sequence) -> None:
         for x, r in zip(xs, refs, strict=True):
             if isinstance(r, torch.Tensor):
-                rel, same = _rel_diff(x.detach().to("cpu"), r)
+                rel, same = rel_diff(x.detach().to("cpu"), r)
                 self.diffs[part] = max(self.diffs[part], rel)
                 self.bitwise = self.bitwise and same
 

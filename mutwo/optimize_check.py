@@ -102,15 +102,12 @@ def eager_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, params:
 
 
 def _rel(x: torch.Tensor | None, ref: torch.Tensor | None) -> tuple[float, bool]:
+    """`mutwo.execute.rel_diff`, where a tensor that is None on both sides (no gradient) is equal."""
+    from mutwo.execute import rel_diff
+
     if x is None or ref is None:
         return (0.0, True) if x is ref else (float("inf"), False)
-    if x.shape != ref.shape or x.dtype != ref.dtype:
-        return float("inf"), False
-    if torch.equal(x, ref):
-        return 0.0, True
-    x64, r64 = x.detach().double(), ref.detach().double()
-    scale = r64.abs().max().item() if r64.numel() else 0.0
-    return (float((x64 - r64).abs().max().item()) / scale if scale > 0 else float("inf")), False
+    return rel_diff(x, ref)
 
 
 def _state_pairs(optimizer: torch.optim.Optimizer, params: Sequence, eager: EagerStep, names: Sequence[str]):

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mutwo.importing import import_named
 from mutwo.plan_space import DECISIONS, MODES, mode_decisions
 from mutwo.schedule import Schedule
 from mutwo.solver_options import NO_DEFAULT, Option, check_value, options_from_signature, options_from_table
@@ -356,20 +357,7 @@ def _register_path(path: str) -> SolverFn:
     """Import ``module:function`` and register it under ``path``: a decorated solver keeps its own
     declarations; a plain function's come from its signature, or from the ``options_table`` (a
     dataclass) and ``decisions`` attributes it carries. `SolverPathError` says what is wrong."""
-    module_name, _, fn_name = path.partition(":")
-    if not module_name or not fn_name or ":" in fn_name:
-        raise SolverPathError(f"{path!r} is not 'module:function' (e.g. 'mypkg.solvers:my_solver')")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise SolverPathError(f"cannot import module {module_name!r} for solver {path!r}: {type(exc).__name__}: "
-                              f"{exc} (is it on PYTHONPATH? python -m puts the current directory there)") from exc
-    fn = getattr(module, fn_name, None)
-    if fn is None:
-        public = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
-        close = difflib.get_close_matches(fn_name, public, n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise SolverPathError(f"module {module_name!r} has no function {fn_name!r}{hint}")
+    fn_name, fn = import_named(path, "solver", "mypkg.solvers:my_solver", SolverPathError)
     if not callable(fn) or isinstance(fn, (types.ModuleType, type)):
         what = "a class" if isinstance(fn, type) else "a module" if isinstance(fn, types.ModuleType) else \
             f"{type(fn).__name__} {repr(fn)[:40]}"

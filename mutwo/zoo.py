@@ -12,13 +12,13 @@ options are checked at load without it.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
+from mutwo.importing import import_named
 from mutwo.scenario import Scenario, ScenarioError
 from mutwo.workload import Workload
 
@@ -314,20 +314,7 @@ def resolve_builder(model: str) -> Callable[..., Any]:
 def _user_builder(model: str) -> Callable[..., Any]:
     """Import ``module:function``; refuse what is not a function, or is annotated to return something
     other than a Workload (an unannotated builder is checked on its first call)."""
-    module_name, _, fn_name = model.partition(":")
-    if not module_name or not fn_name:
-        raise ValueError(f"{model!r} is not 'module:function' (e.g. 'mypkg.models:build')")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ValueError(f"cannot import module {module_name!r} for model {model!r}: "
-                         f"{type(exc).__name__}: {exc} (is it on PYTHONPATH?)") from exc
-    fn = getattr(module, fn_name, None)
-    if fn is None:
-        public = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
-        close = difflib.get_close_matches(fn_name, public, n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"module {module_name!r} has no function {fn_name!r}{hint}")
+    _, fn = import_named(model, "model", "mypkg.models:build")
     if not callable(fn) or isinstance(fn, (types.ModuleType, type)):
         raise ValueError(f"{model!r} is not a function; it must be "
                          f"function(batch_size, **model_options) -> Workload")
