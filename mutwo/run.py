@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from mutwo import cell, files, pipeline, report, run_folder
+from mutwo import cell, files, hints, pipeline, report, run_folder
 from mutwo.cell import CellContext, PlanMemo, Row
 from mutwo.pipeline import Prepared
 from mutwo.scenario import Scenario
@@ -246,7 +246,9 @@ def _prepare_or_oom(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Plan
 
 
 def _run_batch(ctx: RunContext, bs: int) -> None:
-    """Every cell of one batch size; the oom rows of a batch size that did not fit, and the run goes on."""
+    """Every cell of one batch size; the oom rows of a batch size that did not fit, and the run goes on.
+    Each solver's budgets are solved from the largest down, so a solver that takes a ``hint`` gets the
+    plan it found at the next larger budget (`mutwo.hints`); rows keep the scenario's order."""
     cells = [(spec, b) for spec in ctx.scenario.solvers for b in ctx.scenario.budgets]
     keys = [cell.cell_key(bs, spec.label, b.label) for spec, b in cells]
     todo = [k for k in keys if k not in ctx.done]
@@ -256,24 +258,42 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
         return
     memo, why = _prepare_or_oom(ctx, bs, capture_graph=bool(todo))
     cell_ctx = cell_context(ctx, ctx.batches[bs].info) if bs in ctx.batches else ctx.cell
-    for (spec, budget), key in zip(cells, keys):
+    keep_peak = ctx.batches[bs].keep_all_peak_bytes if bs in ctx.batches else None
+    sizes = [b.resolve(keep_peak) if (keep_peak or b.nbytes) else None for _, b in cells]
+    order = hints.largest_first([spec.label for spec, _ in cells], sizes)
+    sweep, done_rows = hints.SweepHints(), {}
+    first_row = len(ctx.rows)
+    for i in order:
         if STOP.is_set():  # a stop asked for by a signal whose KeyboardInterrupt Python swallowed
             raise KeyboardInterrupt("stop requested")
+        (spec, budget), key = cells[i], keys[i]
         if key in ctx.done:
-            ctx.rows.append(ctx.done[key])
-            ctx.bar.update()
-            continue
-        ctx.status(f"b{bs} {spec.label} @ {budget.label}")
-        if why is not None:
-            row = cell.batch_oom_row(cell_ctx, bs, spec, budget, why)
+            row = ctx.done[key]
         else:
-            row = cell.run_cell(cell_ctx, ctx.batches[bs], memo, spec, budget)
-        run_folder.append_cell(ctx.run_dir, row)
+            ctx.status(f"b{bs} {spec.label} @ {budget.label}")
+            if why is not None:
+                row = cell.batch_oom_row(cell_ctx, bs, spec, budget, why)
+            else:
+                row = cell.run_cell(cell_ctx, ctx.batches[bs], memo, spec, budget,
+                                    solve_fn=_hinted_solve(ctx, sweep, spec, sizes[i]))
+            run_folder.append_cell(ctx.run_dir, row)
+        if row.status in cell.FEASIBLE and row.schedule_file:
+            sweep.record(spec.label, row.budget_bytes, ctx.run_dir / row.schedule_file)
+        done_rows[i] = row
         ctx.rows.append(row)
         ctx.bar.update()
+    ctx.rows[first_row:] = [done_rows[i] for i in sorted(done_rows)]  # the scenario's order
     ctx.write_results()
     if bs in ctx.batches:
         ctx.batches[bs].release()  # free the model before the next batch size
+
+
+def _hinted_solve(ctx: RunContext, sweep: hints.SweepHints, spec, budget_bytes: int | None):
+    """`cell.solve` with the solver's plan at the next larger budget as its ``hint`` (None: plain solve)."""
+    if not ctx.scenario.solve.hints or not hints.takes_hint(spec.name, spec.options):
+        return None
+    hint = sweep.for_budget(spec.label, budget_bytes)
+    return None if hint is None else hints.hinted(cell.solve, hint)
 
 
 # ---------------------------------------------------------------------- PyTorch's own savers

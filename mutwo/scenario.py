@@ -297,10 +297,13 @@ class ExecuteSpec(BaseModel):
 class SolveSpec(BaseModel):
     """``timeout_s``: hard wall-clock limit of one solver call, in seconds. The call runs in a forked
     child process that is killed when the limit passes (the row says ``timeout``); null runs solvers in
-    this process, with no limit but their own."""
+    this process, with no limit but their own. ``hints``: each solver that declares a ``hint`` option
+    (the ILPs) is given the plan it found at the next larger budget of the same batch size
+    (`mutwo.hints`); false: every cell is solved on its own."""
 
     model_config = _STRICT
     timeout_s: float | None = Field(DEFAULT_TIMEOUT_S, gt=0)
+    hints: bool = True  # a solver with a ``hint`` option gets its plan at the next larger budget (mutwo.hints)
 
 
 class ReferencesSpec(BaseModel):

@@ -32,3 +32,16 @@ recompute_share.decisions = {"recompute"}  # what it may decide besides KEEP: ru
 def one_argument(problem: Problem) -> Schedule:
     """Not a solver: it takes no budget."""
     return Schedule.keep_all(problem)
+
+
+def hint_echo(problem: Problem, budget_bytes: int, *, hint: Schedule | None = None) -> Schedule:
+    """The recompute-only greedy's plan, saying in its message which budget's plan came as its ``hint``
+    (the grid passes the plan of the next larger budget: `mutwo.hints`)."""
+    from mutwo.registry import get_solver
+
+    s = get_solver("mutwo_greedy")(problem, budget_bytes, mode="recompute")
+    s.message = "no hint" if hint is None else f"hint from budget {hint.budget_bytes}"
+    return s
+
+
+hint_echo.decisions = {"recompute"}
