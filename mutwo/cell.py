@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mutwo.scenario import Budget, Scenario, SolverSpec
     from mutwo.simulate import SimResult
 
-__all__ = ["CellStatus", "FEASIBLE", "Row", "COLUMNS", "results_frame", "CellContext", "Measured", "PlanMemo",
+__all__ = ["CellStatus", "FEASIBLE", "WORKER_LOST", "Row", "COLUMNS", "results_frame", "CellContext", "Measured", "PlanMemo",
            "cell_key", "gap_to_bound_pct", "run_cell", "batch_oom_row", "measure_reference", "solve", "predict", "execute_plan", "executor",
            "error_text", "is_oom", "release_memory", "schedule_file_name", "not_the_target", "SOLVER", "REFERENCE"]
 
@@ -55,6 +55,8 @@ class CellStatus(str, enum.Enum):
 
 
 FEASIBLE = (CellStatus.OPTIMAL.value, CellStatus.FEASIBLE.value)  # plain strings: for pandas .isin too
+# the execute_note of a cell whose worker died (a cluster fault, not a result): --resume runs it again
+WORKER_LOST = "not executed: its worker was lost"
 SOLVER, REFERENCE = "solver", "reference"  # a row's kind: a solver x budget cell, or PyTorch's own saver
 
 

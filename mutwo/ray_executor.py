@@ -32,7 +32,7 @@ from ray.exceptions import RayError, RayTaskError
 from mutwo import cell, files, pipeline, run_folder
 from mutwo.cell import CellContext, CellStatus, Row
 from mutwo.executors import Job, Outcome
-from mutwo.run import REFERENCE_NOTES, RunContext, RunOptions, reference_list, run_scenario
+from mutwo.run import REFERENCE_NOTES, STOP, RunContext, RunOptions, reference_list, run_scenario
 from mutwo.scenario import ScenarioError
 
 if TYPE_CHECKING:
@@ -222,6 +222,7 @@ class _Batch:
     outcomes: dict[str, tuple] = field(default_factory=dict)  # solver call outcomes, by key
     sent: int = 0  # cells given to the actor so far (in grid order: plan-reuse notes as a local run's)
     left: int = 0  # cells without a row yet
+    lost: set[str] = field(default_factory=set)  # cells whose solver call lost its worker every try
 
 
 def _first_line(exc: BaseException) -> str:
@@ -247,8 +248,8 @@ class _GridRun:
                 ready = ray.wait(list(self.pending), num_returns=1, timeout=0.5)[0] if self.pending else []
                 if not self.pending:
                     time.sleep(0.1)  # every slot is another scenario's
-                if self.owner.stop.is_set():
-                    raise KeyboardInterrupt
+                if self.owner.stop.is_set() or STOP.is_set():  # Ctrl-C in a thread, or SIGTERM (compare.main)
+                    raise KeyboardInterrupt("stop requested")
                 for ref in ready:
                     self._finished(ref, *self.pending.pop(ref))
                 self._show()
@@ -347,6 +348,7 @@ class _GridRun:
         if isinstance(result, RayError):  # its worker died MAX_RETRIES + 1 times
             result = ("lost", f"the Ray worker running this solver call was lost ({MAX_RETRIES + 1} tries): "
                               f"{_first_line(result)}")
+            b.lost.add(key)
         b.outcomes[key] = result
         keys = list(b.cells)
         while b.sent < len(keys) and keys[b.sent] in b.outcomes:
@@ -363,6 +365,8 @@ class _GridRun:
         row, text = result
         if text is not None:
             files.write_text(self.ctx.run_dir / row.schedule_file, text)
+        if key in b.lost:  # a fault of the cluster, not the solver's result: --resume tries it again
+            row.execute_note = cell.WORKER_LOST
         self._add(b, key, row)
 
     def _add(self, b: _Batch, key: str, row: Row) -> None:
@@ -377,7 +381,7 @@ class _GridRun:
         spec, budget = b.cells[key]
         batch = b.batch
         row = cell.new_row(self.ctx.cell, b.bs, spec, budget, batch and batch.keep_all_peak_bytes,
-                           batch and batch.keep_all_time_s, "not executed: its worker was lost")
+                           batch and batch.keep_all_time_s, cell.WORKER_LOST)
         row.status, row.message = CellStatus.ERROR, why
         self._add(b, key, row)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mutwo import files
-from mutwo.cell import Row
+from mutwo.cell import WORKER_LOST, Row
 from mutwo.scenario import ScenarioError
 
 if TYPE_CHECKING:
@@ -126,9 +126,11 @@ def check_resumable(previous: dict, scenario: Scenario, device: str, run_dir: Pa
 
 def finished_cells(run_dir: Path) -> dict[str, Row]:
     """The cells a previous run finished, by `Row.key`, after deleting what a kill left half written
-    (temporary files, a torn last line of cells.jsonl: appended cells then start on a line of their own)."""
+    (temporary files, a torn last line of cells.jsonl: appended cells then start on a line of their own).
+    A cell whose Ray worker was lost (`WORKER_LOST`) is a fault, not a result: it is dropped, to run again."""
     remove_partial_files(run_dir)
     rows = [Row.from_dict(d) for d in files.read_jsonl(run_dir / CELLS_FILE)]
+    rows = [r for r in rows if r.execute_note != WORKER_LOST]
     files.write_text(run_dir / CELLS_FILE, "".join(json.dumps(files.jsonable(r.to_dict())) + "\n" for r in rows))
     return {r.key: r for r in rows}
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mutwo import files, run_folder, timing
-from mutwo.cell import COLUMNS, FEASIBLE, CellStatus, Row, results_frame
+from mutwo.cell import COLUMNS, FEASIBLE, WORKER_LOST, CellStatus, Row, results_frame
 from mutwo.problem import Problem
 from mutwo.schedule import Schedule, Status
 from mutwo.simulate import simulate
@@ -99,6 +99,15 @@ def test_finished_cells_drop_a_torn_line_and_partial_files(tmp_path):
     assert list(done) == ["2|s|1", "2|s|0.5"] and list(done.values()) == rows
     assert len(cells.read_text().splitlines()) == 2 and cells.read_text().endswith("\n")
     assert not stray.exists()
+
+
+def test_finished_cells_run_a_cell_whose_worker_was_lost_again(tmp_path):
+    kept = Row(batch_size=2, solver="s", budget="1", status=CellStatus.ERROR, message="raised", budget_bytes=7)
+    lost = Row(batch_size=2, solver="s", budget="0.5", status=CellStatus.ERROR, message="WorkerLost",
+               budget_bytes=7, execute_note=WORKER_LOST)
+    for r in (kept, lost):
+        run_folder.append_cell(tmp_path, r)
+    assert list(run_folder.finished_cells(tmp_path)) == ["2|s|1"]  # a fault of the cluster, not a result
 
 
 def test_results_frame_has_the_columns_and_numeric_types():

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from mutwo import run_folder
+from mutwo.cell import WORKER_LOST
 from mutwo.compare import main
 from mutwo.schedule import Schedule
 
@@ -116,6 +117,9 @@ def test_hung_solver_is_killed_and_a_lost_worker_is_retried_then_reported(cluste
     lost = df.loc["kills_always"]
     assert lost["status"] == "error" and "WorkerLost" in lost["message"]
     assert "Ray worker running this solver call was lost (3 tries)" in lost["message"]
+    assert lost["execute_note"] == WORKER_LOST  # so --resume runs it again; the others are kept
+    done = run_folder.finished_cells(tmp_path / "faults" / "r")
+    assert {r.solver for r in done.values()} == {"keep_all", "hangs", "kills_once"}
 
 
 def test_driver_dying_mid_run_then_resume_loses_no_finished_cell(cluster, tmp_path, monkeypatch, capsys):
