@@ -193,6 +193,7 @@ def plot(err: pd.DataFrame, path: Path = RESULTS / "fidelity.png") -> Path:
     """Predicted against measured, peak and time, with the y = x line and the target band."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from mutwo.plots import save
 
@@ -211,6 +212,10 @@ def plot(err: pd.DataFrame, path: Path = RESULTS / "fidelity.png") -> Path:
                         label=f"±{tol:.0%}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1-2-5 steps; no crowded 10^x minor labels
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"measured {title}")
         ax.set_ylabel(f"predicted {title}")
         ax.legend(fontsize=7)
