@@ -299,8 +299,9 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
         # the engine's incumbent is its start when it returns before loading it (CP-SAT's presolve)
         res = BackendResult("feasible", hint, None, res.bound, res.wall_s, res.engine,
                             f"{res.message}; no better plan than its start ({warm_from})")
-    if res.x is None:
-        return _no_plan(problem, budget, F, res, solver_name, shown, t0, lb.bound_s)
+    if res.x is None:  # a timeout keeps a fitting start that lies outside the model (not the engine's incumbent)
+        return _no_worse_than_start(problem, budget, _no_plan(problem, budget, F, res, solver_name, shown, t0,
+                                                              lb.bound_s), warm, warm_from, t0, lb.bound_s)
     s = _finish(problem, budget, F, res, solver_name, shown, opts.rel_gap, t0, lb.bound_s)
     return _no_worse_than_start(problem, budget, s, warm, warm_from, t0, lb.bound_s)
 
@@ -361,8 +362,10 @@ def _no_worse_than_start(problem: Problem, budget: int, s: Schedule, warm: Sched
                    status=Status.FEASIBLE, budget_bytes=budget, options={**s.options, "gap": (sim.time_s - bound)
                                                                          / sim.time_s},
                    objective=sim.time_s, bound=bound,
-                   message=(f"start plan ({warm_from}) kept: {sim.time_s:.6g} s, faster than the model's answer "
-                            f"({s.message}); it lies outside the model (conservative chain memory), so only the "
+                   message=(f"start plan ({warm_from}) kept: {sim.time_s:.6g} s, "
+                            + ("the model gave no plan" if s.status == Status.TIMEOUT else
+                               "faster than the model's answer")
+                            + f" ({s.message}); it lies outside the model (conservative chain memory), so only the "
                             f"iteration-time bound {bound:.6g} s holds"))
     out.solve_time_s = time.perf_counter() - t0
     return out

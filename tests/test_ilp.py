@@ -312,3 +312,25 @@ def test_warm_start_from_a_solver_without_mode_or_seed_options():
     b = budgets(p, [0.6])[0]
     s = get_solver("ilp_pulp_highs")(p, b, warm_start="knapsack", time_limit_s=10)
     assert s.feasible and s.options["warm_start"].startswith("knapsack")
+
+
+def test_a_fitting_start_is_kept_when_the_engine_finds_no_plan(monkeypatch):
+    """An engine that stops at its limit with no plan (CP-SAT UNKNOWN) while the start fits but lies outside
+    the model (so it is not the engine's incumbent) must not turn a fitting plan into a `timeout` row."""
+    from solvers import ilp_backends
+    from solvers.ilp_model import Formulation
+
+    p = random_dag(40, 3)
+    b = budgets(p, [0.4])[0]
+    start = get_solver("mutwo_greedy")(p, b)
+    assert simulate(p, start).peak_bytes <= b
+
+    def no_plan(F, **kw):
+        return ilp_backends.BackendResult("unknown", None, None, None, 0.01, "cp-sat", "UNKNOWN")
+
+    monkeypatch.setitem(ilp_backends.BACKENDS, "cpsat", no_plan)
+    monkeypatch.setattr(Formulation, "violation", lambda self, x: 1.0)  # the start is outside the model
+    s = get_solver("ilp_cpsat")(p, b, warm_start=start, bound="none", rel_gap=1e-9, two_phase=False)
+    assert s.status is Status.FEASIBLE and s.decisions.tolist() == start.decisions.tolist()
+    assert simulate(p, s).time_s == pytest.approx(simulate(p, start).time_s)
+    assert "no plan found" in s.message
