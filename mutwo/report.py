@@ -251,10 +251,13 @@ VERDICT_COLUMNS = ["batch", "budget", "budget_bytes", "predicted", "predicted_ov
 
 def emulated_swaps(df: pd.DataFrame) -> pd.Series:
     """Rows whose plan swaps where there is no host/device link (CPU): executed rows say so in
-    ``emulated_swap``; a plan not executed swaps on CPU when ``n_swap`` > 0 and the device is a CPU."""
+    ``emulated_swap``; a plan not executed swaps on CPU when ``n_swap`` > 0 and the device is a CPU,
+    unless its times are estimated for a target GPU (``cost_source`` estimated:...): its swaps are then
+    priced on that GPU's host link, a prediction like its other times, not an emulation."""
     flagged = _series(df, "emulated_swap").astype(object).where(lambda s: s.notna(), False).astype(bool)
     cpu = _series(df, "device").fillna("").astype(str).str.startswith("cpu")
-    return flagged | ((_column(df, "n_swap").fillna(0) > 0) & cpu)
+    for_target = _series(df, "cost_source").fillna("").astype(str).str.startswith("estimated:")
+    return flagged | ((_column(df, "n_swap").fillna(0) > 0) & cpu & ~for_target)
 
 
 def _plans(group: pd.DataFrame, info: dict) -> pd.DataFrame:

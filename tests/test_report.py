@@ -159,6 +159,8 @@ def test_tables_mark_emulated_swaps() -> None:
     # a swap plan on CPU that was not executed is marked too
     assert report.emulated_swaps(_frame([_cell("c", "0.9", s=1)])).all()
     assert not report.emulated_swaps(_frame([_cell("c", "0.9", s=1) | {"device": "cuda:0"}])).any()
+    # ... unless its swaps are priced for a target GPU's link (estimated times, nothing ran): a prediction
+    assert not report.emulated_swaps(_frame([_cell("c", "0.9", s=1) | {"cost_source": "estimated:h100-sxm"}])).any()
 
 
 def _write(tmp_path: Path) -> str:
