@@ -582,7 +582,8 @@ COLUMN_GLOSSARY: dict[str, str] = {
     "pred step s": "simulated time of one step at that size",
     "pred samples/s": "that size over its simulated step time",
     "pred tokens/s": "batch x that sequence length over its simulated step time",
-    "probes": "every size tried and whether it fitted (`n:yes/no`)",
+    "probes": "every size tried and whether it fitted (`n:yes/no`; `n:timeout`, `n:error`: the solver gave no "
+              "answer there, counted as not fitting)",
     "target": "the device the times are estimated for (`target:` in the scenario, docs/devices.md)",
     "fp32 / tf32 / bf16 TFLOP/s": "the target's dense peak rates the roofline uses",
     "memory bandwidth": "the target's device-memory bandwidth",

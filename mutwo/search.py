@@ -177,7 +177,7 @@ FRAME_COLUMNS = ["solver", "over", "memory", "memory_bytes", "largest", "capped"
 
 def outcome_frame(outcomes: Mapping[str, Outcome], *, over: str, memory: str, memory_bytes: int) -> pd.DataFrame:
     """search.csv: one row per solver (its label), the answer and its plan's figures at that size, and
-    every probe as ``n:yes/no``."""
+    every probe as ``n:yes/no`` (or ``n:timeout`` / ``n:error`` ...: no answer, counted as not fitting)."""
     rows = []
     for label, o in outcomes.items():
         best = o.best
@@ -188,8 +188,19 @@ def outcome_frame(outcomes: Mapping[str, Outcome], *, over: str, memory: str, me
             "measured_peak_bytes": best.measured_peak_bytes if best else None,
             "predicted_time_s": best.predicted_time_s if best else None,
             "status": best.status if best else (o.probes[min(o.probes)].status if o.probes else ""),
-            "probes": " ".join(f"{n}:{'yes' if p.fits else 'no'}" for n, p in o.probes.items()),
+            "probes": " ".join(f"{n}:{_verdict(p)}" for n, p in o.probes.items()),
             "warning": o.warning})
     out = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     out["largest"] = out["largest"].astype("Int64")
     return out
+
+
+NO_ANSWER = ("timeout", "error", "invalid")  # statuses where the solver said nothing about fitting
+
+
+def _verdict(p: Probe) -> str:
+    """``yes`` / ``no``, or the status when the solver gave no answer (a size it timed out on is not
+    known not to fit: the report must not read as if it were)."""
+    if p.fits:
+        return "yes"
+    return p.status if p.status in NO_ANSWER else "no"

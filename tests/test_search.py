@@ -255,3 +255,15 @@ def test_the_grid_size_is_not_captured_again_by_the_search(tmp_path, monkeypatch
     assert 2 in probed and sorted(prepared) == sorted(probed)  # each size prepared once: 2 by the grid only
     assert not (run / "search" / "batch_size2" / pipeline.PROBLEM_FILE).exists()
     assert pd.read_csv(run / "search.csv").set_index("solver").loc[KEEP_ALL_BAR, "probes"].startswith("1:yes 2:yes")
+
+
+def test_a_probe_without_an_answer_shows_its_status_not_a_plain_no():
+    """A solver that timed out at a size did not say the size does not fit: search.csv names the status."""
+    def judge(n, labels):
+        return {lab: Probe(lab, n, n <= 3, status="feasible" if n <= 3 else ("timeout" if n < 8 else "infeasible"))
+                for lab in labels}
+
+    out = largest_fitting(["slow"], 1, 16, judge)
+    probes = outcome_frame(out, over="batch_size", memory="1GiB", memory_bytes=2**30)["probes"].iloc[0]
+    assert "4:timeout" in probes.split() and "3:yes" in probes.split()
+    assert all(p.endswith(("yes", "timeout", "no")) for p in probes.split())
