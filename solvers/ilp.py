@@ -124,6 +124,33 @@ def _warm_start(problem: Problem, budget: int, warm, insisted: bool, mode: str, 
     return sched, warm
 
 
+def _with_hint(problem: Problem, budget: int, hint: Schedule, warm: Schedule | None, warm_from: str, mode: str
+               ) -> tuple[Schedule | None, str, str]:
+    """The start after weighing ``hint`` (option ``hint``) against ``warm``: the hint, repaired until it
+    fits (at most ``_START_REPAIRS`` moves), when it is faster; the note says what became of it."""
+    if len(hint.decisions) != problem.n_act:
+        raise ValueError(f"hint has {len(hint.decisions)} decisions for a Problem of {problem.n_act} activations: "
+                         "pass a plan of this Problem (e.g. the same solver's answer at a larger budget)")
+    try:
+        sim = simulate(problem, hint)
+        how = "fits"
+        if not _fits(sim, budget):
+            hint, sim = repair_schedule(problem, budget, hint, mode, max_steps=_START_REPAIRS)
+            how = "repaired to fit"
+    except ScheduleError as exc:
+        return warm, warm_from, f"dropped: not a valid plan of this Problem ({exc})"
+    if sim is None:
+        return warm, warm_from, (f"dropped: over budget, and {_START_REPAIRS} repair moves found no plan that "
+                                 f"fits")
+    warm_sim = None if warm is None else simulate(problem, warm)
+    if warm_sim is not None and _fits(warm_sim, budget):
+        t_warm = warm_sim.time_s
+        if t_warm <= sim.time_s:
+            return warm, warm_from, f"{how}, {sim.time_s:.6g} s; not used: the start ({warm_from}) is faster, " \
+                                    f"{t_warm:.6g} s"
+    return hint, f"hint ({how})", f"{how}, {sim.time_s:.6g} s; used as the start"
+
+
 def _fits(sim: SimResult, budget: int) -> bool:
     return int(sim.peak_bytes) <= int(budget)
 
@@ -203,11 +230,13 @@ def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> S
     t0 = time.perf_counter()
     solver_name = f"ilp_{backend}"
     budget = int(budget_bytes)
-    shown = {k: v for k, v in options.items() if k != "warm_start"}
+    shown = {k: v for k, v in options.items() if k not in ("warm_start", "hint")}
     shown.update(time_limit_s=opts.time_limit_s, rel_gap=opts.rel_gap, threads=opts.threads, seed=opts.seed,
                  mode=opts.mode)
 
     warm, warm_from = _warm_start(problem, budget, opts.warm_start, "warm_start" in options, opts.mode, opts.seed)
+    if opts.hint is not None:
+        warm, warm_from, shown["hint"] = _with_hint(problem, budget, opts.hint, warm, warm_from, opts.mode)
     lb = lower_bound(problem, budget, opts)
     shown["lower_bound"] = {"bound_s": lb.bound_s, "method": lb.method, "n_checks": lb.n_checks,
                             "solve_s": lb.solve_s}

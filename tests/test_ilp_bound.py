@@ -269,3 +269,81 @@ def test_a_failing_heuristic_is_no_start_and_the_others_go_on():
     s = get_solver("ilp_pulp_highs")(p, b, warm_start="heuristics", time_limit_s=10)
     assert s.feasible and "test_ilp_bound_failing_heuristic: RuntimeError" in s.options["warm_start"]
     assert "mutwo_greedy: " in s.options["warm_start"]
+
+
+# ---------------------------------------------------------------------- hints across a sweep's budgets
+def test_a_hint_that_is_the_faster_start_is_used():
+    """The plan of a related solve, faster than warm_start's, becomes the start (warm_start still runs)."""
+    from mutwo.registry import get_solver
+
+    p = slow_link(chain(8), 50.0)
+    b = range_budget(p, 0.3)
+    best = brute_force(p, b)
+    slow = simulate(p, get_solver("largest_first")(p, b))
+    assert slow.fits(b) and slow.time_s > best.objective
+    s = get_solver("ilp_cpsat")(p, b, warm_start="largest_first", hint=best, rel_gap=0.5)
+    assert s.options["hint"].startswith("fits") and "used as the start" in s.options["hint"]
+    assert s.options["warm_start"].startswith("hint (fits)")
+    assert s.feasible and s.objective <= best.objective * (1 + 1e-9)
+    # the same call without the hint starts from largest_first's plan
+    plain = get_solver("ilp_cpsat")(p, b, warm_start="largest_first", rel_gap=0.5, time_limit_s=10)
+    assert "hint" not in plain.options and plain.options["warm_start"].startswith("largest_first")
+
+
+def test_a_hint_slower_than_the_start_is_not_used_and_says_so():
+    from mutwo.registry import get_solver
+
+    p = slow_link(chain(8), 50.0)
+    b = range_budget(p, 0.3)
+    best = brute_force(p, b)
+    slow = get_solver("largest_first")(p, b)
+    s = get_solver("ilp_pulp_highs")(p, b, warm_start=best, hint=slow, rel_gap=0.5)
+    assert "not used: the start (given schedule) is faster" in s.options["hint"]
+    assert not s.options["warm_start"].startswith("hint")
+
+
+def test_a_hint_from_a_larger_budget_is_repaired_to_fit():
+    from mutwo.registry import get_solver
+
+    p = chain(10)
+    big, small = range_budget(p, 0.8), range_budget(p, 0.3)
+    hint = get_solver("ilp_cpsat")(p, big, time_limit_s=10)
+    assert hint.feasible and not simulate(p, hint).fits(small)
+    s = get_solver("ilp_cpsat")(p, small, warm_start=None, hint=hint, time_limit_s=20)
+    assert s.options["hint"].startswith("repaired to fit")
+    assert s.feasible and simulate(p, s).fits(small)
+    assert s.objective <= float(s.options["hint"].split(", ")[1].split(" s")[0]) * (1 + 1e-6)
+
+
+def test_a_hint_that_cannot_be_made_to_fit_is_dropped_with_a_note():
+    """Below what every plan holds no repair helps: the hint is dropped, and the answer says why."""
+    from mutwo.registry import get_solver
+
+    p = chain(6)
+    floor = p.peak_floor()[0]
+    hint = get_solver("mutwo_greedy")(p, range_budget(p, 0.8))
+    s = get_solver("ilp_cpsat")(p, floor - 1, hint=hint, time_limit_s=10)
+    assert s.options["hint"].startswith("dropped: over budget")
+    assert not s.feasible
+
+
+def test_a_hint_of_another_problem_is_refused_naming_the_option():
+    from mutwo.registry import get_solver
+
+    p, other = chain(6), chain(8)
+    hint = get_solver("mutwo_greedy")(other, range_budget(other, 0.5))
+    with pytest.raises(ValueError, match="hint has 8 decisions for a Problem of 6 activations"):
+        get_solver("ilp_cpsat")(p, range_budget(p, 0.5), hint=hint, time_limit_s=5)
+
+
+def test_hint_option_accepts_a_schedule_and_refuses_a_name():
+    """A scenario's (or the grid's) hint is type-checked like every option: a Schedule or None."""
+    from mutwo.registry import check_solver_options, get_solver
+
+    p = chain(6)
+    hint = get_solver("mutwo_greedy")(p, range_budget(p, 0.5))
+    for name in ("ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs"):
+        check_solver_options(name, {"hint": hint})
+        check_solver_options(name, {"hint": None})
+        with pytest.raises(Exception, match="hint"):
+            check_solver_options(name, {"hint": "mutwo_greedy"})
