@@ -6,21 +6,26 @@ plan (not only those the ILP admits), solved as an LP (or, with ``integral``, a 
 whose proven dual bound is used):
 
 * at each memory check ``t`` (the op with most keep-all memory in a hot segment of constant gap
-  membership), the bytes over budget must leave: ``Σ B_a (r_a + g_{a,t}) ≥ keep(t) − budget`` over
-  activations in their gap at ``t`` (``r``: RECOMPUTE, ``g``: SWAPped and off the device at ``t``);
+  membership), the bytes over budget must leave: ``Σ B_a (off_{a,t} + g_{a,t}) ≥ keep(t) − budget``
+  over activations in their gap at ``t`` (``off``: RECOMPUTE and not yet regenerated at ``t``, which
+  in backward is at most ``r_a`` and never rises, since a recompute may be anchored early; ``g``:
+  SWAPped and off the device at ``t``);
 * an activation off the device at ``t`` by a swap was sent over the device-to-host link after its
   last forward use (static issue time ``e_a``) and before ``t`` starts, so for every threshold ``e``
   the transfers of those issued at or after ``e`` fit in ``start(t) − e``; it comes back over the
   host-to-device link after ``t`` (and in backward) and before its first backward use, so for every
-  ``u`` those needed by ``u`` fit in ``start(u) − reached(max(t + 1, fwd_end + 1))``;
+  ``u`` those needed by ``u`` fit in ``start(u) − reached(max(t + 1, fwd_end + 1))``. Before a backward
+  check the delay is ``D_t ≤ Z − Σ recompute_time(a) off_{a,t}`` (what is recomputed after ``t`` comes
+  after it), after it at most ``Z − D_t``;
 * a recomputed activation's chain may not read a swapped source that is first read in backward after
   the target is (`mutwo.schedule.resolve_recompute` refuses such plans): ``r_a + s_x ≤ 1``;
 * start times are the static ones plus the delays (recompute and stall) before them: none in forward,
-  at most the total ``Z`` in backward; ``Z ≥ Σ_a recompute_time(a) r_a`` (a chain runs at least its
-  target's own ops), and the objective is ``compute + Z``.
+  at most the total ``Z`` in backward; ``Z ≥ Σ_a recompute_time(a) r_a`` plus, per chain member that
+  is still off at its target's first backward use, the ops only it runs (`solvers.ilp_bound_chains`);
+  the objective is ``compute + Z``.
 
-Every plan maps to a feasible point (``r``, ``s``, ``g`` from its decisions and simulated residency,
-``Z`` = its recompute + stall), so ``compute + Z*`` never exceeds any plan's simulated time; a subset
+Every plan maps to a feasible point (``r``, ``s``, ``g``, ``off`` from its decisions, anchors and
+simulated residency, ``D_t`` its delay before ``t``, ``Z`` = its recompute + stall), so ``compute + Z*`` never exceeds any plan's simulated time; a subset
 of checks or thresholds only weakens it, and an infeasible relaxation proves no plan fits.
 """
 
