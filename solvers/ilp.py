@@ -19,18 +19,18 @@ import numpy as np
 import solvers.brute_force  # noqa: F401  registers "brute_force" (the registry loads this module)
 from mutwo.problem import Problem
 from mutwo.registry import available_solvers, get_solver, register_solver, solver_info, solver_options
-from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_prefetch
+from mutwo.schedule import Decision, Schedule, ScheduleError, Status
 from mutwo.simulate import SimResult, simulate
 from mutwo.solver_options import options_from_table
 from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_bound import IterationBound, iteration_bound
 from solvers.ilp_model import INF, Formulation, build
 from solvers.ilp_options import IlpOptions
-from solvers.ilp_rounding import round_bound
-from solvers.modes import may_recompute, may_swap
+from solvers.ilp_repair import repair, repair_schedule
+from solvers.ilp_rounding import round_bound, unchecked_overflow
 from solvers.options import option_defaults, read_options
 
-__all__ = ["solve_ilp", "repair", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs", "AGREEMENT",
+__all__ = ["solve_ilp", "repair", "repair_schedule", "ilp_cpsat", "ilp_ortools_mip", "ilp_pulp_cbc", "ilp_pulp_highs", "AGREEMENT",
            "IlpOptions"]
 
 AGREEMENT = 0.01  # objective and simulated time must agree this closely (relative)
@@ -38,7 +38,8 @@ _TWO_PHASE_MIN_ACT = 100  # "both"-mode problems with more activations start fro
 _PHASE1_SHARE = 0.3  # of the time limit, at most, for that solve
 _MIP_LIMIT_SHARE = 0.8  # of the remaining time handed to SCIP / CBC / HiGHS, which overrun their limits
 _FINISH_RESERVE_S = 2.0  # decode, complete and simulate a large plan after the engine returns
-_BOUND_SHARE = 0.25  # of the time limit, at most, for the iteration-time lower bound's relaxation
+_BOUND_SHARE = 0.4  # of the time limit, at most, for the iteration-time lower bound's relaxation (all rounds)
+_CHECK_ROUNDS = 3  # re-solves of that relaxation with the ops its point overfills added to its checks
 _ROUNDING_SHARE = 0.2  # of the time limit, at most, for a plan rounded from that relaxation
 _ROUNDING = 1e-6  # relative slack for an engine's optimality proof (CP-SAT rounds times to 1e-7)
 _OPTIONS = set(option_defaults(IlpOptions))  # every ILP option name (``engine``: ilp_ortools_mip's only)
@@ -102,9 +103,9 @@ def _warm_start(problem: Problem, budget: int, warm, insisted: bool, mode: str, 
         sim = simulate(problem, warm)
         if _fits(sim, budget):
             return warm, "given schedule"
-        d, pf, fixed = repair(problem, budget, warm.decisions, warm.prefetch_at, mode, max_steps=_START_REPAIRS)
-        if fixed is not None:
-            return Schedule(d, pf), "given schedule, repaired to fit"
+        fixed, sim = repair_schedule(problem, budget, warm, mode, max_steps=_START_REPAIRS)
+        if sim is not None:
+            return fixed, "given schedule, repaired to fit"
         return warm, "given schedule (does not fit)"
     if warm == HEURISTICS:
         return _fastest_start(problem, budget, mode, seed)
@@ -123,18 +124,67 @@ def _warm_start(problem: Problem, budget: int, warm, insisted: bool, mode: str, 
     return sched, warm
 
 
+def _with_hint(problem: Problem, budget: int, hint: Schedule, warm: Schedule | None, warm_from: str, mode: str
+               ) -> tuple[Schedule | None, str, str]:
+    """The start after weighing ``hint`` (option ``hint``) against ``warm``: the hint, repaired until it
+    fits (at most ``_START_REPAIRS`` moves), when it is faster; the note says what became of it."""
+    if len(hint.decisions) != problem.n_act:
+        raise ValueError(f"hint has {len(hint.decisions)} decisions for a Problem of {problem.n_act} activations: "
+                         "pass a plan of this Problem (e.g. the same solver's answer at a larger budget)")
+    try:
+        sim = simulate(problem, hint)
+        how = "fits"
+        if not _fits(sim, budget):
+            hint, sim = repair_schedule(problem, budget, hint, mode, max_steps=_START_REPAIRS)
+            how = "repaired to fit"
+    except ScheduleError as exc:
+        return warm, warm_from, f"dropped: not a valid plan of this Problem ({exc})"
+    if sim is None:
+        return warm, warm_from, (f"dropped: over budget, and {_START_REPAIRS} repair moves found no plan that "
+                                 f"fits")
+    warm_sim = None if warm is None else simulate(problem, warm)
+    if warm_sim is not None and _fits(warm_sim, budget):
+        t_warm = warm_sim.time_s
+        if t_warm <= sim.time_s:
+            return warm, warm_from, f"{how}, {sim.time_s:.6g} s; not used: the start ({warm_from}) is faster, " \
+                                    f"{t_warm:.6g} s"
+    return hint, f"hint ({how})", f"{how}, {sim.time_s:.6g} s; used as the start"
+
+
 def _fits(sim: SimResult, budget: int) -> bool:
     return int(sim.peak_bytes) <= int(budget)
 
 
 def lower_bound(problem: Problem, budget: int, opts: IlpOptions) -> IterationBound:
     """The iteration-time lower bound the options ask for (`solvers.ilp_bound`; the compute time with
-    ``bound="none"``): it holds for every plan, in or out of the model."""
+    ``bound="none"``): it holds for every plan, in or out of the model.
+
+    Rounds within ``_BOUND_SHARE`` of the time limit: the relaxation's integral point, as a plan, is
+    simulated, and the ops it overfills that were not checked are checked in the next round (a
+    relaxation of more checks is never weaker, and its point is closer to a plan that fits)."""
     compute = float(problem.op_time_s.sum())
     if opts.bound == "none":
         return IterationBound(compute, compute, 0, "compute", 0.0, "compute-time bound (bound='none')")
-    return iteration_bound(problem, budget, opts.mode, max_checks=opts.bound_checks, integral=opts.bound == "mip",
-                           time_limit_s=_BOUND_SHARE * opts.time_limit_s)
+    start = time.perf_counter()
+    deadline = start + _BOUND_SHARE * opts.time_limit_s
+    kw = {"max_checks": opts.bound_checks, "integral": opts.bound == "mip", "with_point": True}
+    lb = iteration_bound(problem, budget, opts.mode, time_limit_s=_BOUND_SHARE * opts.time_limit_s, **kw)
+    extra = np.zeros(0, np.int64)
+    for _ in range(_CHECK_ROUNDS):
+        left = deadline - time.perf_counter()
+        if lb.infeasible or lb.point_recompute is None or left < 1.5 * lb.solve_s:  # the next one is larger
+            break
+        more = unchecked_overflow(problem, budget, lb, opts.mode)
+        if not len(more):
+            break
+        extra = np.union1d(extra, more)
+        nxt = iteration_bound(problem, budget, opts.mode, time_limit_s=left, extra_checks=extra, **kw)
+        if nxt.infeasible:
+            return nxt
+        if nxt.method != lb.method:  # not solved in time: the last round stands
+            break
+        lb = dataclasses.replace(nxt, bound_s=max(nxt.bound_s, lb.bound_s))
+    return dataclasses.replace(lb, solve_s=time.perf_counter() - start)  # every round's time
 
 
 def _start_from_bound(problem: Problem, budget: int, mode: str, lb: IterationBound, warm: Schedule | None,
@@ -175,71 +225,19 @@ def _proven_by_bound(problem: Problem, budget: int, warm: Schedule | None, rel_g
     return sim, shown, msg
 
 
-def repair(problem: Problem, budget: int, d: np.ndarray, pf: np.ndarray, mode: str = "both",
-           max_steps: int | None = None, deadline: float | None = None, max_tries: int | None = None
-           ) -> tuple[np.ndarray, np.ndarray, SimResult | None]:
-    """Greedy: at the simulated peak, take the cheapest move that lowers it, until the plan fits.
-
-    Moves: RECOMPUTE a KEEP/SWAP activation resident at the peak, SWAP a KEEP one (default prefetch),
-    or move a SWAP's copy back to its first backward use. Returns the plan and its simulation, or
-    ``None`` for the simulation when no move helps (or ``deadline``, a `time.perf_counter` value, passes).
-    ``max_tries``: only the largest that many activations at the peak are tried (each try simulates).
-    """
-    d, pf = d.copy(), pf.copy()
-    dflt = default_prefetch(problem)
-    steps = max_steps if max_steps is not None else 2 * problem.n_act
-    sim = simulate(problem, Schedule(d, pf))
-    for _ in range(steps):
-        if _fits(sim, budget):
-            return d, pf, sim
-        if deadline is not None and time.perf_counter() > deadline:
-            return d, pf, None
-        P = sim.peak_op
-        best = None
-        gap = np.flatnonzero((problem.last_fwd_use < P) & (problem.first_bwd_use > P))
-        if max_tries is not None and len(gap) > max_tries:  # the largest that have a move left
-            movable = (((d[gap] != Decision.RECOMPUTE) & problem.recomputable[gap] & may_recompute(mode))
-                       | ((d[gap] == Decision.KEEP) & problem.swappable[gap] & may_swap(mode))
-                       | ((d[gap] == Decision.SWAP) & (pf[gap] != problem.first_bwd_use[gap])))
-            gap = gap[movable]
-            gap = gap[np.argsort(-problem.act_bytes[gap], kind="stable")[:max_tries]]
-        for a in gap.tolist():
-            tries = []
-            if d[a] != Decision.RECOMPUTE and problem.recomputable[a] and may_recompute(mode):
-                tries.append((Decision.RECOMPUTE, -1))
-            if d[a] == Decision.KEEP and problem.swappable[a] and may_swap(mode):
-                tries.append((Decision.SWAP, int(dflt[a])))
-            if d[a] == Decision.SWAP and pf[a] != problem.first_bwd_use[a]:
-                tries.append((Decision.SWAP, int(problem.first_bwd_use[a])))
-            for code, q in tries:
-                d2, pf2 = d.copy(), pf.copy()
-                d2[a], pf2[a] = code, q
-                try:
-                    s2 = simulate(problem, Schedule(d2, pf2))
-                except ScheduleError:
-                    continue
-                if s2.timeline_bytes[P] >= sim.timeline_bytes[P]:
-                    continue
-                key = (not _fits(s2, budget), s2.time_s, s2.peak_bytes)
-                if best is None or key < best[0]:
-                    best = (key, d2, pf2, s2)
-        if best is None:
-            return d, pf, None
-        _, d, pf, sim = best
-    return (d, pf, sim) if _fits(sim, budget) else (d, pf, None)
-
-
 def solve_ilp(problem: Problem, budget_bytes: int, backend: str, **options) -> Schedule:
     """Build, warm-start, solve with ``backend``, verify with `simulate`, repair or reject."""
     opts = read_options(IlpOptions, options, "solve_ilp")
     t0 = time.perf_counter()
     solver_name = f"ilp_{backend}"
     budget = int(budget_bytes)
-    shown = {k: v for k, v in options.items() if k != "warm_start"}
+    shown = {k: v for k, v in options.items() if k not in ("warm_start", "hint")}
     shown.update(time_limit_s=opts.time_limit_s, rel_gap=opts.rel_gap, threads=opts.threads, seed=opts.seed,
                  mode=opts.mode)
 
     warm, warm_from = _warm_start(problem, budget, opts.warm_start, "warm_start" in options, opts.mode, opts.seed)
+    if opts.hint is not None:
+        warm, warm_from, shown["hint"] = _with_hint(problem, budget, opts.hint, warm, warm_from, opts.mode)
     lb = lower_bound(problem, budget, opts)
     shown["lower_bound"] = {"bound_s": lb.bound_s, "method": lb.method, "n_checks": lb.n_checks,
                             "solve_s": lb.solve_s}

@@ -28,6 +28,9 @@ class IlpOptions:
     # a Schedule (repaired to fit when it does not), a solver name, "heuristics" (the fastest plan of every
     # registered heuristic), or None
     warm_start: Schedule | str | None = "mutwo_greedy"
+    # a plan from a related solve (the same solver at a larger budget of a sweep): repaired until it fits,
+    # and the start when it is faster than warm_start's (which is still computed); None: no hint
+    hint: Schedule | None = None
     seed: int = 0
     mode: Mode = "both"
     max_chain_depth: Annotated[int, Ge(-1)] | None = -1  # -1 automatic (unlimited while small), None unlimited
