@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
     ap.add_argument("--stem", help="output file stem (default ilp_real / ilp_speed)")
     ap.add_argument("--warm-start", help="the ILPs' warm_start (a solver name or 'heuristics'; default theirs)")
     ap.add_argument("--bound", choices=["lp", "mip", "none"], help="the ILPs' lower bound (default theirs)")
-    ap.add_argument("--out", type=Path, help="also write the CSV here")
+    ap.add_argument("--out", type=Path, help="also write the CSV here (a .csv file, or a folder: <stem>.csv in it)")
     args = ap.parse_args(argv)
     stem = args.stem or ("ilp_real" if args.problems else "ilp_speed")
 
@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None, out: Path = RESULTS) -> pd.DataFrame:
     else:
         df = run(args.n_act, args.seed, args.fractions, args.backends, args.time_limit, args.threads, on_budget=save)
     if args.out:
-        write_csv(df, args.out.name, args.out.parent)
+        extra = args.out / f"{stem}.csv" if args.out.is_dir() or not args.out.suffix else args.out
+        write_csv(df, extra.name, extra.parent)
     print(markdown(table(df)))
     return df
 
