@@ -57,7 +57,7 @@ def _row(p: Problem, frac: float, budget: int, label: str, solver: str, options:
             "gap_pct": None if gap is None else 100 * gap, "over_compute_pct":
             None if s.objective is None else 100 * (s.objective / p.total_compute_s - 1),
             "wall_s": wall, "n_vars": model.get("n_vars"), "n_rows": model.get("n_rows", model.get("n_constraints")),
-            "n_nonzeros": model.get("n_nonzeros"), "n_fixed_resident": model.get("n_fixed_resident"),
+            "n_nonzeros": model.get("n_nonzeros"), "interval_bound_s": s.options.get("interval_bound_s"), "n_fixed_resident": model.get("n_fixed_resident"),
             "load_before": load0, "load_after": os.getloadavg()[0], "message": s.message[:300]}
 
 
