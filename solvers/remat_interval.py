@@ -28,14 +28,13 @@ from typing import Annotated, Literal
 import numpy as np
 
 from mutwo.problem import Problem
-from mutwo.registry import register_solver
 from mutwo.schedule import Decision, Schedule, Status
 from mutwo.simulate import simulate
 from mutwo.solver_options import Ge, Gt
 from solvers.checkmate_model import Grid, grid_of
 from solvers.options import read_options
 
-__all__ = ["remat_interval", "IntervalOptions", "IntervalModel", "build_interval_model"]
+__all__ = ["solve_interval", "IntervalOptions", "IntervalModel", "build_interval_model"]
 
 _COST_STEPS = 10**7  # integer cost unit: compute time / 1e7
 
@@ -202,9 +201,9 @@ def _solve(im: IntervalModel, opts: IntervalOptions, seconds: float):
     return solver, solver.StatusName(st), st in (cp_model.OPTIMAL, cp_model.FEASIBLE)
 
 
-@register_solver("remat_interval", options=IntervalOptions)
-def remat_interval(problem: Problem, budget_bytes: int, **options) -> Schedule:
-    """Recompute-only plan from the interval model on CP-SAT; options `IntervalOptions`."""
+def solve_interval(problem: Problem, budget_bytes: int, **options) -> Schedule:
+    """Recompute-only plan from the interval model on CP-SAT; options `IntervalOptions`. Registered as
+    ``remat_interval`` by `solvers.checkmate` (the module the installed entry point names)."""
     opts = read_options(IntervalOptions, options, "remat_interval")
     t0 = time.perf_counter()
     budget = int(budget_bytes)

@@ -13,10 +13,10 @@ from mutwo.registry import get_solver
 from mutwo.schedule import Decision, Status
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
-from solvers.checkmate import checkmate_exact
+from solvers.checkmate import checkmate_exact, remat_interval
 from solvers.checkmate_model import build_checkmate, grid_of, plan_values
 from solvers.mutwo_greedy import mutwo_greedy
-from solvers.remat_interval import build_interval_model, remat_interval
+from solvers.remat_interval import build_interval_model
 from tests.test_ilp import budgets
 
 PROBLEMS = [chain(9), residual(2, seed=3), random_dag(12, 3), random_dag(16, 5)]
