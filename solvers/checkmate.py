@@ -39,6 +39,7 @@ from mutwo.registry import register_solver
 from mutwo.schedule import Decision, Schedule, ScheduleError, Status
 from mutwo.simulate import SimResult, simulate
 from mutwo.solver_options import Ge, Gt
+from solvers.checkmate_bound import covering_bound
 from solvers.checkmate_model import build_checkmate, estimate_size, grid_of, plan_values
 from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_model import Formulation
@@ -144,16 +145,38 @@ def _project(problem: Problem, budget: int, x: np.ndarray, idx: dict) -> tuple[n
     return d, sim, "projection peak over budget under our recompute rule; repaired"
 
 
-def _bound(problem: Problem, res: BackendResult, F: Formulation, cm_obj: float | None) -> tuple[float, str]:
-    """A proven lower bound for recompute-only plans: the engine's bound (at most its incumbent), else
-    the optimum when proven (to ``rel_gap``), else the compute time (no recompute is free)."""
-    compute = problem.total_compute_s
+def _bound(problem: Problem, res: BackendResult, F: Formulation, cm_obj: float | None, cover: float
+           ) -> tuple[float, str]:
+    """A proven lower bound for recompute-only plans: the larger of the covering bound and the engine's
+    bound (or the optimum when proven to ``rel_gap`` and the engine gives no bound), never above the
+    incumbent."""
     if res.bound is not None:
-        b = max(res.bound * F.time_unit, compute)
-        return (b if cm_obj is None else min(cm_obj, b)), f"{res.engine} bound"
-    if cm_obj is not None and res.status == "optimal":
-        return cm_obj, "checkmate optimum"
-    return compute, "compute time"
+        b, how = max(res.bound * F.time_unit, problem.total_compute_s), f"{res.engine} bound"
+    elif cm_obj is not None and res.status == "optimal":
+        b, how = cm_obj, "checkmate optimum"
+    else:
+        b, how = problem.total_compute_s, "compute time"
+    if cover > b:
+        b, how = cover, "covering bound"
+    return (b if cm_obj is None else min(cm_obj, b)), how
+
+
+def _proven_start(problem: Problem, budget: int, start: Schedule | None, cover: float, how: str,
+                  opts: CheckmateOptions, shown: dict, t0: float) -> Schedule | None:
+    """The start plan when the covering bound already proves it within ``rel_gap`` (no model is built),
+    or INFEASIBLE when the bound proves that no recompute-only plan fits."""
+    if cover == float("inf"):
+        return _finish(problem, budget, shown, t0, status=Status.INFEASIBLE,
+                       message=f"no recompute-only plan fits: {how}")
+    if start is None:
+        return None
+    t = simulate(problem, start).time_s
+    if t > cover * (1 + opts.rel_gap):
+        return None
+    shown["gap"] = max(0.0, (t - cover) / t)
+    return _finish(problem, budget, shown, t0, decisions=start.decisions.copy(), status=Status.OPTIMAL,
+                   objective=t, bound=cover, message=f"start plan ({t:.9g} s) proven within {shown['gap']:.3%} "
+                   f"of the lower bound {cover:.9g} s ({how}); no model built")
 
 
 def _finish(problem: Problem, budget: int, shown: dict, t0: float, **fields) -> Schedule:
@@ -175,8 +198,12 @@ def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
     budget = int(budget_bytes)
     _check_size(problem, budget, opts)
     shown: dict = {"backend": opts.backend, "rel_gap": opts.rel_gap, "grid": opts.grid, "presolve": opts.presolve}
-    start, start_from = _start(problem, budget, opts)
-    shown["warm_start"] = start_from
+    start, shown["warm_start"] = _start(problem, budget, opts)
+    cover, how = covering_bound(problem, budget, opts.grid, time_limit_s=min(30.0, 0.1 * opts.time_limit_s))
+    shown["covering_bound_s"] = cover
+    done = _proven_start(problem, budget, start, cover, how, opts, shown, t0)
+    if done is not None:
+        return done
     F, idx = build_checkmate(problem, budget, opts.grid, opts.presolve)
     shown["model"] = dict(F.stats, build_s=time.perf_counter() - t0)
     if F.infeasible:
@@ -187,7 +214,7 @@ def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
     shown["engine"] = res.engine
     shown["engine_status"] = f"{res.status} ({res.message})"
     cm_obj = None if x is None else F.objective_of(x)
-    bound, bound_from = _bound(problem, res, F, cm_obj)
+    bound, bound_from = _bound(problem, res, F, cm_obj, cover)
     shown["bound_from"] = bound_from
     if x is None:
         status = Status.INFEASIBLE if res.status == "infeasible" else Status.TIMEOUT
@@ -205,8 +232,8 @@ def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
     if sim is None:
         return _finish(problem, budget, shown, t0, decisions=d, status=Status.INVALID, bound=bound,
                        message=f"Checkmate {cm_obj:.6g} s; {note}; no fitting projection")
-    same = abs(sim.time_s - cm_obj) <= 1e-9 * sim.time_s
-    status = Status.OPTIMAL if (res.status == "optimal" and same and x is not None) else Status.FEASIBLE
+    # optimal among recompute-only plans (to rel_gap) when the plan's time meets the bound
+    status = Status.OPTIMAL if sim.time_s <= bound * (1 + opts.rel_gap) else Status.FEASIBLE
     msg = (f"Checkmate {res.status}: {cm_obj:.9g} s, lower bound {bound:.9g} s ({bound_from}; for every "
            f"recompute-only plan); projection simulates to {sim.time_s:.9g} s, peak {sim.peak_bytes} B"
            + (f"; {note}" if note else ""))

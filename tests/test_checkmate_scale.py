@@ -13,7 +13,9 @@ from mutwo.registry import get_solver
 from mutwo.schedule import Decision, Status
 from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
+from solvers.brute_force import brute_force
 from solvers.checkmate import checkmate_exact, remat_interval
+from solvers.checkmate_bound import covering_bound
 from solvers.checkmate_model import build_checkmate, grid_of, plan_values
 from solvers.mutwo_greedy import mutwo_greedy
 from solvers.remat_interval import build_interval_model
@@ -39,6 +41,26 @@ def test_presolve_never_changes_the_optimum(p):
         if a.bound is not None:
             assert c.bound == pytest.approx(a.bound, rel=1e-6), (b, a.message, c.message)
     assert shrank  # the presolve did drop rows somewhere (else this test checks nothing)
+
+
+@pytest.mark.parametrize("p", [chain(8), residual(2, seed=3), random_dag(10, 6), random_dag(12, 3)],
+                         ids=lambda p: p.name)
+def test_covering_bound_is_below_every_recompute_only_plan(p):
+    bites = False
+    for b in budgets(p, [0.05, 0.2, 0.5, 0.8]):
+        bound, how = covering_bound(p, b)
+        bf = brute_force(p, b, mode="recompute")
+        assert bound >= p.total_compute_s
+        if bound == float("inf"):  # a proof that nothing fits
+            assert not bf.feasible, how
+            continue
+        if bf.feasible:
+            assert bound <= bf.objective * (1 + 1e-9), (b, how)
+            bites |= bound > p.total_compute_s * (1 + 1e-6)
+        cm = checkmate_exact(p, b, **NO_START)
+        if cm.bound is not None:  # below the grid's optimum too (its bound is at least the covering bound)
+            assert bound <= cm.options.get("checkmate_objective_s", np.inf) * (1 + 1e-9)
+    assert bites  # above the compute time somewhere: the bound sees memory
 
 
 def test_presolve_fixes_cold_activations_resident():
@@ -88,7 +110,10 @@ def test_interval_model_is_a_restriction_and_its_plan_is_real(p):
         assert sim.peak_bytes <= b
         assert iv.objective == pytest.approx(sim.time_s, rel=1e-12)
         assert not np.any(iv.decisions == Decision.SWAP)
-        assert iv.status == Status.FEASIBLE and iv.bound is None  # proves nothing about our optimum
+        # its bound is the covering bound: below the grid's optimum, so below every recompute-only plan
+        assert iv.bound == pytest.approx(iv.options["covering_bound_s"])
+        assert p.total_compute_s <= iv.bound <= cm.bound * (1 + 1e-6)
+        assert (iv.status == Status.OPTIMAL) == (iv.objective <= iv.bound * (1 + 1e-6))
 
 
 def test_interval_model_reaches_the_checkmate_optimum_with_enough_computations():
