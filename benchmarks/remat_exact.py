@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--highs", action="store_true", help="also checkmate_exact on HiGHS (PuLP)")
     ap.add_argument("--skip-small", action="store_true", help="only the --problem, not the sanity Problems")
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    ap.add_argument("--only", nargs="+", default=None, help="run only rows whose label starts with one of these "
+                    "(greedy, checkmate, interval)")
+    ap.add_argument("--out", default="remat_exact.csv", help="file name under results/benchmarks/")
     args = ap.parse_args(argv)
     problems = [] if args.skip_small else _small()
     if args.problem.exists():
@@ -94,11 +97,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for frac in args.fractions:
             b = range_budget(p, frac, keep)
             for label, solver, options in runs(args):
+                if args.only and not any(label.startswith(o) for o in args.only):
+                    continue
                 rows.append(_row(p, frac, b, label, solver, options))
                 r = rows[-1]
                 print({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "message"},
                       flush=True)
-                write_csv(pd.DataFrame(rows), "remat_exact.csv")  # after each row: a killed run keeps its rows
+                write_csv(pd.DataFrame(rows), args.out)  # after each row: a killed run keeps its rows
     return pd.DataFrame(rows)
 
 
