@@ -33,6 +33,11 @@ DEFAULT = {
     "bert-base:8": {"seq_len": 512},
     "gpt2-medium:4": {"seq_len": 1024, "meta": True},
 }
+# built on request only (``python -m benchmarks.device_problems resnet50:32``): the exact
+# rematerialization reference (benchmarks/remat_exact.py, docs/remat_exact.md)
+EXTRA = {
+    "resnet50:32": {"image_size": 224},
+}
 
 
 def range_budget(p: Problem, fraction: float, keep_peak: int | None = None) -> int:
@@ -76,11 +81,13 @@ def describe(p: Problem, path: Path, fractions: tuple[float, ...] = (0.7, 0.5, 0
 
 def main(argv: list[str] | None = None, out: Path = PROBLEMS) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("specs", nargs="*", help="model:batch (default: the three of DEFAULT with their options)")
+    ap.add_argument("specs", nargs="*", help="model:batch (default: the three of DEFAULT; DEFAULT and EXTRA "
+                    "entries bring their options)")
     ap.add_argument("--target", default="h100-sxm")
     ap.add_argument("--optimizer", default="sgd")
     args = ap.parse_args(argv)
-    specs = {s: DEFAULT.get(s, {}) for s in args.specs} if args.specs else DEFAULT
+    known = {**DEFAULT, **EXTRA}
+    specs = {s: known.get(s, {}) for s in args.specs} if args.specs else DEFAULT
     rows = []
     for spec, options in specs.items():
         t0 = time.perf_counter()

@@ -15,7 +15,7 @@ FORBIDDEN = {"recompute": Decision.SWAP, "swap": Decision.RECOMPUTE}
 # small limits for the exact solvers on a 9-activation Problem
 QUICK = {"ilp_cpsat": {"time_limit_s": 20.0}, "ilp_ortools_mip": {"time_limit_s": 20.0},
          "ilp_pulp_cbc": {"time_limit_s": 20.0}, "ilp_pulp_highs": {"time_limit_s": 20.0},
-         "checkmate_exact": {"time_limit_s": 20.0}}
+         "checkmate_exact": {"time_limit_s": 20.0}, "remat_interval": {"time_limit_s": 20.0}}
 _CODE = {"recompute": Decision.RECOMPUTE, "swap": Decision.SWAP}
 
 
@@ -133,7 +133,7 @@ def test_refusals_and_acceptances_of_the_builtins():
             return False
         return True
 
-    recompute_only = {"recompute_all", "chen_sqrt", "largest_first", "knapsack", "checkmate_exact"}
+    recompute_only = {"recompute_all", "chen_sqrt", "largest_first", "knapsack", "checkmate_exact", "remat_interval"}
     for name in _builtins():
         assert runs(name, "recompute") == (name != "swap_hidden"), name
         assert runs(name, "swap") == (name not in recompute_only), name
