@@ -36,7 +36,7 @@ import numpy as np
 
 from mutwo.problem import Problem
 from mutwo.registry import register_solver
-from mutwo.schedule import Decision, Schedule, ScheduleError, Status
+from mutwo.schedule import Schedule, Status
 from mutwo.simulate import SimResult, simulate
 from mutwo.solver_options import Ge, Gt
 from solvers.checkmate_bound import covering_bound
@@ -45,6 +45,7 @@ from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_model import Formulation
 from solvers.options import read_options
 from solvers.remat_interval import IntervalOptions, solve_interval
+from solvers.remat_projection import project
 
 __all__ = ["checkmate_exact", "remat_interval", "build_checkmate", "CheckmateOptions", "MAX_ACT", "MAX_VARS"]
 
@@ -125,24 +126,20 @@ def _engine(F: Formulation, idx: dict, start: Schedule | None, opts: CheckmateOp
     return res, x
 
 
-def _project(problem: Problem, budget: int, x: np.ndarray, idx: dict) -> tuple[np.ndarray, SimResult | None, str]:
-    """Our plan from a Checkmate solution: RECOMPUTE where it drops the activation at some stage,
-    simulated, repaired if our recompute rule needs more memory than the grid counted."""
-    d = np.zeros(problem.n_act, np.int8)
+def _project(problem: Problem, budget: int, x: np.ndarray, idx: dict) -> tuple[Schedule | None, SimResult | None, str]:
+    """Our plan from a Checkmate solution: RECOMPUTE where it drops the activation at some stage, anchored
+    where Checkmate last regenerates it before its first backward use (or at that use), simulated,
+    repaired if our recompute rule needs more memory than the grid counted (`remat_projection`)."""
+    recompute = np.zeros(problem.n_act, bool)
     for (_, a), v in idx["S"].items():
         if x[v] < 0.5:
-            d[a] = Decision.RECOMPUTE
-    pf = np.full(problem.n_act, -1, np.int64)
-    try:
-        sim = simulate(problem, Schedule(d, pf))
-    except ScheduleError as exc:  # pragma: no cover - recompute-only plans are always valid
-        return d, None, f"projection invalid: {exc}"
-    if sim.peak_bytes <= budget:
-        return d, sim, ""
-    from solvers.ilp import repair
-
-    d, _, sim = repair(problem, budget, d, pf, mode="recompute")
-    return d, sim, "projection peak over budget under our recompute rule; repaired"
+            recompute[a] = True
+    anchors = np.full(problem.n_act, -1, np.int64)
+    tau = idx["grid"].tau
+    for (k, a), v in idx["R"].items():
+        if recompute[a] and x[v] > 0.5:
+            anchors[a] = max(anchors[a], int(tau[k]))
+    return project(problem, budget, recompute, anchors)
 
 
 def _bound(problem: Problem, res: BackendResult, F: Formulation, cm_obj: float | None, cover: float
@@ -174,14 +171,18 @@ def _proven_start(problem: Problem, budget: int, start: Schedule | None, cover: 
     if t > cover * (1 + opts.rel_gap):
         return None
     shown["gap"] = max(0.0, (t - cover) / t)
-    return _finish(problem, budget, shown, t0, decisions=start.decisions.copy(), status=Status.OPTIMAL,
+    return _finish(problem, budget, shown, t0, plan=start, status=Status.OPTIMAL,
                    objective=t, bound=cover, message=f"start plan ({t:.9g} s) proven within {shown['gap']:.3%} "
                    f"of the lower bound {cover:.9g} s ({how}); no model built")
 
 
 def _finish(problem: Problem, budget: int, shown: dict, t0: float, **fields) -> Schedule:
+    plan = fields.pop("plan", None)
     d = fields.pop("decisions", None)
-    if d is None:
+    if plan is not None:
+        s = Schedule(plan.decisions, plan.prefetch_at, recompute_at=plan.recompute_at, solver="checkmate_exact",
+                     budget_bytes=budget, options=shown, **fields)
+    elif d is None:
         s = Schedule.keep_all(problem, solver="checkmate_exact", budget_bytes=budget, options=shown, **fields)
     else:
         s = Schedule(d, np.full(problem.n_act, -1, np.int64), solver="checkmate_exact", budget_bytes=budget,
@@ -225,19 +226,19 @@ def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
                        bound=bound if status == Status.TIMEOUT else None)
     shown["checkmate_objective_s"] = cm_obj
     shown["gap"] = (cm_obj - bound) / cm_obj if cm_obj > 0 else 0.0
-    d, sim, note = _project(problem, budget, x, idx)
+    plan, sim, note = _project(problem, budget, x, idx)
     if start is not None and (sim is None or simulate(problem, start).time_s < sim.time_s):
-        d, sim, note = start.decisions.copy(), simulate(problem, start), (note + "; " if note else "") + \
+        plan, sim, note = start, simulate(problem, start), (note + "; " if note else "") + \
             "the start plan simulates faster than the projection: returned"
     if sim is None:
-        return _finish(problem, budget, shown, t0, decisions=d, status=Status.INVALID, bound=bound,
+        return _finish(problem, budget, shown, t0, plan=plan, status=Status.INVALID, bound=bound,
                        message=f"Checkmate {cm_obj:.6g} s; {note}; no fitting projection")
     # optimal among recompute-only plans (to rel_gap) when the plan's time meets the bound
     status = Status.OPTIMAL if sim.time_s <= bound * (1 + opts.rel_gap) else Status.FEASIBLE
     msg = (f"Checkmate {res.status}: {cm_obj:.9g} s, lower bound {bound:.9g} s ({bound_from}; for every "
            f"recompute-only plan); projection simulates to {sim.time_s:.9g} s, peak {sim.peak_bytes} B"
            + (f"; {note}" if note else ""))
-    return _finish(problem, budget, shown, t0, decisions=d, status=status, objective=sim.time_s, bound=bound,
+    return _finish(problem, budget, shown, t0, plan=plan, status=status, objective=sim.time_s, bound=bound,
                    message=msg)
 
 

@@ -34,6 +34,7 @@ from mutwo.solver_options import Ge, Gt
 from solvers.checkmate_bound import covering_bound
 from solvers.checkmate_model import Grid, grid_of
 from solvers.options import read_options
+from solvers.remat_projection import project
 
 __all__ = ["solve_interval", "IntervalOptions", "IntervalModel", "build_interval_model"]
 
@@ -245,44 +246,41 @@ def solve_interval(problem: Problem, budget_bytes: int, **options) -> Schedule:
     shown["interval_objective_s"] = model_s
     # the engine's bound holds for the interval model only (a restriction), not for the Checkmate grid
     shown["interval_bound_s"] = problem.total_compute_s + solver.BestObjectiveBound() * im.unit
-    d, sim, note = _plan(problem, budget, im, solver, start)
+    plan, sim, note = _plan(problem, budget, im, solver, start)
     if sim is None:
-        return _finish(problem, budget, shown, t0, d, status=Status.INVALID,
+        return _finish(problem, budget, shown, t0, None, status=Status.INVALID,
                        message=f"interval model {model_s:.9g} s; projection does not fit and repair failed")
     shown["gap"] = max(0.0, 1 - cover / sim.time_s)
     status = Status.OPTIMAL if sim.time_s <= cover * (1 + opts.rel_gap) else Status.FEASIBLE
     msg = (f"interval model (C={opts.max_computations}, a restriction of the Checkmate grid) {name.lower()}: "
            f"{model_s:.9g} s; projection simulates to {sim.time_s:.9g} s, peak {sim.peak_bytes} B{note}; lower "
            f"bound {cover:.9g} s ({how}; for every recompute-only plan)")
-    return _finish(problem, budget, shown, t0, d, status=status, objective=sim.time_s, bound=cover, message=msg)
+    return _finish(problem, budget, shown, t0, plan, status=status, objective=sim.time_s, bound=cover, message=msg)
 
 
 def _plan(problem: Problem, budget: int, im: IntervalModel, solver, start: Schedule | None):
-    """The projection of the engine's solution (RECOMPUTE where recomputed), simulated, repaired if our
+    """The projection of the engine's solution (RECOMPUTE where recomputed, anchored at its last
+    recompute's stage or at its first backward use, `remat_projection`), simulated, repaired if our
     recompute rule needs more memory; the start plan instead when it is faster."""
-    d = np.zeros(problem.n_act, np.int8)
-    for (a, _), pj in im.present.items():
+    recompute = np.zeros(problem.n_act, bool)
+    anchors = np.full(problem.n_act, -1, np.int64)
+    for (a, j), pj in im.present.items():
         if solver.Value(pj):
-            d[a] = Decision.RECOMPUTE
-    none = np.full(problem.n_act, -1, np.int64)
-    sim = simulate(problem, Schedule(d, none))
-    note = ""
-    if sim.peak_bytes > budget:
-        from solvers.ilp import repair
-
-        d, _, sim = repair(problem, budget, d, none, mode="recompute")
-        note = "; projection over budget under our recompute rule, repaired"
+            recompute[a] = True
+            anchors[a] = max(anchors[a], int(im.grid.tau[solver.Value(im.start[(a, j)])]))
+    plan, sim, note = project(problem, budget, recompute, anchors)
+    note = f"; {note}"
     if start is not None and (sim is None or simulate(problem, start).time_s < sim.time_s):
-        d, sim = start.decisions.copy(), simulate(problem, start)
+        plan, sim = start, simulate(problem, start)
         note += "; the start plan simulates faster than the projection: returned"
-    return d, sim, note
+    return plan, sim, note
 
 
-def _finish(problem: Problem, budget: int, shown: dict, t0: float, d: np.ndarray | None, **fields) -> Schedule:
-    if d is None:
+def _finish(problem: Problem, budget: int, shown: dict, t0: float, plan: Schedule | None, **fields) -> Schedule:
+    if plan is None:
         s = Schedule.keep_all(problem, solver="remat_interval", budget_bytes=budget, options=shown, **fields)
     else:
-        s = Schedule(d, np.full(problem.n_act, -1, np.int64), solver="remat_interval", budget_bytes=budget,
-                     options=shown, **fields)
+        s = Schedule(plan.decisions, plan.prefetch_at, recompute_at=plan.recompute_at, solver="remat_interval",
+                     budget_bytes=budget, options=shown, **fields)
     s.solve_time_s = time.perf_counter() - t0
     return s
