@@ -247,8 +247,8 @@ def _prepare_or_oom(ctx: RunContext, bs: int, capture_graph: bool) -> tuple[Plan
 
 def _run_batch(ctx: RunContext, bs: int) -> None:
     """Every cell of one batch size; the oom rows of a batch size that did not fit, and the run goes on.
-    Each solver's budgets are solved from the largest down, so a solver that takes a ``hint`` gets the
-    plan it found at the next larger budget (`mutwo.hints`); rows keep the scenario's order."""
+    The budgets of a solver that takes a ``hint`` are solved from the largest down, so it gets the plan it
+    found at the next larger budget (`mutwo.hints`); rows keep the scenario's order."""
     cells = [(spec, b) for spec in ctx.scenario.solvers for b in ctx.scenario.budgets]
     keys = [cell.cell_key(bs, spec.label, b.label) for spec, b in cells]
     todo = [k for k in keys if k not in ctx.done]
@@ -260,7 +260,10 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
     cell_ctx = cell_context(ctx, ctx.batches[bs].info) if bs in ctx.batches else ctx.cell
     keep_peak = ctx.batches[bs].keep_all_peak_bytes if bs in ctx.batches else None
     sizes = [b.resolve(keep_peak) if (keep_peak or b.nbytes) else None for _, b in cells]
-    order = hints.largest_first([spec.label for spec, _ in cells], sizes)
+    hinted = [ctx.scenario.solve.hints and hints.takes_hint(spec.name, spec.options) for spec, _ in cells]
+    # only solvers that take a hint are reordered: the others keep the scenario's order (and the "same
+    # plan as ..." notes a Ray run, which solves in grid order, gives too)
+    order = hints.largest_first([spec.label for spec, _ in cells], [z if h else None for z, h in zip(sizes, hinted)])
     sweep, done_rows = hints.SweepHints(), {}
     first_row = len(ctx.rows)
     for i in order:
@@ -277,7 +280,7 @@ def _run_batch(ctx: RunContext, bs: int) -> None:
                 row = cell.run_cell(cell_ctx, ctx.batches[bs], memo, spec, budget,
                                     solve_fn=_hinted_solve(ctx, sweep, spec, sizes[i]))
             run_folder.append_cell(ctx.run_dir, row)
-        if row.status in cell.FEASIBLE and row.schedule_file:
+        if hinted[i] and row.status in cell.FEASIBLE and row.schedule_file:
             sweep.record(spec.label, row.budget_bytes, ctx.run_dir / row.schedule_file)
         done_rows[i] = row
         ctx.rows.append(row)
