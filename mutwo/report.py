@@ -581,7 +581,11 @@ COLUMN_GLOSSARY: dict[str, str] = {
     "largest seq_len": "largest-batch search: the largest sequence length at which the plan fits the memory",
     "pred step s": "simulated time of one step at that size",
     "pred samples/s": "that size over its simulated step time",
+    "fastest probed (samples/s)": "largest-batch search: among the sizes probed that fit, the most samples per "
+                                  "simulated second, and at which size (the largest size is rarely the fastest)",
     "pred tokens/s": "batch x that sequence length over its simulated step time",
+    "fastest probed (tokens/s)": "largest-sequence search: among the lengths probed that fit, the most tokens "
+                                 "per simulated second, and at which length",
     "probes": "every size tried and whether it fitted (`n:yes/no`; `n:timeout`, `n:error`: the solver gave no "
               "answer there, counted as not fitting)",
     "target": "the device the times are estimated for (`target:` in the scenario, docs/devices.md)",
@@ -700,9 +704,14 @@ def search_section(search: pd.DataFrame | None, run: dict) -> list[str]:
         rate = np.nan
         if not pd.isna(r.largest) and r.predicted_time_s and r.predicted_time_s > 0:
             rate = int(r.largest) * (1 if over == "batch_size" else batch) / r.predicted_time_s
+        fastest = "–"
+        n_best, t_best = getattr(r, "fastest_n", None), getattr(r, "fastest_time_s", None)
+        if n_best is not None and not pd.isna(n_best) and t_best:
+            fastest = f"{int(n_best) * (1 if over == 'batch_size' else batch) / t_best:.4g} at {int(n_best)}"
         rows.append({"solver": r.solver, f"largest {over}": largest, "pred peak": fmt_bytes(r.predicted_peak_bytes),
                      "meas peak": fmt_bytes(r.measured_peak_bytes), "pred step s": r.predicted_time_s,
-                     f"pred {unit}": rate, "basis": r.basis or "–", "probes": r.probes})
+                     f"pred {unit}": rate, f"fastest probed ({unit})": fastest, "basis": r.basis or "–",
+                     "probes": r.probes})
     lines += [markdown_table(pd.DataFrame(rows)), ""]
     lines += [f"- {r.solver}: {r.warning}" for r in search.itertuples() if isinstance(r.warning, str) and r.warning]
     return lines + [""]

@@ -172,12 +172,14 @@ def _outcome(label: str, b: Bisection, probes: dict[int, Probe], step: int) -> O
 
 
 FRAME_COLUMNS = ["solver", "over", "memory", "memory_bytes", "largest", "capped", "basis", "predicted_peak_bytes",
-                 "measured_peak_bytes", "predicted_time_s", "status", "probes", "warning"]
+                 "measured_peak_bytes", "predicted_time_s", "status", "probes", "warning", "fastest_n",
+                 "fastest_time_s"]
 
 
 def outcome_frame(outcomes: Mapping[str, Outcome], *, over: str, memory: str, memory_bytes: int) -> pd.DataFrame:
     """search.csv: one row per solver (its label), the answer and its plan's figures at that size, and
-    every probe as ``n:yes/no`` (or ``n:timeout`` / ``n:error`` ...: no answer, counted as not fitting)."""
+    every probe as ``n:yes/no`` (or ``n:timeout`` / ``n:error`` ...: no answer, counted as not fitting), and the
+    fitting size probed with the most work per predicted second (``fastest_n``, ``fastest_time_s``)."""
     rows = []
     for label, o in outcomes.items():
         best = o.best
@@ -189,10 +191,21 @@ def outcome_frame(outcomes: Mapping[str, Outcome], *, over: str, memory: str, me
             "predicted_time_s": best.predicted_time_s if best else None,
             "status": best.status if best else (o.probes[min(o.probes)].status if o.probes else ""),
             "probes": " ".join(f"{n}:{_verdict(p)}" for n, p in o.probes.items()),
-            "warning": o.warning})
+            "warning": o.warning, **_fastest(o)})
     out = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     out["largest"] = out["largest"].astype("Int64")
+    out["fastest_n"] = out["fastest_n"].astype("Int64")
     return out
+
+
+def _fastest(o: Outcome) -> dict:
+    """Among the sizes probed that fit, the one with the most work per predicted second (size / step time):
+    the largest size is rarely the fastest to train at, and users want both. Only probed sizes count."""
+    rated = [(p.n / p.predicted_time_s, p) for p in o.probes.values() if p.fits and p.predicted_time_s]
+    if not rated:
+        return {"fastest_n": None, "fastest_time_s": None}
+    best = max(rated, key=lambda rp: (rp[0], -rp[1].n))[1]
+    return {"fastest_n": best.n, "fastest_time_s": best.predicted_time_s}
 
 
 NO_ANSWER = ("timeout", "error", "invalid")  # statuses where the solver said nothing about fitting

@@ -267,3 +267,15 @@ def test_a_probe_without_an_answer_shows_its_status_not_a_plain_no():
     probes = outcome_frame(out, over="batch_size", memory="1GiB", memory_bytes=2**30)["probes"].iloc[0]
     assert "4:timeout" in probes.split() and "3:yes" in probes.split()
     assert all(p.endswith(("yes", "timeout", "no")) for p in probes.split())
+
+
+def test_the_fastest_fitting_probe_is_reported_beside_the_largest():
+    """Step time grows faster than the batch past 4 here: the largest batch that fits (12) is not the one
+    with the most samples per second (4), and search.csv says both."""
+    def judge(n, labels):
+        return {lab: Probe(lab, n, n <= 12, predicted_time_s=1.0 if n <= 4 else n / 4 * (n - 3), status="feasible")
+                for lab in labels}
+
+    out = largest_fitting(["s"], 1, 32, judge)
+    row = outcome_frame(out, over="batch_size", memory="1GiB", memory_bytes=2**30).iloc[0]
+    assert row["largest"] == 12 and row["fastest_n"] == 4 and row["fastest_time_s"] == 1.0
