@@ -19,7 +19,7 @@ from solvers.ilp_memory import existing_resident_var
 if TYPE_CHECKING:
     from solvers.ilp_model import Formulation
 
-__all__ = ["plan_points", "complete"]
+__all__ = ["plan_points", "complete", "summarize"]
 
 
 def plan_points(problem: Problem, cum: np.ndarray, swap: np.ndarray, plan, can_s: np.ndarray
@@ -60,7 +60,15 @@ def complete(F: Formulation, d: np.ndarray, pf: np.ndarray) -> tuple[np.ndarray,
     _set_gap_residents(F, x)
     if F.delay_var:
         _set_link_times(F, x, cum, swap, chosen, swap_out_end)
-    return x, "; ".join(issues)
+    return x, summarize(issues)
+
+
+def summarize(issues: list[str], most: int = 3) -> str:
+    """The first ``most`` reasons a plan lies outside the model and how many more: a start plan on a
+    large Problem can have hundreds (one per chain deeper than the model's depth), and the reason ends
+    up in a results row."""
+    more = len(issues) - most
+    return "; ".join(issues[:most]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _set_decisions(F: Formulation, d: np.ndarray, x: np.ndarray, issues: list[str]) -> None:

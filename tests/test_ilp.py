@@ -337,3 +337,14 @@ def test_a_fitting_start_is_kept_when_the_engine_finds_no_plan(monkeypatch):
     assert s.status is Status.FEASIBLE and s.decisions.tolist() == start.decisions.tolist()
     assert simulate(p, s).time_s == pytest.approx(simulate(p, start).time_s)
     assert "no plan found" in s.message
+
+
+def test_reasons_a_start_lies_outside_the_model_are_summarized():
+    """A 7B step's greedy start had 400+ chains deeper than the model: the row named each one."""
+    from solvers.ilp_completion import summarize
+
+    many = [f"chain of {a} is deeper than the model allows" for a in range(400)]
+    text = summarize(many)
+    assert text.startswith("chain of 0 is deeper") and text.endswith("; and 397 more") and len(text) < 200
+    assert summarize(many[:2]) == "chain of 0 is deeper than the model allows; chain of 1 is deeper than the model allows"
+    assert summarize([]) == ""
