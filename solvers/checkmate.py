@@ -45,7 +45,7 @@ from solvers.ilp_backends import BACKENDS, BackendResult
 from solvers.ilp_model import Formulation
 from solvers.options import read_options
 from solvers.remat_interval import IntervalOptions, solve_interval
-from solvers.remat_projection import project
+from solvers.remat_projection import finished, project
 
 __all__ = ["checkmate_exact", "remat_interval", "build_checkmate", "CheckmateOptions", "MAX_ACT", "MAX_VARS"]
 
@@ -176,19 +176,9 @@ def _proven_start(problem: Problem, budget: int, start: Schedule | None, cover: 
                    f"of the lower bound {cover:.9g} s ({how}); no model built")
 
 
-def _finish(problem: Problem, budget: int, shown: dict, t0: float, **fields) -> Schedule:
-    plan = fields.pop("plan", None)
-    d = fields.pop("decisions", None)
-    if plan is not None:
-        s = Schedule(plan.decisions, plan.prefetch_at, recompute_at=plan.recompute_at, solver="checkmate_exact",
-                     budget_bytes=budget, options=shown, **fields)
-    elif d is None:
-        s = Schedule.keep_all(problem, solver="checkmate_exact", budget_bytes=budget, options=shown, **fields)
-    else:
-        s = Schedule(d, np.full(problem.n_act, -1, np.int64), solver="checkmate_exact", budget_bytes=budget,
-                     options=shown, **fields)
-    s.solve_time_s = time.perf_counter() - t0
-    return s
+def _finish(problem: Problem, budget: int, shown: dict, t0: float, plan: Schedule | None = None,
+            **fields) -> Schedule:
+    return finished(problem, budget, "checkmate_exact", shown, t0, plan, **fields)
 
 
 @register_solver("checkmate_exact", options=CheckmateOptions)

@@ -34,7 +34,7 @@ from mutwo.solver_options import Ge, Gt
 from solvers.checkmate_bound import covering_bound
 from solvers.checkmate_model import Grid, grid_of
 from solvers.options import read_options
-from solvers.remat_projection import project
+from solvers.remat_projection import finished, project
 
 __all__ = ["solve_interval", "IntervalOptions", "IntervalModel", "build_interval_model"]
 
@@ -277,10 +277,4 @@ def _plan(problem: Problem, budget: int, im: IntervalModel, solver, start: Sched
 
 
 def _finish(problem: Problem, budget: int, shown: dict, t0: float, plan: Schedule | None, **fields) -> Schedule:
-    if plan is None:
-        s = Schedule.keep_all(problem, solver="remat_interval", budget_bytes=budget, options=shown, **fields)
-    else:
-        s = Schedule(plan.decisions, plan.prefetch_at, recompute_at=plan.recompute_at, solver="remat_interval",
-                     budget_bytes=budget, options=shown, **fields)
-    s.solve_time_s = time.perf_counter() - t0
-    return s
+    return finished(problem, budget, "remat_interval", shown, t0, plan, **fields)

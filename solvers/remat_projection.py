@@ -12,13 +12,15 @@ more memory than the model counted, and the faster fitting one is kept.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from mutwo.problem import Problem
 from mutwo.schedule import Decision, Schedule, ScheduleError
 from mutwo.simulate import SimResult, simulate
 
-__all__ = ["project"]
+__all__ = ["project", "finished"]
 
 
 def project(problem: Problem, budget: int, recompute: np.ndarray, anchors: np.ndarray | None
@@ -59,3 +61,16 @@ def _fitting(problem: Problem, budget: int, plan: Schedule) -> tuple[Schedule, S
     fixed, sim = repair_schedule(problem, budget, plan, mode="recompute")
     return fixed, sim, ("over budget under our recompute rule, repaired" if sim is not None else
                         "over budget under our recompute rule, repair failed")
+
+
+def finished(problem: Problem, budget: int, solver: str, shown: dict, t0: float, plan: Schedule | None,
+             **fields) -> Schedule:
+    """The answer of a rematerialization solver: ``plan`` (decisions and points) or, without one,
+    keep-all carrying the status and message; ``solve_time_s`` counted from ``t0``."""
+    if plan is None:
+        s = Schedule.keep_all(problem, solver=solver, budget_bytes=budget, options=shown, **fields)
+    else:
+        s = Schedule(plan.decisions, plan.prefetch_at, recompute_at=plan.recompute_at, solver=solver,
+                     budget_bytes=budget, options=shown, **fields)
+    s.solve_time_s = time.perf_counter() - t0
+    return s
