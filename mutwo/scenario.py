@@ -84,6 +84,18 @@ def parse_size(text: str) -> int:
     return int(round(value * _UNITS[unit]))
 
 
+def _positive_size(v: Any, not_a_size: str, what: str, example: str) -> int:
+    """A field that takes a size: a positive number of bytes, or text for `parse_size`; ``not_a_size``
+    is the error for anything else, ``what`` and ``example`` name the field in the error for 0 or less."""
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ValueError(not_a_size)
+    if isinstance(v, int):
+        if v <= 0:
+            raise ValueError(f"{v} bytes: {what} must be positive, e.g. '{example}'")
+        return v
+    return parse_size(v)
+
+
 _STRICT = ConfigDict(extra="forbid")  # unknown keys are errors (with a suggestion), never ignored
 
 
@@ -285,13 +297,8 @@ class ExecuteSpec(BaseModel):
     def _size(cls, v: Any) -> Any:
         if v is None:
             return v
-        if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise ValueError(f"{v!r} is not a size; write one like '20GiB' (or null for no limit)")
-        if isinstance(v, int):
-            if v <= 0:
-                raise ValueError(f"{v} bytes: a memory limit must be positive, e.g. '20GiB'")
-            return v
-        return parse_size(v)
+        return _positive_size(v, f"{v!r} is not a size; write one like '20GiB' (or null for no limit)",
+                              "a memory limit", "20GiB")
 
 
 class SolveSpec(BaseModel):
@@ -394,13 +401,8 @@ class LargestBatchSpec(BaseModel):
     def _size(cls, v: Any) -> Any:
         if v == "device":
             return v
-        if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise ValueError(f"{_shown(v)} is not a memory; write a size like '80GiB', or 'device' (the target's)")
-        if isinstance(v, int):
-            if v <= 0:
-                raise ValueError(f"{v} bytes: a memory must be positive, e.g. '80GiB'")
-            return v
-        return parse_size(v)
+        return _positive_size(v, f"{_shown(v)} is not a memory; write a size like '80GiB', or 'device' (the target's)",
+                              "a memory", "80GiB")
 
     @model_validator(mode="after")
     def _range(self) -> LargestBatchSpec:
