@@ -58,7 +58,10 @@ class CheckmateOptions:
     """Options of ``checkmate_exact``. ``mode`` must be "recompute". ``warm_start``: a recompute-only
     plan (a Schedule or a solver name, run with mode="recompute") mapped into the grid as the engine's
     start; None for none. ``presolve``: the exact presolve of `solvers.checkmate_model` (off only to
-    compare). ``max_act`` / ``max_vars``: refuse problems (activations) / models (variables) above these."""
+    compare). ``max_act`` / ``max_vars``: refuse problems (activations) / models (variables) above these.
+    ``interval_share``: the share of ``time_limit_s`` the interval model (``remat_interval``, a restriction
+    of this grid, O(n) variables) gets first as a primal heuristic; its plan replaces the start when
+    faster, and the grid model is built only when the covering bound does not prove it (0: skip)."""
 
     backend: Literal["cpsat", "ortools_mip", "pulp_cbc", "pulp_highs"] = "cpsat"  # solvers.ilp_backends
     time_limit_s: Annotated[float, Gt(0)] = 60.0
@@ -70,13 +73,17 @@ class CheckmateOptions:
     max_vars: Annotated[int, Ge(1)] = MAX_VARS
     presolve: bool = True
     mode: Literal["recompute"] = "recompute"
-    warm_start: Schedule | str | None = "mutwo_greedy"
+    warm_start: Schedule | str | None = "heuristics"
+    interval_share: Annotated[float, Ge(0)] = 0.25
 
     def __post_init__(self) -> None:
         if self.mode != "recompute":
             raise ValueError(f"checkmate_exact is recompute-only: use mode='recompute' (got mode={self.mode!r})")
+        if not 0 <= float(self.interval_share) <= 1:
+            raise ValueError(f"checkmate_exact: interval_share is a share of time_limit_s, between 0 and 1; got "
+                             f"{self.interval_share}")
         for name, kind in (("time_limit_s", float), ("rel_gap", float), ("threads", int), ("seed", int),
-                           ("max_act", int), ("max_vars", int), ("presolve", bool)):
+                           ("max_act", int), ("max_vars", int), ("presolve", bool), ("interval_share", float)):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
 
@@ -103,6 +110,25 @@ def _start(problem: Problem, budget: int, opts: CheckmateOptions) -> tuple[Sched
         return _warm_start(problem, budget, opts.warm_start, True, "recompute", opts.seed)
     except Exception as exc:  # noqa: BLE001 - a failing start solver costs the start, not the solve
         return None, f"start {opts.warm_start!r} failed: {type(exc).__name__}: {exc}"
+
+
+def _interval_start(problem: Problem, budget: int, start: Schedule | None, opts: CheckmateOptions,
+                    shown: dict) -> tuple[Schedule | None, str]:
+    """The interval model's plan (C = 2, from ``start``) when it is faster than ``start``: a grid plan
+    found in seconds where the grid model itself, 100x larger, improves slowly (docs/remat_exact.md)."""
+    iv = solve_interval(problem, budget, time_limit_s=opts.interval_share * opts.time_limit_s,
+                        rel_gap=opts.rel_gap, threads=opts.threads, seed=opts.seed, grid=opts.grid,
+                        warm_start=start)
+    if not iv.feasible:
+        shown["interval_start"] = f"{iv.status.value}: {iv.message}"
+        return start, "start plan"
+    t = simulate(problem, iv).time_s
+    if start is not None and simulate(problem, start).time_s <= t:
+        shown["interval_start"] = f"{t:.9g} s, not faster than the start"
+        return start, "start plan"
+    shown["interval_start"] = f"{t:.9g} s in {iv.solve_time_s:.1f} s: the start"
+    return (Schedule(iv.decisions, iv.prefetch_at, recompute_at=iv.recompute_at),
+            f"the interval model's plan (C=2, {iv.solve_time_s:.1f} s)")
 
 
 def _engine(F: Formulation, idx: dict, start: Schedule | None, opts: CheckmateOptions, seconds: float,
@@ -159,7 +185,7 @@ def _bound(problem: Problem, res: BackendResult, F: Formulation, cm_obj: float |
 
 
 def _proven_start(problem: Problem, budget: int, start: Schedule | None, cover: float, how: str,
-                  opts: CheckmateOptions, shown: dict, t0: float) -> Schedule | None:
+                  opts: CheckmateOptions, shown: dict, t0: float, what: str = "start plan") -> Schedule | None:
     """The start plan when the covering bound already proves it within ``rel_gap`` (no model is built),
     or INFEASIBLE when the bound proves that no recompute-only plan fits."""
     if cover == float("inf"):
@@ -172,7 +198,7 @@ def _proven_start(problem: Problem, budget: int, start: Schedule | None, cover: 
         return None
     shown["gap"] = max(0.0, (t - cover) / t)
     return _finish(problem, budget, shown, t0, plan=start, status=Status.OPTIMAL,
-                   objective=t, bound=cover, message=f"start plan ({t:.9g} s) proven within {shown['gap']:.3%} "
+                   objective=t, bound=cover, message=f"{what} ({t:.9g} s) proven within {shown['gap']:.3%} "
                    f"of the lower bound {cover:.9g} s ({how}); no model built")
 
 
@@ -195,6 +221,11 @@ def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
     done = _proven_start(problem, budget, start, cover, how, opts, shown, t0)
     if done is not None:
         return done
+    if opts.interval_share > 0:
+        start, what = _interval_start(problem, budget, start, opts, shown)
+        done = _proven_start(problem, budget, start, cover, how, opts, shown, t0, what)
+        if done is not None:
+            return done
     F, idx = build_checkmate(problem, budget, opts.grid, opts.presolve)
     shown["model"] = dict(F.stats, build_s=time.perf_counter() - t0)
     if F.infeasible:

@@ -55,13 +55,16 @@ _NOT_HEURISTICS = ("brute_force", "checkmate_exact", "remat_interval")  # exact 
 
 
 def heuristic_names(mode: str) -> list[str]:
-    """Registered solvers that are heuristics (not an ILP or exact solver) and whose decisions ``mode``
-    allows (a solver that does not declare its decisions only for ``"both"``)."""
+    """Registered solvers that are heuristics (not an ILP or exact solver) that take ``mode`` as an
+    option, or whose decisions ``mode`` allows (a solver that declares neither only for ``"both"``): the
+    μ-TWO greedy decides RECOMPUTE and SWAP by default but is a recompute-only start with mode="recompute"."""
     allowed = {"both": {"recompute", "swap"}, "recompute": {"recompute"}, "swap": {"swap"}}[mode]
 
     def fits_mode(name: str) -> bool:
-        decisions = solver_info(name).decisions
-        return mode == "both" if decisions is None else set(decisions) <= allowed
+        info = solver_info(name)
+        if info.modes is not None and mode in info.modes:  # it is run with mode=mode (_warm_start)
+            return True
+        return mode == "both" if info.decisions is None else set(info.decisions) <= allowed
 
     return [n for n in available_solvers() if not n.startswith("ilp_") and n not in _NOT_HEURISTICS
             and fits_mode(n)]

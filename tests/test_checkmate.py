@@ -21,6 +21,7 @@ from mutwo.simulate import simulate
 from mutwo.synthetic import chain, random_dag, residual
 from solvers.brute_force import brute_force
 from solvers.checkmate import checkmate_exact
+from solvers.mutwo_greedy import mutwo_greedy
 from tests.test_ilp import budgets
 
 EXACT = {"rel_gap": 1e-7, "warm_start": None}
@@ -63,11 +64,16 @@ def test_checkmate_is_strictly_lower_where_sharing_pays_and_early_anchors_reach_
     p = chain(8)
     b = budgets(p, [0.2])[0]
     bf = brute_force(p, b, mode="recompute")
-    cm = checkmate_exact(p, b)
+    cm = checkmate_exact(p, b, interval_share=0)  # the grid model itself
     assert bf.feasible and cm.bound < bf.objective * (1 - 1e-3)
     assert cm.options["checkmate_objective_s"] == pytest.approx(cm.bound)
     assert cm.status == Status.OPTIMAL and (cm.recompute_at >= 0).any()
     assert cm.objective == pytest.approx(cm.bound, rel=1e-6) and simulate(p, cm).peak_bytes <= b
+    # by default the interval model finds that plan first and the covering bound proves it: no grid built
+    quick = checkmate_exact(p, b)
+    assert quick.status == Status.OPTIMAL and quick.objective == pytest.approx(cm.objective, rel=1e-6)
+    assert "interval model's plan" in quick.message and "checkmate_objective_s" not in quick.options
+    assert quick.objective < simulate(p, mutwo_greedy(p, b, mode="recompute")).time_s * (1 - 1e-3)
 
 
 def test_checkmate_optimal_when_projection_matches():
@@ -108,6 +114,8 @@ def test_checkmate_refuses_large_graphs_other_modes_and_unknown_grids():
             checkmate_exact(chain(4), 10**12, mode=mode)
     with pytest.raises(ValueError, match="grid must be one of"):
         checkmate_exact(chain(4), 10**12, grid="stages")
+    with pytest.raises(ValueError, match="interval_share is a share of time_limit_s, between 0 and 1"):
+        checkmate_exact(chain(4), 10**12, interval_share=1.5)
     with pytest.raises(TypeError, match=r"checkmate_exact got unknown options \['gird'\]"):
         checkmate_exact.__wrapped__(chain(4), 10**12, gird="ops")
 
@@ -132,7 +140,7 @@ def test_projection_keeps_the_models_regeneration_points_where_they_are_faster()
     points as anchors our plan is faster than every first-use-anchored plan (brute force's optimum)."""
     p = residual(2, seed=3)
     b = budgets(p, [0.35])[0]
-    cm = checkmate_exact(p, b)
+    cm = checkmate_exact(p, b, interval_share=0)  # the grid model's own solution, projected
     bf = brute_force(p, b, mode="recompute")
     assert cm.feasible and bf.feasible
     assert (cm.recompute_at >= 0).any() and "regeneration points as anchors" in cm.message

@@ -175,6 +175,7 @@ def test_warm_start_from_every_heuristic_takes_the_fastest():
     assert "mutwo_greedy" in names and "knapsack" in names
     assert not any(n.startswith("ilp_") or n in ("brute_force", "checkmate_exact") for n in names)
     assert "swap_hidden" not in heuristic_names("recompute") and "knapsack" not in heuristic_names("swap")
+    assert "mutwo_greedy" in heuristic_names("recompute") and "mutwo_greedy" in heuristic_names("swap")  # mode=
     p = slow_link(residual(3, seed=1), 10.0)
     b = range_budget(p, 0.4)
     s = get_solver("ilp_cpsat")(p, b, warm_start="heuristics", time_limit_s=20)
