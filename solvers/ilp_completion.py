@@ -130,14 +130,18 @@ def _chain_members_on(F: Formulation, x: np.ndarray, a: int) -> set[int]:
 def _set_chains(F: Formulation, x: np.ndarray, issues: list[str]) -> None:
     """Chain member, shared-op and held variables at their tight values."""
     p = F.problem
+    op_vars: dict[int, list[tuple[int, int]]] = {}  # target -> (op, variable); one pass, not one per target
+    for (t, o), u in F.chain_op_var.items():
+        op_vars.setdefault(t, []).append((o, u))
     for a, ch in F.chains.items():
         if a not in F.recompute_var or x[F.recompute_var[a]] < 0.5:
             continue
         on = _chain_members_on(F, x, a)
         for y in on - {a}:
             x[F.chain_member_var[(a, y)]] = 1
-        for (t, o), u in F.chain_op_var.items():
-            if t == a and any(o in p.recompute_ops[y] for y in on):
+        ops_on = {int(o) for y in on for o in p.recompute_ops[y]}
+        for o, u in op_vars.get(a, ()):
+            if o in ops_on:
                 x[u] = 1
         for y, s in ch.no_swap:
             if y in on and x[F.swap_var[s]] > 0.5:
@@ -145,12 +149,19 @@ def _set_chains(F: Formulation, x: np.ndarray, issues: list[str]) -> None:
         for y, s in ch.too_deep:
             if y in on and x[F.recompute_var[s]] > 0.5:
                 issues.append(f"chain of {a} is deeper than the model allows")
+    # y is held while xm is made when y is on and read by an on member made no earlier than xm: per
+    # chain, the latest on reader of each source, found once (not once per held variable)
+    latest_reader: dict[int, dict[int, tuple[int, int]]] = {}
     for (a, xm, y), h in F.held_var.items():
         cv = F.chains[a].member_var
-        rank_x = (int(p.created[xm]), xm)
-        x[h] = float(x[cv[y]] > 0.5 and any(
-            x[cv[z]] > 0.5 and (int(p.created[z]), z) >= rank_x and y in p.recompute_sources[z]
-            for z in F.chains[a].members))
+        if a not in latest_reader:
+            last: dict[int, tuple[int, int]] = {}
+            for z in F.chains[a].members:
+                if x[cv[z]] > 0.5:
+                    for src in p.recompute_sources[z].tolist():
+                        last[src] = max(last.get(src, (-1, -1)), (int(p.created[z]), z))
+            latest_reader[a] = last
+        x[h] = float(x[cv[y]] > 0.5 and latest_reader[a].get(y, (-1, -1)) >= (int(p.created[xm]), xm))
 
 
 def _set_gap_residents(F: Formulation, x: np.ndarray) -> None:

@@ -440,3 +440,41 @@ def test_repair_moves_an_early_anchor_back_when_it_holds_the_peak():
     assert shared.peak_bytes > alone.peak_bytes  # the shared run is held longer
     fixed, sim = repair_schedule(p, alone.peak_bytes, plan, mode="recompute")
     assert sim is not None and sim.fits(alone.peak_bytes) and sim.time_s <= alone.time_s
+
+
+@pytest.mark.parametrize("start", ["mutwo_greedy", None])
+def test_no_model_is_built_once_the_time_limit_is_spent(monkeypatch, start):
+    """Building a large model takes seconds the engine's limit does not see (a 7B Llama: 15-20 s after a
+    60 s limit was spent on the start and the bound): past the limit the start plan is returned, or
+    TIMEOUT with the bound reached when there is none (no start, and the bound's rounding disabled)."""
+    import time
+
+    import solvers.ilp as ilp
+    from mutwo.registry import get_solver
+
+    p = slow_link(residual(3, seed=1), 10.0)
+    b = range_budget(p, 0.3)
+    built = []
+    real_build = ilp.build
+    monkeypatch.setattr(ilp, "build", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    if start is None:
+        monkeypatch.setattr(ilp, "_start_from_bound", lambda problem, budget, mode, lb, warm, warm_from, s: (warm, warm_from))
+    ilp.ilp_cpsat(p, b, rel_gap=0.0, time_limit_s=20, warm_start=start)
+    assert built  # with time left, the model is built: the check below is not vacuous
+    built.clear()
+    real_bound = ilp.lower_bound
+
+    def slow_bound(*args, **kwargs):
+        lb = real_bound(*args, **kwargs)
+        time.sleep(0.5)
+        return lb
+
+    monkeypatch.setattr(ilp, "lower_bound", slow_bound)
+    s = ilp.ilp_cpsat(p, b, rel_gap=0.0, time_limit_s=0.5, warm_start=start)
+    assert not built and "time limit spent before the model" in s.message
+    if start is None:
+        assert s.status.value == "timeout" and "lower bound reached" in s.message and s.bound is not None
+    else:
+        assert s.status.value == "feasible" and simulate(p, s).peak_bytes <= b
+        assert s.objective <= simulate(p, get_solver(start)(p, b)).time_s * (1 + 1e-9)  # the start, or its rounding
+        assert s.bound is not None and s.bound <= s.objective
