@@ -695,7 +695,10 @@ def search_section(search: pd.DataFrame | None, run: dict) -> list[str]:
              "by bisection, which assumes that a plan fitting at a size means one fits at every smaller size; "
              "each answer's upper neighbour was probed and did not fit, its lower neighbour was probed too, and "
              "a probe that breaks the assumption is named under the table. `≥` marks an answer at the top of the "
-             "range (it may fit more).", ""]
+             "range (it may fit more)."
+             + (f" A plan counts only when its predicted step is at most {spec['max_slowdown']:g}x keep-all's "
+                "at the same size (`max_slowdown`; `n:slow` probes fit the memory but not that)."
+                if spec.get("max_slowdown") else ""), ""]
     unit = "samples/s" if over == "batch_size" else "tokens/s"
     batch = (run.get("scenario") or {}).get("batch_size", [1])[0]
     rows = []
@@ -710,6 +713,7 @@ def search_section(search: pd.DataFrame | None, run: dict) -> list[str]:
             fastest = f"{int(n_best) * (1 if over == 'batch_size' else batch) / t_best:.4g} at {int(n_best)}"
         rows.append({"solver": r.solver, f"largest {over}": largest, "pred peak": fmt_bytes(r.predicted_peak_bytes),
                      "meas peak": fmt_bytes(r.measured_peak_bytes), "pred step s": r.predicted_time_s,
+                     "x keep-all": getattr(r, "slowdown", np.nan),
                      f"pred {unit}": rate, f"fastest probed ({unit})": fastest, "basis": r.basis or "–",
                      "probes": r.probes})
     lines += [markdown_table(pd.DataFrame(rows)), ""]

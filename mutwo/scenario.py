@@ -386,7 +386,9 @@ class LargestBatchSpec(BaseModel):
     """The largest batch size (``over: batch_size``) or sequence length (``over: seq_len``, at the
     scenario's first batch size) in [``min``, ``max``] (multiples of ``step``) at which each solver's plan,
     and keep-all's, fits ``memory`` (a size, or ``device``: the target's memory). Found by bisection
-    (`mutwo.search`); ``solvers``: labels of the scenario's solvers to search for (null: all)."""
+    (`mutwo.search`); ``solvers``: labels of the scenario's solvers to search for (null: all);
+    ``max_slowdown``: a plan counts only when its predicted step is at most this many times keep-all's
+    predicted step at the same size (null: any time), so the answer is a size worth training at."""
 
     model_config = _STRICT
     memory: int | Literal["device"]
@@ -395,6 +397,7 @@ class LargestBatchSpec(BaseModel):
     over: Literal["batch_size", "seq_len"] = "batch_size"
     step: int = Field(1, gt=0)
     solvers: list[str] | None = None
+    max_slowdown: float | None = Field(None, ge=1)
 
     @field_validator("memory", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ searches ask for next, for every search it tells something, so each size is prep
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 
@@ -41,9 +41,19 @@ class Probe:
     predicted_time_s: float | None = None
     status: str = ""
     note: str = ""
+    slowdown: float | None = None  # predicted step time / keep-all's predicted step time at this size
+    too_slow: bool = False  # it fits the memory but is slower than the search's max_slowdown allows
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def judged(self, max_slowdown: float | None) -> Probe:
+        """This probe judged against ``max_slowdown`` (None: any time): a plan that fits the memory but
+        is slower does not count. A probe made under another limit is judged again (``--resume``)."""
+        in_memory = self.fits or self.too_slow
+        slow = (max_slowdown is not None and in_memory and self.slowdown is not None
+                and self.slowdown > max_slowdown * (1 + 1e-12))
+        return replace(self, fits=in_memory and not slow, too_slow=slow)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Probe:
@@ -172,13 +182,14 @@ def _outcome(label: str, b: Bisection, probes: dict[int, Probe], step: int) -> O
 
 
 FRAME_COLUMNS = ["solver", "over", "memory", "memory_bytes", "largest", "capped", "basis", "predicted_peak_bytes",
-                 "measured_peak_bytes", "predicted_time_s", "status", "probes", "warning", "fastest_n",
+                 "measured_peak_bytes", "predicted_time_s", "slowdown", "status", "probes", "warning", "fastest_n",
                  "fastest_time_s"]
 
 
 def outcome_frame(outcomes: Mapping[str, Outcome], *, over: str, memory: str, memory_bytes: int) -> pd.DataFrame:
     """search.csv: one row per solver (its label), the answer and its plan's figures at that size, and
-    every probe as ``n:yes/no`` (or ``n:timeout`` / ``n:error`` ...: no answer, counted as not fitting), and the
+    every probe as ``n:yes/no`` (``n:slow``: fits, but over ``max_slowdown``; ``n:timeout`` / ``n:error`` ...: no
+    answer, counted as not fitting), and the
     fitting size probed with the most work per predicted second (``fastest_n``, ``fastest_time_s``)."""
     rows = []
     for label, o in outcomes.items():
@@ -189,6 +200,7 @@ def outcome_frame(outcomes: Mapping[str, Outcome], *, over: str, memory: str, me
             "predicted_peak_bytes": best.predicted_peak_bytes if best else None,
             "measured_peak_bytes": best.measured_peak_bytes if best else None,
             "predicted_time_s": best.predicted_time_s if best else None,
+            "slowdown": best.slowdown if best else None,
             "status": best.status if best else (o.probes[min(o.probes)].status if o.probes else ""),
             "probes": " ".join(f"{n}:{_verdict(p)}" for n, p in o.probes.items()),
             "warning": o.warning, **_fastest(o)})
@@ -216,4 +228,6 @@ def _verdict(p: Probe) -> str:
     known not to fit: the report must not read as if it were)."""
     if p.fits:
         return "yes"
+    if p.too_slow:
+        return "slow"
     return p.status if p.status in NO_ANSWER else "no"

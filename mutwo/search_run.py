@@ -44,18 +44,22 @@ def _point(scenario: Scenario, n: int) -> tuple[Scenario, int, str]:
     return at_n, scenario.batch_size[0], f"seq_len{n}"
 
 
-def probe_of_row(label: str, n: int, row: Row, memory_bytes: int) -> Probe:
+def probe_of_row(label: str, n: int, row: Row, memory_bytes: int, keep_time_s: float | None = None) -> Probe:
     """A solver's cell at the searched memory as a probe: it fits when the solver found a plan
     (optimal / feasible) whose simulated peak is within the memory and which, where executed, ran
-    without running out of memory and peaked within it too."""
+    without running out of memory and peaked within it too. With keep-all's predicted step at this size,
+    its slowdown (`Probe.judged` holds it against the search's ``max_slowdown``)."""
     executed = bool(row.executed)
     failed = row.status == CellStatus.OOM or str(row.execute_note or "").startswith("execution failed")
     measured = row.measured_peak_bytes if executed else None
     fits = (str(row.status) in FEASIBLE and row.predicted_peak_bytes is not None
             and row.predicted_peak_bytes <= memory_bytes and not failed
             and not (measured is not None and measured > memory_bytes))
+    slowdown = (row.predicted_time_s / keep_time_s if row.predicted_time_s is not None and keep_time_s
+                else None)
     return Probe(label, n, bool(fits), MEASURED if executed or failed else PREDICTED, row.predicted_peak_bytes,
-                 measured, row.predicted_time_s, str(row.status), row.message or row.execute_note or "")
+                 measured, row.predicted_time_s, str(row.status), row.message or row.execute_note or "",
+                 slowdown=slowdown)
 
 
 def keep_all_probe(n: int, prep: Prepared, memory_bytes: int) -> Probe:
@@ -66,7 +70,7 @@ def keep_all_probe(n: int, prep: Prepared, memory_bytes: int) -> Probe:
     note = (f"keep-all peak {fmt_bytes(prep.keep_all_peak_bytes)} predicted"
             + (f", {fmt_bytes(measured)} measured" if measured is not None else ""))
     return Probe(KEEP_ALL_BAR, n, bool(fits), MEASURED if measured is not None else PREDICTED,
-                 int(prep.keep_all_peak_bytes), measured, float(prep.keep_all_time_s), "keep-all", note)
+                 int(prep.keep_all_peak_bytes), measured, float(prep.keep_all_time_s), "keep-all", note, slowdown=1.0)
 
 
 def _grid_folder(ctx: RunContext, n: int, bs: int) -> Path | None:
@@ -109,14 +113,22 @@ def _size_label(nbytes: int) -> str:
     return fmt_bytes(nbytes).replace(" ", "")
 
 
-def _known(path: Path, over: str, memory_bytes: int) -> dict[tuple[str, int], Probe]:
-    """Probes a previous run made for the same quantity and memory. The file is written back without
-    a line a kill left torn, so probes appended now start on a line of their own."""
+def _known(path: Path, over: str, memory_bytes: int, max_slowdown: float | None = None
+           ) -> dict[tuple[str, int], Probe]:
+    """Probes a previous run made for the same quantity and memory, judged against this run's
+    ``max_slowdown``. The file is written back without a line a kill left torn, so probes appended now
+    start on a line of their own."""
     lines = files.read_jsonl(path)
     if path.exists():
         files.write_text(path, "".join(json.dumps(files.jsonable(d)) + "\n" for d in lines))
-    return {(d["label"], int(d["n"])): Probe.from_dict(d) for d in lines
-            if d.get("over") == over and d.get("memory_bytes") == memory_bytes}
+    mine = [Probe.from_dict(d) for d in lines if d.get("over") == over and d.get("memory_bytes") == memory_bytes]
+    keep_time = {p.n: p.predicted_time_s for p in mine if p.label == KEEP_ALL_BAR and p.predicted_time_s}
+    out = {}
+    for p in mine:  # lines written before probes carried their slowdown get it from keep-all's probe
+        if p.slowdown is None and p.predicted_time_s is not None and keep_time.get(p.n):
+            p = dataclasses.replace(p, slowdown=p.predicted_time_s / keep_time[p.n])
+        out[(p.label, p.n)] = p.judged(max_slowdown)
+    return out
 
 
 def run_search(ctx: RunContext) -> pd.DataFrame:
@@ -154,7 +166,7 @@ def run_search(ctx: RunContext) -> pd.DataFrame:
                 out[lab] = keep_all_probe(n, prep, memory)
             else:
                 row = cell.run_cell(point_ctx, prep, memo, solvers[lab], budget)
-                out[lab] = probe_of_row(lab, n, row, memory)
+                out[lab] = probe_of_row(lab, n, row, memory, prep.keep_all_time_s).judged(spec.max_slowdown)
             files.append_jsonl(probes_path, {"over": spec.over, "memory_bytes": memory, **out[lab].to_dict()})
             ctx.bar.update()
         if not isinstance(prep, str):
@@ -163,7 +175,7 @@ def run_search(ctx: RunContext) -> pd.DataFrame:
 
     try:
         outcomes = largest_fitting([KEEP_ALL_BAR, *solvers], spec.min, spec.max, judge, step=spec.step,
-                                   known=_known(probes_path, spec.over, memory))
+                                   known=_known(probes_path, spec.over, memory, spec.max_slowdown))
     finally:
         ctx.bar.close()
         ctx.bar = grid_bar

@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from mutwo import pipeline
+from mutwo import pipeline, search_run
 from mutwo.compare import main
 from mutwo.registry import get_solver
 from mutwo.report import KEEP_ALL_BAR
 from mutwo.scenario import ScenarioError, validate_scenario
-from mutwo.search import Bisection, Probe, largest_fitting, outcome_frame
+from mutwo.search import Bisection, Probe, _verdict, largest_fitting, outcome_frame
 from mutwo.simulate import simulate
 
 ROOT = Path(__file__).parent.parent
@@ -125,6 +125,7 @@ def test_search_section_errors_name_the_field():
         ({"memory": "8GiB", "max": 8, "solvers": ["greedy"]}, "'greedy' is not one of the scenario's solvers"),
         ({"memory": "8GiB", "max": 8, "over": "seq_len"}, "seq_len is searched by passing it to the model's builder"),
         ({"memory": "8GiB", "max": 8, "over": "batch"}, "did you mean 'batch_size'?"),
+        ({"memory": "8GiB", "max": 8, "max_slowdown": 0.5}, "max_slowdown': Input should be greater than or equal to 1"),
     ]:
         data = {**base, "search": {"largest_batch": spec}}
         if expected is None:
@@ -279,3 +280,32 @@ def test_the_fastest_fitting_probe_is_reported_beside_the_largest():
     out = largest_fitting(["s"], 1, 32, judge)
     row = outcome_frame(out, over="batch_size", memory="1GiB", memory_bytes=2**30).iloc[0]
     assert row["largest"] == 12 and row["fastest_n"] == 4 and row["fastest_time_s"] == 1.0
+
+
+def test_max_slowdown_counts_only_plans_fast_enough(tmp_path, mlp_search):
+    """At 640 the recompute-only greedy fits 4 MiB at 1.14x keep-all's step (the swapping greedy hides its
+    copies: 1.0x); with max_slowdown 1.1 its answer falls to 512 and the 640 probe reads `slow`."""
+    spec = {**MLP["search"]["largest_batch"], "max_slowdown": 1.1}
+    data = {**MLP, "name": "mlp_slow", "search": {"largest_batch": spec}}
+    run = _run(tmp_path, data, "--no-execute")
+    found = pd.read_csv(run / "search.csv").set_index("solver")
+    free = pd.read_csv(mlp_search / "search.csv").set_index("solver")
+    assert free.loc["greedy-r", "largest"] == 640 and free.loc["greedy-r", "slowdown"] > 1.1  # it bites
+    assert found.loc["greedy-r", "largest"] == 512 and "640:slow" in found.loc["greedy-r", "probes"]
+    assert found.loc["mutwo_greedy", "largest"] == free.loc["mutwo_greedy", "largest"]
+    assert (found["slowdown"].dropna() <= 1.1).all()
+    assert "at most 1.1x keep-all's" in (run / "report.md").read_text()
+    # every probe is judged again on resume: the same probes without the limit give the free answers
+    known = search_run._known(run / "search" / "probes.jsonl", "batch_size", 4 * 2**20, None)
+    assert known[("greedy-r", 640)].fits and not known[("greedy-r", 640)].too_slow
+    assert search_run._known(run / "search" / "probes.jsonl", "batch_size", 4 * 2**20, 1.1)[("greedy-r", 640)].too_slow
+
+
+def test_probe_judged_by_max_slowdown():
+    p = Probe("s", 8, True, slowdown=1.5)
+    assert p.judged(None).fits and p.judged(2.0).fits
+    slow = p.judged(1.2)
+    assert not slow.fits and slow.too_slow and _verdict(slow) == "slow"
+    assert slow.judged(2.0).fits  # a limit raised later lets it count again
+    assert not Probe("s", 8, False, slowdown=1.0).judged(2.0).fits  # over the memory stays "no"
+    assert _verdict(Probe("s", 8, False, slowdown=1.0).judged(2.0)) == "no"
