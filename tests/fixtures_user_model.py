@@ -25,3 +25,18 @@ def build(batch_size: int, hidden: int = 48, layers: int = 3) -> Workload:
 def not_a_workload(batch_size: int) -> dict:
     """Returns the wrong type: the driver must say so."""
     return {"batch_size": batch_size}
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow (a branch on a tensor's value): what capture must refuse, naming the
+    user's line (this file) and the op."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if h.sum() > 0:  # data-dependent control flow
+            h = h * 2
+        return h.sum()

@@ -13,6 +13,7 @@ from mutwo.capture import CaptureError, capture, eager_optimizer, flat_state, ru
 from mutwo.graph import Role
 from mutwo.workload import OptimizerConfig, Workload
 from mutwo.zoo import build_workload
+from tests.fixtures_user_model import Branchy
 
 
 def _eager_vs_graph(workload: Workload, opt: OptimizerConfig, iterations: int = 3, seed: int = 0):
@@ -122,21 +123,10 @@ def test_fake_tracing_of_meta_model_allocates_nothing():
 
 
 def test_data_dependent_model_fails_with_user_line():
-    class Branchy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(4, 4)
-
-        def forward(self, x):
-            h = self.lin(x)
-            if h.sum() > 0:  # data-dependent control flow
-                h = h * 2
-            return h.sum()
-
     wl = Workload(Branchy(), (torch.randn(2, 4),), lambda m, x: m(x), "branchy")
     with pytest.raises(CaptureError) as err:
         capture(wl, "sgd")
-    assert "test_capture.py" in str(err.value) and "h.sum() > 0" in str(err.value)
+    assert "fixtures_user_model.py" in str(err.value) and "h.sum() > 0" in str(err.value)
 
 
 def test_unknown_optimizer_is_named():

@@ -18,6 +18,7 @@ from mutwo.optimize_state import UnsupportedOptimizerError
 from mutwo.planning import BudgetError
 from mutwo.workload import Workload
 from mutwo.zoo import build_workload
+from tests.fixtures_user_model import Branchy
 
 
 @pytest.fixture(autouse=True)
@@ -279,17 +280,6 @@ def test_cpu_swaps_are_refused_unless_emulated():
 
 
 def test_a_model_that_does_not_capture_names_the_op_and_the_module():
-    class Branchy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(4, 4)
-
-        def forward(self, x):
-            h = self.lin(x)
-            if h.sum() > 0:  # data-dependent control flow
-                h = h * 2
-            return h.sum()
-
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), Branchy())
     with pytest.raises(CaptureError) as err:
         optimize(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.randn(2, 4), lambda m, x: m(x),
