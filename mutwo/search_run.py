@@ -124,11 +124,22 @@ def _known(path: Path, over: str, memory_bytes: int, max_slowdown: float | None 
     mine = [Probe.from_dict(d) for d in lines if d.get("over") == over and d.get("memory_bytes") == memory_bytes]
     keep_time = {p.n: p.predicted_time_s for p in mine if p.label == KEEP_ALL_BAR and p.predicted_time_s}
     out = {}
-    for p in mine:  # lines written before probes carried their slowdown get it from keep-all's probe
-        if p.slowdown is None and p.predicted_time_s is not None and keep_time.get(p.n):
-            p = dataclasses.replace(p, slowdown=p.predicted_time_s / keep_time[p.n])
+    for p in mine:  # lines written before probes carried their slowdown get it from keep-all's time
+        if p.slowdown is None and p.predicted_time_s is not None:
+            keep = keep_time.get(p.n) or _cached_keep_time(path.parent / f"{over}{p.n}")
+            if keep:
+                p = dataclasses.replace(p, slowdown=p.predicted_time_s / keep)
         out[(p.label, p.n)] = p.judged(max_slowdown)
     return out
+
+
+def _cached_keep_time(folder: Path) -> float | None:
+    """Keep-all's predicted step at a size the search prepared (its ``keep_all.json``), if there."""
+    path = folder / pipeline.KEEP_ALL_FILE
+    try:
+        return json.loads(path.read_text()).get("keep_all_time_s")
+    except (OSError, ValueError):
+        return None
 
 
 def run_search(ctx: RunContext) -> pd.DataFrame:

@@ -309,3 +309,19 @@ def test_probe_judged_by_max_slowdown():
     assert slow.judged(2.0).fits  # a limit raised later lets it count again
     assert not Probe("s", 8, False, slowdown=1.0).judged(2.0).fits  # over the memory stays "no"
     assert _verdict(Probe("s", 8, False, slowdown=1.0).judged(2.0)) == "no"
+
+
+def test_probes_from_before_slowdowns_get_keep_alls_time_from_the_prepared_size(tmp_path):
+    """probes.jsonl lines written before probes carried a slowdown: keep-all's time at that size comes from
+    its probe, else from the size's cached keep_all.json, so --resume with max_slowdown judges them too."""
+    root = tmp_path / "search"
+    (root / "batch_size8").mkdir(parents=True)
+    (root / "batch_size8" / pipeline.KEEP_ALL_FILE).write_text(json.dumps({"keep_all_time_s": 2.0}))
+    lines = [{"over": "batch_size", "memory_bytes": 10, "label": "greedy", "n": n, "fits": True,
+              "predicted_time_s": t} for n, t in ((4, 9.0), (8, 5.0))]
+    lines.append({"over": "batch_size", "memory_bytes": 10, "label": KEEP_ALL_BAR, "n": 4, "fits": False,
+                  "predicted_time_s": 1.0})
+    (root / "probes.jsonl").write_text("".join(json.dumps(d) + "\n" for d in lines))
+    known = search_run._known(root / "probes.jsonl", "batch_size", 10, 3.0)
+    assert known[("greedy", 4)].slowdown == pytest.approx(9.0) and known[("greedy", 4)].too_slow
+    assert known[("greedy", 8)].slowdown == pytest.approx(2.5) and known[("greedy", 8)].fits
