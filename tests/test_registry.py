@@ -345,7 +345,7 @@ def test_every_builtin_declares_its_options_and_refuses_others():
     assert registry.solver_options("brute_force") == {"mode", "max_act", "seed", "time_limit_s"}
     assert registry.solver_options("checkmate_exact") == {"backend", "time_limit_s", "rel_gap", "threads", "seed",
                                                           "grid", "max_act", "max_vars", "presolve", "mode",
-                                                          "warm_start"}
+                                                          "warm_start", "interval_share"}
     assert registry.get_solver("chen_sqrt")(p, 10**12, segments=1, share=False).options["segments"] == 1
 
 
