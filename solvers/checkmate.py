@@ -73,7 +73,7 @@ class CheckmateOptions:
     max_vars: Annotated[int, Ge(1)] = MAX_VARS
     presolve: bool = True
     mode: Literal["recompute"] = "recompute"
-    warm_start: Schedule | str | None = "heuristics"
+    warm_start: Schedule | str | None = "mutwo_greedy"
     interval_share: Annotated[float, Ge(0)] = 0.25
 
     def __post_init__(self) -> None:

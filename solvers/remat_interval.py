@@ -54,7 +54,7 @@ class IntervalOptions:
     seed: int = 0
     grid: Literal["auto", "ops", "events"] = "auto"
     mode: Literal["recompute"] = "recompute"
-    warm_start: Schedule | str | None = "heuristics"
+    warm_start: Schedule | str | None = "mutwo_greedy"
 
     def __post_init__(self) -> None:
         if self.mode != "recompute":
