@@ -34,7 +34,6 @@ from solvers.swap_interval_model import SwapIntervalModel, build_swap_interval_m
 __all__ = ["solve_swap_interval", "SwapIntervalOptions"]
 
 NAME = "swap_interval"
-_BOUND_SHARE = 0.4  # of the time limit, at most, for the iteration-time bound's relaxation
 _COMPLETE_SHARE = 0.3  # of what is left, at most, to complete the start plan into a full hint
 
 
@@ -123,13 +122,15 @@ def _start_points(problem: Problem, start: Schedule | None) -> tuple[np.ndarray,
 
 
 def _bound(problem: Problem, budget: int, opts: SwapIntervalOptions) -> tuple[float, str]:
-    """(bound, how): valid for every plan; inf when it proves that no plan fits."""
+    """(bound, how): valid for every plan; inf when it proves that no plan fits. The ILPs' own bound
+    (`solvers.ilp.lower_bound`, with its rounds of extra checks), so both report the same bound."""
     compute = float(problem.op_time_s.sum())
     if opts.bound == "none":
         return compute, "compute time"
-    from solvers.ilp_bound import iteration_bound
+    from solvers.ilp import lower_bound
+    from solvers.ilp_options import IlpOptions
 
-    lb = iteration_bound(problem, budget, opts.mode, time_limit_s=_BOUND_SHARE * opts.time_limit_s)
+    lb = lower_bound(problem, budget, IlpOptions(time_limit_s=opts.time_limit_s, mode=opts.mode, bound="lp"))
     if lb.infeasible:
         return float("inf"), lb.message
     return lb.bound_s, f"iteration-time bound ({lb.method}, {lb.n_checks} checks, {lb.solve_s:.2f} s)"
