@@ -12,7 +12,9 @@ the same time limit and threads for every row:
 * ``ilp_cpsat bound=none`` -- the bare time-indexed model (no bound, no rounding);
 * ``swap_interval`` -- the iteration-time bound and the interval model (docs/remat_exact.md).
 
-So the comparison is pipeline against pipeline and model against model. Columns: status, objective
+So the comparison is pipeline against pipeline and model against model. ``--polish``: instead, per budget,
+``ilp_cpsat`` and then ``swap_interval`` started from its plan (``rel_gap`` 1e-4, so that the model runs
+although the start is proven within 1%): does the interval model improve on the proven plan? Columns: status, objective
 (the returned plan, simulated), bound and gap, wall time, model size, the models' own objectives, and
 the 1-minute load average before and after each row (the machine is shared). Written to
 ``results/benchmarks/interval_vs_indexed.csv`` after every row (atomically).
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks._common import write_csv
+from benchmarks._common import RESULTS, write_csv
 from benchmarks.device_problems import PROBLEMS, range_budget
 from mutwo.problem import Problem
 from mutwo.registry import get_solver
@@ -46,15 +48,22 @@ def runs(time_limit: float, threads: int) -> list[tuple[str, str, dict]]:
             ("swap_interval", "swap_interval", common)]
 
 
+def polish_runs(time_limit: float, threads: int) -> list[tuple[str, str, dict]]:
+    common = {"time_limit_s": time_limit, "threads": threads}
+    return [("ilp_cpsat", "ilp_cpsat", {**common, "warm_start": "heuristics"}),
+            ("swap_interval from ilp_cpsat", "swap_interval", {**common, "warm_start": "previous", "rel_gap": 1e-4})]
+
+
 def row(p: Problem, frac: float, budget: int, label: str, solver: str, options: dict) -> dict:
-    """One solve, its answer simulated; a failing solver is an ``error`` row."""
+    """One solve, its answer simulated (the Schedule itself under ``"plan"``); a failing solver is an
+    ``error`` row."""
     head = {"problem": p.name, "fraction": frac, "budget_MiB": budget / 2**20, "solver": label}
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     try:
         s = get_solver(solver)(p, budget, **options)
     except Exception as exc:  # noqa: BLE001 - the other rows go on
-        return {**head, "status": "error", "message": f"{type(exc).__name__}: {exc}"[:300],
+        return {**head, "status": "error", "message": f"{type(exc).__name__}: {exc}"[:300], "plan": None,
                 "wall_s": time.perf_counter() - t0, "load_before": load0, "load_after": os.getloadavg()[0]}
     wall = time.perf_counter() - t0
     sim = simulate(p, s) if s.feasible else None
@@ -72,29 +81,35 @@ def row(p: Problem, frac: float, budget: int, label: str, solver: str, options: 
             "engine_status": s.options.get("engine_status"),
             "model_objective_s": s.options.get("interval_objective_s"),
             "model_bound_s": s.options.get("interval_bound_s"), "start": str(s.options.get("warm_start"))[:120],
-            "load_before": load0, "load_after": os.getloadavg()[0], "message": s.message[:300]}
+            "load_before": load0, "load_after": os.getloadavg()[0], "message": s.message[:300],
+            "plan": s if s.feasible else None}
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
+def main(argv: list[str] | None = None, out_dir: Path = RESULTS) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", type=Path, nargs="+", default=DEFAULT, help="saved Problems (.npz)")
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve (default 60)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=OUT, help="CSV name under results/benchmarks/")
+    ap.add_argument("--polish", action="store_true", help="swap_interval from ilp_cpsat's plan (module doc)")
+    ap.add_argument("--out", default=None, help="CSV name under results/benchmarks/ (default: interval_vs_indexed"
+                                                "[_polish].csv)")
     args = ap.parse_args(argv)
+    out = args.out or (OUT.replace(".csv", "_polish.csv") if args.polish else OUT)
     rows: list[dict] = []
     for path in args.problems:
         p = Problem.load(path)
         for frac in args.fractions:
             budget = range_budget(p, frac)
-            for label, solver, options in runs(args.time_limit, args.threads):
+            for label, solver, options in (polish_runs if args.polish else runs)(args.time_limit, args.threads):
+                if options.get("warm_start") == "previous":
+                    options = {**options, "warm_start": rows[-1]["plan"] or "heuristics"}
                 rows.append(row(p, frac, budget, label, solver, options))
                 r = rows[-1]
                 print(f"{p.name} {frac:.0%} {label}: {r['status']} {r.get('objective_s')} bound {r.get('bound_s')} "
                       f"gap {r.get('gap_pct')} wall {r['wall_s']:.1f}s load {r['load_before']:.1f}", flush=True)
-                write_csv(pd.DataFrame(rows), args.out)
-    return pd.DataFrame(rows)
+                write_csv(pd.DataFrame(rows).drop(columns="plan"), out, out_dir)
+    return pd.DataFrame(rows).drop(columns="plan")
 
 
 if __name__ == "__main__":

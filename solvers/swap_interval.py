@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 import numpy as np
 
 from mutwo.problem import Problem
-from mutwo.schedule import Schedule, ScheduleError, Status, default_prefetch
+from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_prefetch
 from mutwo.simulate import SimResult, simulate
 from mutwo.solver_options import Ge, Gt
 from solvers.options import read_options
@@ -116,7 +116,7 @@ def _start_points(problem: Problem, start: Schedule | None) -> tuple[np.ndarray,
     dflt = default_prefetch(problem)
     if start is None:
         return dflt, dflt
-    swapped = start.decisions == 2
+    swapped = start.decisions == Decision.SWAP
     key = np.where(swapped, start.prefetch_at, dflt)
     return np.concatenate([start.prefetch_at, start.recompute_at, dflt]), key
 
@@ -187,9 +187,10 @@ def solve_swap_interval(problem: Problem, budget_bytes: int, **options) -> Sched
         return _answer(problem, budget, shown, t0, start, start_sim, bound, how, opts.rel_gap,
                        f"start plan ({shown['warm_start']}) proven by the bound, no model solved")
     points, key = _start_points(problem, start)
+    t_build = time.perf_counter()
     im = build_swap_interval_model(problem, budget, opts.mode, opts.time_steps, opts.early_anchors,
                                    opts.max_chain_depth, opts.copy_back_order, points, key)
-    shown["model"] = dict(im.stats, build_s=time.perf_counter() - t0)
+    shown["model"] = dict(im.stats, build_s=time.perf_counter() - t_build)
     if im.infeasible and start is None:
         return _finish(problem, budget, shown, t0, None, status=Status.INFEASIBLE,
                        message=f"the interval model has no plan: {im.infeasible} (a restriction of ours in "

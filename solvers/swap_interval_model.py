@@ -1,41 +1,22 @@
 """The CP-SAT interval model of keep / recompute / swap with the host link (`solvers.swap_interval`).
 
-One time frame, in integer *ticks*: the static start of op ``t`` (compute before it, rounded to a
-*step*, ``compute / time_steps``) times ``2 R`` (``R``: the most ops that start in one step). Op ``t``
-owns two *check points* in that frame, ``chain(t) = st[t] + 2 rank(t)`` (recompute chains anchored at
-``t`` run; ``rank``: its place among the ops of its step) and ``op(t) = chain(t) + 1`` (the op runs):
-strictly increasing in ``t`` and below the next step, so "an op starts at or after a transfer has
-ended" reads the same on check points as on static times. Check points are put on the ops
-whose keep-all memory exceeds the budget (no plan holds more there than keep-all, docs/cost_model.md)
-and on the *events*: the first backward op and every first backward use of a free activation (where
-stalls and recomputes happen, where copies back are issued and where recomputes are anchored).
+The model, and what it restricts or relaxes relative to `simulate`, is described in docs/remat_exact.md
+("Interval formulation with the host link"). In short:
 
-Per free activation ``a`` (one whose gap ``(lf, fb)`` holds a hot op and that may leave): Booleans
-KEEP / RECOMPUTE / SWAP; an event index ``j`` (the copy back is issued, or the recompute anchored, at
-event ``E_j <= fb``); two residency intervals on the memory cumulative: the *head* ``[chain(lf+1), H)``
-and the *tail* ``[chain(E_j), chain(fb))``. KEEP: ``H = chain(fb)``, tail empty. RECOMPUTE: head empty.
-SWAP: ``H >= min(`` the end of its device-to-host copy ``, `` the tail's start ``)`` and ``H <=`` the
-tail's start (the copy: an optional interval on that link, issued when op ``lf`` ends, served in issue
-order as `mutwo.linkmodel` serves it). Its
-host-to-device copy is an optional interval on the other link's NoOverlap, starting after its
-swap-out ended and after ``E_j`` is reached (static time plus the delay ``D_j`` accumulated before
-``E_j``: an element over the delay variables), and ending before op ``fb`` starts after its wait
-(``st[fb] + D_J + W_J``). Delays: ``D_{k+1} = D_k + W_k + Σ recompute_time(a)·r_a`` over the
-activations first used at ``E_k``; the objective is ``D_m`` (iteration time less compute).
+* One time frame, in integer *ticks*: the static start of op ``t`` rounded to a *step* (``compute /
+  time_steps``) times ``2 R`` (``R``: the most ops that start in one step). Op ``t`` owns two *check
+  points*, ``chain(t) = st[t] + 2 rank(t)`` (chains anchored at ``t`` run) and ``op(t) = chain(t) + 1``
+  (the op runs), on the ops whose keep-all memory exceeds the budget and on the *events* (the first
+  backward op, first backward uses of free activations, a start plan's points).
+* Per free activation: KEEP / RECOMPUTE / SWAP literals, the *tail start* ``y`` (the chain point where
+  its copy back is issued, any backward op, or its recompute anchored, an event) and the *head end*
+  ``H``; intervals ``[chain(lf+1), H)`` and ``[y, chain(fb))`` with its bytes on one cumulative.
+* The links: swap-outs in issue order (a FIFO tail), copies back in a fixed order (a FIFO tail), each
+  issued when its op is reached (`_issue_delay`) and arriving before its first use starts after the
+  wait; delays ``D_{k+1} = D_k + W_k +`` the recomputes at event ``k``; minimise ``D_m``.
+* Recompute chains: sources resident at the anchor, or regenerated as temporaries (`_chains`).
 
-Recompute chains are each target's own ops only: a recompute source that is recomputed must be anchored
-no later than the target (``j_s <= j_x``), a swapped one back by then (``fb_s <= E_{j_x}``), and both
-alive there (``E_{j_x} <= lb_s``) -- exactly what `mutwo.schedule.resolve_recompute` needs to find
-every source resident, so no chain regenerates a temporary. The chain's scratch
-(``member_peaks - bytes``) is a one-point interval at the anchor's chain point.
-
-Against `simulate` (docs/remat_exact.md, "Interval formulation with the host link", has the table):
-restrictions -- copies back and recompute anchors only at events, no chain temporaries, swap-outs that
-end inside the gap; conservative -- a swap-out's end is compared with *static* start times (backward
-ops start later), transfer times rounded up; relaxations -- copies back may be served in any order
-(simulate serves them in issue order), a recompute anchored early is timed at its target's first
-backward use. The model is therefore neither a relaxation nor a restriction of ours: its plans are
-re-priced by `simulate`, and its own bound is not a bound for our plans.
+Its plans are re-priced by `simulate`; its own bound is not a bound for our plans.
 """
 
 from __future__ import annotations

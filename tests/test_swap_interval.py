@@ -110,3 +110,18 @@ def test_it_is_no_start_of_the_ilps():
     """An exact model, not a heuristic: warm_start="heuristics" does not run it (nor does it run itself)."""
     assert "swap_interval" not in heuristic_names("both")
     assert "swap_interval" not in heuristic_names("swap")
+
+
+def test_the_comparison_benchmark_runs(tmp_path, capsys):
+    from benchmarks import interval_vs_indexed
+
+    path = random_dag(10, 3).save(tmp_path / "tiny.npz")
+    args = ["--problems", str(path), "--fractions", "0.4", "--time-limit", "2", "--threads", "1"]
+    df = interval_vs_indexed.main(args, out_dir=tmp_path)
+    assert list(df.solver) == ["ilp_cpsat", "ilp_cpsat bound=none", "swap_interval"]
+    assert (tmp_path / "interval_vs_indexed.csv").exists() and df.load_before.notna().all()
+    assert (df.status != "error").all() and (df.objective_s >= df.bound_s * (1 - 1e-12)).all()
+    polish = interval_vs_indexed.main([*args, "--polish"], out_dir=tmp_path)
+    assert list(polish.solver) == ["ilp_cpsat", "swap_interval from ilp_cpsat"]
+    assert polish.objective_s.iloc[1] <= polish.objective_s.iloc[0] * (1 + 1e-12)  # never slower than its start
+    capsys.readouterr()
