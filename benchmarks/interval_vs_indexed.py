@@ -41,16 +41,16 @@ FRACTIONS = (0.7, 0.5, 0.3)
 OUT = "interval_vs_indexed.csv"
 
 
-def runs(time_limit: float, threads: int) -> list[tuple[str, str, dict]]:
-    common = {"time_limit_s": time_limit, "threads": threads, "warm_start": "heuristics"}
+def runs(time_limit: float, threads: int, warm_start: str = "heuristics") -> list[tuple[str, str, dict]]:
+    common = {"time_limit_s": time_limit, "threads": threads, "warm_start": warm_start}
     return [("ilp_cpsat", "ilp_cpsat", common),
             ("ilp_cpsat bound=none", "ilp_cpsat", {**common, "bound": "none"}),
             ("swap_interval", "swap_interval", common)]
 
 
-def polish_runs(time_limit: float, threads: int) -> list[tuple[str, str, dict]]:
+def polish_runs(time_limit: float, threads: int, warm_start: str = "heuristics") -> list[tuple[str, str, dict]]:
     common = {"time_limit_s": time_limit, "threads": threads}
-    return [("ilp_cpsat", "ilp_cpsat", {**common, "warm_start": "heuristics"}),
+    return [("ilp_cpsat", "ilp_cpsat", {**common, "warm_start": warm_start}),
             ("swap_interval from ilp_cpsat", "swap_interval", {**common, "warm_start": "previous", "rel_gap": 1e-4})]
 
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None, out_dir: Path = RESULTS) -> pd.DataFrame
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve (default 60)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warm-start", default="heuristics", help="start plan of every row (default: heuristics)")
     ap.add_argument("--polish", action="store_true", help="swap_interval from ilp_cpsat's plan (module doc)")
     ap.add_argument("--out", default=None, help="CSV name under results/benchmarks/ (default: interval_vs_indexed"
                                                 "[_polish].csv)")
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None, out_dir: Path = RESULTS) -> pd.DataFrame
         p = Problem.load(path)
         for frac in args.fractions:
             budget = range_budget(p, frac)
-            for label, solver, options in (polish_runs if args.polish else runs)(args.time_limit, args.threads):
+            for label, solver, options in (polish_runs if args.polish else runs)(args.time_limit, args.threads,
+                                                                                args.warm_start):
                 if options.get("warm_start") == "previous":
                     options = {**options, "warm_start": rows[-1]["plan"] or "heuristics"}
                 rows.append(row(p, frac, budget, label, solver, options))

@@ -17,7 +17,9 @@ from solvers.mutwo_greedy import mutwo_greedy
 from tests.test_ilp_bound import range_budget, slow_link
 
 swap_interval = get_solver("swap_interval")
-QUICK = {"time_limit_s": 2.0}
+# a named start, not "heuristics": other test modules register plug-in solvers (one sleeps 60 s) that
+# the heuristics' list would run
+QUICK = {"time_limit_s": 2.0, "warm_start": "mutwo_greedy"}
 
 
 def _problems():
@@ -34,7 +36,7 @@ def test_plans_are_real_and_never_beat_what_any_plan_can_reach(p):
     for f in (0.1, 0.4):
         b = range_budget(p, f)
         start = mutwo_greedy(p, b)
-        s = swap_interval(p, b, warm_start=start if start.feasible else None, **QUICK)
+        s = swap_interval(p, b, **{**QUICK, "warm_start": start if start.feasible else None})
         bf = brute_force(p, b, mode="both")
         if not s.feasible:
             assert not start.feasible, s.message  # a start that fits is always an answer
@@ -61,7 +63,7 @@ def test_the_model_improves_on_its_start_and_lies_around_it():
     p = random_dag(10, 3)
     b = range_budget(p, 0.4)
     start = mutwo_greedy(p, b)
-    s = swap_interval(p, b, warm_start=start, **QUICK)
+    s = swap_interval(p, b, **{**QUICK, "warm_start": start})
     assert s.options["start_in_model"].startswith("yes"), s.options["start_in_model"]
     assert s.objective < simulate(p, start).time_s * (1 - 1e-6), s.message
     assert "interval model" in s.message
@@ -116,7 +118,8 @@ def test_the_comparison_benchmark_runs(tmp_path, capsys):
     from benchmarks import interval_vs_indexed
 
     path = random_dag(10, 3).save(tmp_path / "tiny.npz")
-    args = ["--problems", str(path), "--fractions", "0.4", "--time-limit", "2", "--threads", "1"]
+    args = ["--problems", str(path), "--fractions", "0.4", "--time-limit", "2", "--threads", "1",
+            "--warm-start", "mutwo_greedy"]
     df = interval_vs_indexed.main(args, out_dir=tmp_path)
     assert list(df.solver) == ["ilp_cpsat", "ilp_cpsat bound=none", "swap_interval"]
     assert (tmp_path / "interval_vs_indexed.csv").exists() and df.load_before.notna().all()
