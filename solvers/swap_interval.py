@@ -54,7 +54,7 @@ class SwapIntervalOptions:
     threads: Annotated[int, Ge(1)] = 2
     seed: int = 0
     mode: Literal["both", "swap", "recompute"] = "both"
-    warm_start: Schedule | str | None = "heuristics"
+    warm_start: Schedule | str | None = "mutwo_greedy"
     bound: Literal["lp", "none"] = "lp"
     time_steps: Annotated[int, Ge(100)] = 5_000
     early_anchors: bool = True
