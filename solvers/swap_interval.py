@@ -40,10 +40,10 @@ _COMPLETE_SHARE = 0.3  # of what is left, at most, to complete the start plan in
 @dataclass(frozen=True)
 class SwapIntervalOptions:
     """Options of ``swap_interval``: the CP-SAT limits, ``mode`` ("both", "swap"; "recompute" is
-    ``remat_interval``), ``warm_start`` (a Schedule, a solver name, "heuristics" or None; as the ILPs'),
-    ``bound`` ("lp": the iteration-time bound of `solvers.ilp_bound`, "none": the compute time),
-    ``time_steps`` (static op start times are rounded to compute / time_steps) and ``early_anchors``
-    (recomputes may be anchored at an earlier event, sharing a regenerated run as Chen et al.'s segments)
+    ``remat_interval``), ``warm_start`` (a Schedule, a solver name, "heuristics" or None; as the ILPs', and
+    their default), ``bound`` ("lp": the ILPs' iteration-time bound, "none": the compute time),
+    ``time_steps`` (static op start times are rounded to compute / time_steps), ``early_anchors``
+    (recomputes may be anchored at an earlier event, sharing a regenerated run as Chen et al.'s segments),
     ``max_chain_depth`` (levels of recompute sources a chain may regenerate as temporaries) and
     ``copy_back_order`` (the link's order of copies back: "issue", the start plan's issue order, each
     copy issued no earlier than the one before, the simulator's FIFO; "need", served by first backward
