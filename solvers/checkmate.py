@@ -46,6 +46,7 @@ from solvers.ilp_model import Formulation
 from solvers.options import read_options
 from solvers.remat_interval import IntervalOptions, solve_interval
 from solvers.remat_projection import finished, project
+from solvers.swap_interval import SwapIntervalOptions, solve_swap_interval
 
 __all__ = ["checkmate_exact", "remat_interval", "build_checkmate", "CheckmateOptions", "MAX_ACT", "MAX_VARS"]
 
@@ -266,3 +267,6 @@ def checkmate_exact(problem: Problem, budget_bytes: int, **options) -> Schedule:
 # the interval formulation (solvers/remat_interval.py), registered here so that the entry points an
 # installed copy declares stay those of pyproject.toml (a new module would need a reinstall)
 remat_interval = register_solver("remat_interval", options=IntervalOptions)(solve_interval)
+
+# the interval formulation with the host link (solvers/swap_interval.py), registered here for the same reason
+swap_interval = register_solver("swap_interval", options=SwapIntervalOptions)(solve_swap_interval)

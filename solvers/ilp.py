@@ -52,7 +52,7 @@ EngineCall = Callable[[Formulation, float, "np.ndarray | None"], BackendResult]
 
 HEURISTICS = "heuristics"  # warm_start: the fastest fitting plan of every registered heuristic
 _START_REPAIRS = 40  # repair moves at most for a given start that does not fit (each simulates every candidate)
-_NOT_HEURISTICS = ("brute_force", "checkmate_exact", "remat_interval")  # exact models (and every ilp_*): too slow to start from
+_NOT_HEURISTICS = ("brute_force", "checkmate_exact", "remat_interval", "swap_interval")  # exact models (and every ilp_*): too slow to start from
 
 
 def heuristic_names(mode: str) -> list[str]:
