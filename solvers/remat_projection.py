@@ -65,7 +65,7 @@ def _fitting(problem: Problem, budget: int, plan: Schedule) -> tuple[Schedule, S
 
 def finished(problem: Problem, budget: int, solver: str, shown: dict, t0: float, plan: Schedule | None,
              **fields) -> Schedule:
-    """The answer of a rematerialization solver: ``plan`` (decisions and points) or, without one,
+    """The answer of an interval or rematerialization solver: ``plan`` (decisions and points) or, without one,
     keep-all carrying the status and message; ``solve_time_s`` counted from ``t0``."""
     if plan is None:
         s = Schedule.keep_all(problem, solver=solver, budget_bytes=budget, options=shown, **fields)

@@ -29,6 +29,7 @@ from mutwo.schedule import Decision, Schedule, ScheduleError, Status, default_pr
 from mutwo.simulate import SimResult, simulate
 from mutwo.solver_options import Ge, Gt
 from solvers.options import read_options
+from solvers.remat_projection import finished
 from solvers.swap_interval_model import SwapIntervalModel, build_swap_interval_model, decode, start_point
 
 __all__ = ["solve_swap_interval", "SwapIntervalOptions"]
@@ -124,13 +125,7 @@ def _bound(problem: Problem, budget: int, opts: SwapIntervalOptions) -> tuple[fl
 
 
 def _finish(problem: Problem, budget: int, shown: dict, t0: float, plan: Schedule | None, **fields) -> Schedule:
-    if plan is None:
-        s = Schedule.keep_all(problem, solver=NAME, budget_bytes=budget, options=shown, **fields)
-    else:
-        s = Schedule(plan.decisions, plan.prefetch_at, recompute_at=plan.recompute_at, solver=NAME,
-                     budget_bytes=budget, options=shown, **fields)
-    s.solve_time_s = time.perf_counter() - t0
-    return s
+    return finished(problem, budget, NAME, shown, t0, plan, **fields)
 
 
 def _answer(problem: Problem, budget: int, shown: dict, t0: float, plan: Schedule, sim: SimResult, bound: float,
