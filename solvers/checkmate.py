@@ -117,9 +117,13 @@ def _interval_start(problem: Problem, budget: int, start: Schedule | None, opts:
                     shown: dict) -> tuple[Schedule | None, str]:
     """The interval model's plan (C = 2, from ``start``) when it is faster than ``start``: a grid plan
     found in seconds where the grid model itself, 100x larger, improves slowly (docs/remat_exact.md)."""
-    iv = solve_interval(problem, budget, time_limit_s=opts.interval_share * opts.time_limit_s,
-                        rel_gap=opts.rel_gap, threads=opts.threads, seed=opts.seed, grid=opts.grid,
-                        warm_start=start)
+    try:
+        iv = solve_interval(problem, budget, time_limit_s=opts.interval_share * opts.time_limit_s,
+                            rel_gap=opts.rel_gap, threads=opts.threads, seed=opts.seed, grid=opts.grid,
+                            warm_start=start)
+    except Exception as exc:  # noqa: BLE001 - a failing heuristic costs its plan, not the exact solve
+        shown["interval_start"] = f"failed: {type(exc).__name__}: {exc}"
+        return start, "start plan"
     if not iv.feasible:
         shown["interval_start"] = f"{iv.status.value}: {iv.message}"
         return start, "start plan"

@@ -145,3 +145,17 @@ def test_projection_keeps_the_models_regeneration_points_where_they_are_faster()
     assert cm.feasible and bf.feasible
     assert (cm.recompute_at >= 0).any() and "regeneration points as anchors" in cm.message
     assert simulate(p, cm).peak_bytes <= b and cm.objective < bf.objective
+
+
+def test_a_failing_interval_heuristic_costs_its_plan_not_the_solve(monkeypatch):
+    import solvers.checkmate as cm_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("interval model broke")
+
+    monkeypatch.setattr(cm_module, "solve_interval", broken)
+    p = chain(8)
+    b = budgets(p, [0.2])[0]
+    s = checkmate_exact(p, b)
+    assert s.status == Status.OPTIMAL and "interval model broke" in s.options["interval_start"]
+    assert s.options["checkmate_objective_s"] == pytest.approx(s.bound)  # the grid model answered
