@@ -126,7 +126,9 @@ def _known(path: Path, over: str, memory_bytes: int, max_slowdown: float | None 
     out = {}
     for p in mine:  # lines written before probes carried their slowdown get it from keep-all's time
         if p.slowdown is None and p.predicted_time_s is not None:
-            keep = keep_time.get(p.n) or _cached_keep_time(path.parent / f"{over}{p.n}")
+            if p.n not in keep_time:  # each size's keep_all.json read once, whatever the probes at it
+                keep_time[p.n] = _cached_keep_time(path.parent / f"{over}{p.n}")
+            keep = keep_time[p.n]
             if keep:
                 p = dataclasses.replace(p, slowdown=p.predicted_time_s / keep)
         out[(p.label, p.n)] = p.judged(max_slowdown)
